@@ -1,0 +1,478 @@
+//! What a client asks the engine for (`WorkPayload`, as JSON) and the validated, bounded plan the
+//! engine runs (`Work`). Every client-controlled amount is capped at the complexity-10 cost, so no
+//! request can ask for more CPU than the slowest documented case.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use utoipa::ToSchema;
+
+use super::calibration::{self, MAX_PRIME_N};
+use super::{matrix, transform};
+
+/// Largest `data.size` for `matrix`: four 1024 x 1024 u32 buffers are 16 MiB.
+pub const MAX_MATRIX_SIZE: u32 = 1_024;
+/// The side `matrix` uses when `data.size` is absent.
+const DEFAULT_MATRIX_SIZE: u32 = 256;
+/// Longest `data.input` for `hash`, in bytes.
+pub const MAX_INPUT_BYTES: usize = 1_024;
+/// Most items `data.items` may hold for `transform`.
+pub const MAX_ITEMS: usize = 1_000;
+/// Most JSON nodes (containers and leaves) across all of `data.items`.
+pub const MAX_ITEM_NODES: u64 = 10_000;
+/// Deepest nesting inside one item.
+pub const MAX_ITEM_DEPTH: usize = 8;
+/// Longest string inside `data.items`, in bytes.
+pub const MAX_ITEM_STRING_BYTES: usize = 1_024;
+/// Largest magnitude of a number inside `data.items`.
+pub const MAX_ITEM_NUMBER: f64 = 1e15;
+
+/// The seed `hash` uses when `data.input` is absent.
+const DEFAULT_HASH_INPUT: &str = "sync-async";
+/// How many records the default `transform` input holds.
+const DEFAULT_ITEM_COUNT: usize = 64;
+
+/// One of the four kinds of CPU work.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Operation {
+    /// Chained SHA-256 over `data.input`.
+    Hash,
+    /// The n-th prime (`data.n`).
+    Prime,
+    /// Square integer matrix multiplication, `A x B^rounds` (`data.size`).
+    Matrix,
+    /// A JSON transformation of `data.items`, in rounds.
+    Transform,
+}
+
+impl Operation {
+    pub const ALL: [Operation; 4] = [Self::Hash, Self::Prime, Self::Matrix, Self::Transform];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Hash => "hash",
+            Self::Prime => "prime",
+            Self::Matrix => "matrix",
+            Self::Transform => "transform",
+        }
+    }
+}
+
+impl std::fmt::Display for Operation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for Operation {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::ALL
+            .into_iter()
+            .find(|op| op.as_str() == s)
+            .ok_or_else(|| {
+                format!("unknown operation `{s}` (expected hash, prime, matrix or transform)")
+            })
+    }
+}
+
+/// A complexity level from 1 (about 100 ms) to 10 (about 5 s).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Complexity(u8);
+
+impl Complexity {
+    pub const MIN: u8 = 1;
+    pub const MAX: u8 = 10;
+
+    pub fn new(level: u8) -> Option<Self> {
+        (Self::MIN..=Self::MAX)
+            .contains(&level)
+            .then_some(Self(level))
+    }
+
+    pub fn get(self) -> u8 {
+        self.0
+    }
+
+    pub fn all() -> impl Iterator<Item = Complexity> {
+        (Self::MIN..=Self::MAX).map(Self)
+    }
+}
+
+/// The work a client asks for.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(example = json!({"operation": "hash", "complexity": 5}))]
+pub struct WorkPayload {
+    pub operation: Operation,
+    /// 1 (about 100 ms) to 10 (about 5 s); each step costs about 1.55x the one before.
+    #[schema(minimum = 1, maximum = 10, example = 5)]
+    pub complexity: u8,
+    /// Optional input for the operation. Only the field that belongs to `operation` may be set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<WorkData>,
+}
+
+/// Operation input. Each field belongs to one operation and is bounded.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WorkData {
+    /// `hash`: the string to hash, at most 1024 bytes (default `"sync-async"`). The complexity
+    /// sets the number of iterations.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(max_length = 1024, example = "hello")]
+    pub input: Option<String>,
+    /// `prime`: which prime to find, from 1 to the complexity-10 amount. Replaces the amount the
+    /// complexity would pick.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1, example = 1000)]
+    pub n: Option<u32>,
+    /// `matrix`: the side of the square matrices, from 1 to 1024 (default 256). The complexity
+    /// sets how many multiply-adds the rounds of `A x B^rounds` add up to (at least one round).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1, example = 64)]
+    pub size: Option<u32>,
+    /// `transform`: the JSON values to transform (at most 1000 items, 10000 nodes, depth 8,
+    /// strings of 1024 bytes and numbers of magnitude 1e15). The complexity sets how many node
+    /// visits the rounds add up to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Vec<Object>>, example = json!([1, "two", {"three": 3}]))]
+    pub items: Option<Vec<Value>>,
+}
+
+/// A validated plan: exactly what the engine will compute.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Work {
+    Hash { input: String, iterations: u32 },
+    Prime { n: u32 },
+    Matrix { size: u32, rounds: u32 },
+    Transform { items: Vec<Value>, rounds: u32 },
+}
+
+/// One reason a payload was refused, located by a JSON pointer relative to the payload.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{pointer}: {message}")]
+pub struct InvalidWork {
+    pub pointer: String,
+    pub message: String,
+}
+
+impl InvalidWork {
+    fn new(pointer: &str, message: impl Into<String>) -> Self {
+        Self {
+            pointer: pointer.to_owned(),
+            message: message.into(),
+        }
+    }
+}
+
+impl WorkPayload {
+    /// Checks every bound and turns the payload into the exact work to run.
+    pub fn plan(&self) -> Result<Work, Vec<InvalidWork>> {
+        let complexity = Complexity::new(self.complexity).ok_or_else(|| {
+            vec![InvalidWork::new(
+                "/complexity",
+                format!("must be between 1 and 10, got {}", self.complexity),
+            )]
+        })?;
+        let data = self.data.clone().unwrap_or_default();
+        let mut errors = misplaced_fields(self.operation, &data);
+        let amount = calibration::amount_for(self.operation, complexity);
+        let work = match self.operation {
+            Operation::Hash => {
+                let input = data.input.unwrap_or_else(|| DEFAULT_HASH_INPUT.to_owned());
+                if input.len() > MAX_INPUT_BYTES {
+                    errors.push(InvalidWork::new(
+                        "/data/input",
+                        format!(
+                            "must be at most {MAX_INPUT_BYTES} bytes, got {}",
+                            input.len()
+                        ),
+                    ));
+                }
+                Work::Hash {
+                    input,
+                    iterations: amount as u32,
+                }
+            }
+            Operation::Prime => {
+                let n = data.n.unwrap_or(amount as u32);
+                if !(1..=MAX_PRIME_N).contains(&n) {
+                    errors.push(InvalidWork::new(
+                        "/data/n",
+                        format!("must be between 1 and {MAX_PRIME_N}, got {n}"),
+                    ));
+                }
+                Work::Prime { n }
+            }
+            Operation::Matrix => {
+                let size = data.size.unwrap_or(DEFAULT_MATRIX_SIZE);
+                if !(1..=MAX_MATRIX_SIZE).contains(&size) {
+                    errors.push(InvalidWork::new(
+                        "/data/size",
+                        format!("must be between 1 and {MAX_MATRIX_SIZE}, got {size}"),
+                    ));
+                }
+                Work::Matrix {
+                    size,
+                    rounds: rounds_within(amount, matrix::round_cost(size)),
+                }
+            }
+            Operation::Transform => {
+                let items = data.items.unwrap_or_else(default_items);
+                errors.extend(check_items(&items));
+                let rounds = rounds_within(amount, transform::node_count(&items));
+                Work::Transform { items, rounds }
+            }
+        };
+        if errors.is_empty() {
+            Ok(work)
+        } else {
+            Err(errors)
+        }
+    }
+}
+
+/// How many rounds of `round_cost` fit in `budget`; always at least one.
+fn rounds_within(budget: u64, round_cost: u64) -> u32 {
+    (budget / round_cost.max(1)).clamp(1, u64::from(u32::MAX)) as u32
+}
+
+/// A `data` field that belongs to another operation is refused rather than silently ignored.
+fn misplaced_fields(operation: Operation, data: &WorkData) -> Vec<InvalidWork> {
+    let fields = [
+        ("input", Operation::Hash, data.input.is_some()),
+        ("n", Operation::Prime, data.n.is_some()),
+        ("size", Operation::Matrix, data.size.is_some()),
+        ("items", Operation::Transform, data.items.is_some()),
+    ];
+    fields
+        .into_iter()
+        .filter(|&(_, owner, present)| present && owner != operation)
+        .map(|(name, owner, _)| {
+            InvalidWork::new(
+                &format!("/data/{name}"),
+                format!("belongs to operation `{owner}`, not `{operation}`"),
+            )
+        })
+        .collect()
+}
+
+fn check_items(items: &[Value]) -> Vec<InvalidWork> {
+    let mut errors = Vec::new();
+    if items.is_empty() || items.len() > MAX_ITEMS {
+        errors.push(InvalidWork::new(
+            "/data/items",
+            format!("must hold 1 to {MAX_ITEMS} items, got {}", items.len()),
+        ));
+    }
+    let nodes = transform::node_count(items);
+    if nodes > MAX_ITEM_NODES {
+        errors.push(InvalidWork::new(
+            "/data/items",
+            format!("must hold at most {MAX_ITEM_NODES} JSON values in all, got {nodes}"),
+        ));
+    }
+    for (i, item) in items.iter().enumerate() {
+        if let Err(message) = check_value(item, 1) {
+            errors.push(InvalidWork::new(&format!("/data/items/{i}"), message));
+        }
+    }
+    errors
+}
+
+fn check_value(value: &Value, depth: usize) -> Result<(), String> {
+    if depth > MAX_ITEM_DEPTH {
+        return Err(format!("nests deeper than {MAX_ITEM_DEPTH} levels"));
+    }
+    match value {
+        Value::String(s) if s.len() > MAX_ITEM_STRING_BYTES => Err(format!(
+            "holds a string longer than {MAX_ITEM_STRING_BYTES} bytes"
+        )),
+        Value::Number(n) if n.as_f64().is_none_or(|x| x.abs() > MAX_ITEM_NUMBER) => Err(format!(
+            "holds a number larger than {MAX_ITEM_NUMBER:e} in magnitude"
+        )),
+        Value::Array(a) => a.iter().try_for_each(|v| check_value(v, depth + 1)),
+        Value::Object(o) => o.values().try_for_each(|v| check_value(v, depth + 1)),
+        _ => Ok(()),
+    }
+}
+
+/// The input `transform` uses when `data.items` is absent: small records of every JSON kind.
+fn default_items() -> Vec<Value> {
+    (0..DEFAULT_ITEM_COUNT)
+        .map(|i| {
+            json!({
+                "id": i,
+                "name": format!("item-{i}"),
+                "value": (i * 7) % 100,
+                "active": i % 2 == 0,
+                "tags": ["alpha", "beta"],
+            })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn payload(operation: Operation, complexity: u8, data: Option<Value>) -> WorkPayload {
+        WorkPayload {
+            operation,
+            complexity,
+            data: data.map(|d| serde_json::from_value(d).expect("valid data")),
+        }
+    }
+
+    fn pointers(result: Result<Work, Vec<InvalidWork>>) -> Vec<String> {
+        result
+            .expect_err("should be refused")
+            .into_iter()
+            .map(|e| e.pointer)
+            .collect()
+    }
+
+    #[test]
+    fn complexity_outside_1_to_10_is_refused() {
+        for level in [0, 11, 255] {
+            assert_eq!(
+                pointers(payload(Operation::Hash, level, None).plan()),
+                vec!["/complexity"]
+            );
+        }
+    }
+
+    #[test]
+    fn default_data_uses_the_calibrated_amount() {
+        let c = Complexity::new(4).expect("valid");
+        let plan = payload(Operation::Prime, 4, None).plan().expect("valid");
+        assert_eq!(
+            plan,
+            Work::Prime {
+                n: calibration::amount_for(Operation::Prime, c) as u32
+            }
+        );
+    }
+
+    #[test]
+    fn explicit_data_replaces_the_amount() {
+        let plan = payload(Operation::Prime, 9, Some(json!({"n": 1000})))
+            .plan()
+            .expect("valid");
+        assert_eq!(plan, Work::Prime { n: 1000 });
+    }
+
+    #[test]
+    fn matrix_rounds_spread_the_budget_over_the_chosen_size() {
+        let c = Complexity::new(2).expect("valid");
+        let budget = calibration::amount_for(Operation::Matrix, c);
+        let plan = payload(Operation::Matrix, 2, Some(json!({"size": 100})))
+            .plan()
+            .expect("valid");
+        assert_eq!(
+            plan,
+            Work::Matrix {
+                size: 100,
+                rounds: (budget / 1_000_000) as u32
+            }
+        );
+        let huge = payload(Operation::Matrix, 1, Some(json!({"size": MAX_MATRIX_SIZE}))).plan();
+        assert_eq!(
+            huge.expect("valid"),
+            Work::Matrix {
+                size: MAX_MATRIX_SIZE,
+                rounds: 1
+            }
+        );
+    }
+
+    #[test]
+    fn amounts_above_the_complexity_10_cost_are_refused() {
+        let n = Some(json!({"n": MAX_PRIME_N + 1}));
+        assert_eq!(
+            pointers(payload(Operation::Prime, 1, n).plan()),
+            vec!["/data/n"]
+        );
+        let size = Some(json!({"size": MAX_MATRIX_SIZE + 1}));
+        assert_eq!(
+            pointers(payload(Operation::Matrix, 1, size).plan()),
+            vec!["/data/size"]
+        );
+        let zero = Some(json!({"size": 0}));
+        assert_eq!(
+            pointers(payload(Operation::Matrix, 1, zero).plan()),
+            vec!["/data/size"]
+        );
+    }
+
+    #[test]
+    fn a_field_of_another_operation_is_refused() {
+        let data = Some(json!({"n": 5}));
+        assert_eq!(
+            pointers(payload(Operation::Hash, 1, data).plan()),
+            vec!["/data/n"]
+        );
+    }
+
+    #[test]
+    fn oversized_hash_input_is_refused() {
+        let data = Some(json!({"input": "x".repeat(MAX_INPUT_BYTES + 1)}));
+        assert_eq!(
+            pointers(payload(Operation::Hash, 1, data).plan()),
+            vec!["/data/input"]
+        );
+    }
+
+    #[test]
+    fn unbounded_transform_items_are_refused() {
+        let deep = (0..MAX_ITEM_DEPTH).fold(json!(1), |v, _| json!([v]));
+        let cases = [
+            (json!({"items": []}), "/data/items"),
+            (json!({"items": [1e300]}), "/data/items/0"),
+            (
+                json!({"items": [1, "y".repeat(MAX_ITEM_STRING_BYTES + 1)]}),
+                "/data/items/1",
+            ),
+            (json!({"items": [deep]}), "/data/items/0"),
+            (json!({"items": vec![0; MAX_ITEMS + 1]}), "/data/items"),
+        ];
+        for (data, pointer) in cases {
+            let got = pointers(payload(Operation::Transform, 1, Some(data.clone())).plan());
+            assert_eq!(got, vec![pointer], "for {data}");
+        }
+    }
+
+    #[test]
+    fn transform_rounds_spread_the_node_budget_over_the_input() {
+        let c = Complexity::new(3).expect("valid");
+        let budget = calibration::amount_for(Operation::Transform, c);
+        let plan = payload(Operation::Transform, 3, Some(json!({"items": [1, 2]}))).plan();
+        assert_eq!(
+            plan.expect("valid"),
+            Work::Transform {
+                items: vec![json!(1), json!(2)],
+                rounds: (budget / 2) as u32
+            }
+        );
+    }
+
+    #[test]
+    fn unknown_fields_are_refused_by_the_parser() {
+        let typo =
+            serde_json::from_value::<WorkPayload>(json!({"operation": "hash", "complexty": 5}));
+        assert!(
+            typo.expect_err("typo")
+                .to_string()
+                .contains("unknown field `complexty`")
+        );
+    }
+
+    #[test]
+    fn operations_round_trip_through_their_names() {
+        for op in Operation::ALL {
+            assert_eq!(op.as_str().parse::<Operation>(), Ok(op));
+        }
+        assert!("sort".parse::<Operation>().is_err());
+    }
+}
