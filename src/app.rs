@@ -1,0 +1,251 @@
+//! `App::build(Config)` wires everything (database, engine pool, queue, workers, recovery,
+//! rate limiter) and binds the listener; `App::run(shutdown)` serves until `shutdown` resolves,
+//! then drains: no new connections, in-flight requests finish, workers finish their current
+//! job, and queued jobs stay on disk for the next start.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::http::{HeaderName, HeaderValue, Method, header};
+use axum::middleware::{self, Next};
+use axum::response::Response;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tower_http::cors::{AllowOrigin, CorsLayer};
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::trace::{DefaultOnRequest, DefaultOnResponse, TraceLayer};
+use tracing::Level;
+
+use crate::config::{Config, CorsOrigins};
+use crate::db;
+use crate::execution::{EnginePool, Executor};
+use crate::jobs::{self, JobQueue, WorkerContext, WorkerPool};
+use crate::metrics::{Metrics, RouteLabels};
+use crate::rate_limit::{self, ClientRateLimiter};
+use crate::routes;
+use crate::state::AppState;
+
+/// How often idle rate-limit entries are forgotten.
+const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(60);
+
+/// A built, bound, not yet serving application.
+pub struct App {
+    listener: TcpListener,
+    state: AppState,
+    /// Every background task (workers, recovery, housekeeping), awaited on shutdown.
+    tasks: TaskTracker,
+    /// Tells background tasks to stop taking new work.
+    stop: CancellationToken,
+}
+
+impl App {
+    pub async fn build(config: Config) -> anyhow::Result<Self> {
+        let config = Arc::new(config);
+        let db = db::connect(&config.database_path).await?;
+        let metrics = Arc::new(Metrics::new());
+        let engine_threads = config.max_sync_concurrency + config.num_workers;
+        let pool = EnginePool::new(engine_threads, config.engine_nice, metrics.clone())
+            .context("starting the engine pool")?;
+        let executor = Executor {
+            pool: Arc::new(pool),
+            db: db.clone(),
+            metrics: metrics.clone(),
+            deadline: config.work_timeout,
+        };
+        let (queue, receiver) = JobQueue::new(config.max_queue_size);
+        let tasks = TaskTracker::new();
+        let stop = CancellationToken::new();
+
+        jobs::recover_unfinished(&db, &queue, &metrics, &tasks)
+            .await
+            .context("recovering unfinished jobs")?;
+        let worker_ctx = WorkerContext {
+            executor: executor.clone(),
+            db: db.clone(),
+            metrics: metrics.clone(),
+        };
+        let workers = WorkerPool::spawn(
+            config.num_workers,
+            receiver,
+            worker_ctx,
+            stop.clone(),
+            &tasks,
+        );
+        let rate_limiter = Arc::new(ClientRateLimiter::new(
+            config.rate_limit_requests,
+            config.rate_limit_window,
+        ));
+        tasks.spawn(housekeeping(rate_limiter.clone(), stop.clone()));
+
+        let addr = SocketAddr::new(config.host, config.port);
+        let listener = TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding {addr}"))?;
+        let state = AppState {
+            sync_slots: Arc::new(Semaphore::new(config.max_sync_concurrency)),
+            config,
+            db,
+            executor,
+            queue,
+            workers,
+            metrics,
+            rate_limiter,
+        };
+        Ok(Self {
+            listener,
+            state,
+            tasks,
+            stop,
+        })
+    }
+
+    /// The bound address (with the real port when PORT was 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .unwrap_or_else(|_| SocketAddr::new(self.state.config.host, self.state.config.port))
+    }
+
+    pub fn port(&self) -> u16 {
+        self.local_addr().port()
+    }
+
+    /// The shared handles, for tests and tools that inspect a running app.
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    /// Serves until `shutdown` resolves, then drains as described at the top of this module.
+    pub async fn run(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let Self {
+            listener,
+            state,
+            tasks,
+            stop,
+        } = self;
+        let addr = listener.local_addr()?;
+        tracing::info!(%addr, app = %state.config.app_name, "listening");
+        let db = state.db.clone();
+        let service = router(state).into_make_service_with_connect_info::<SocketAddr>();
+        axum::serve(listener, service)
+            .with_graceful_shutdown(shutdown)
+            .await
+            .context("serving HTTP")?;
+        tracing::info!("no longer accepting requests; letting workers finish their current job");
+        stop.cancel();
+        tasks.close();
+        tasks.wait().await;
+        db.close().await;
+        tracing::info!("stopped");
+        Ok(())
+    }
+}
+
+/// The routes with every cross-cutting layer: request id, tracing, CORS, HTTP metrics, rate
+/// limit and body limit.
+pub fn router(state: AppState) -> Router {
+    let x_request_id = HeaderName::from_static("x-request-id");
+    routes::router()
+        .layer(DefaultBodyLimit::max(state.config.max_payload_bytes()))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            rate_limit::enforce,
+        ))
+        .layer(middleware::from_fn_with_state(
+            state.metrics.clone(),
+            track_http,
+        ))
+        .layer(cors(&state.config))
+        .layer(PropagateRequestIdLayer::new(x_request_id.clone()))
+        .layer(
+            TraceLayer::new_for_http()
+                .make_span_with(|req: &Request| {
+                    let x_request_id = req
+                        .headers()
+                        .get("x-request-id")
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or("");
+                    tracing::info_span!(
+                        "http",
+                        method = %req.method(),
+                        path = %req.uri().path(),
+                        x_request_id,
+                        request_id = tracing::field::Empty,
+                    )
+                })
+                .on_request(DefaultOnRequest::new().level(Level::DEBUG))
+                .on_response(DefaultOnResponse::new().level(Level::DEBUG))
+                // Failures are logged once where they happen (ApiError), not again here.
+                .on_failure(()),
+        )
+        .layer(SetRequestIdLayer::new(x_request_id, MakeRequestUuid))
+        .with_state(state)
+}
+
+fn cors(config: &Config) -> CorsLayer {
+    let origins = match &config.cors_origins {
+        CorsOrigins::Any => AllowOrigin::any(),
+        CorsOrigins::List(list) => {
+            AllowOrigin::list(list.iter().filter_map(|o| HeaderValue::from_str(o).ok()))
+        }
+    };
+    CorsLayer::new()
+        .allow_origin(origins)
+        .allow_methods([Method::GET, Method::POST])
+        .allow_headers([
+            header::CONTENT_TYPE,
+            HeaderName::from_static("idempotency-key"),
+        ])
+        .expose_headers([
+            header::LOCATION,
+            header::RETRY_AFTER,
+            HeaderName::from_static("x-request-id"),
+            HeaderName::from_static("x-ratelimit-limit"),
+            HeaderName::from_static("x-ratelimit-remaining"),
+        ])
+        .allow_credentials(config.cors_allow_credentials)
+}
+
+/// Counts every answer and its latency by route template.
+async fn track_http(
+    State(metrics): State<Arc<Metrics>>,
+    matched: Option<MatchedPath>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let started = Instant::now();
+    let method = req.method().to_string();
+    let route = matched.map_or_else(|| "unmatched".to_owned(), |m| m.as_str().to_owned());
+    let response = next.run(req).await;
+    let labels = RouteLabels {
+        method,
+        route,
+        status: response.status().as_u16(),
+    };
+    metrics.http_requests.get_or_create(&labels).inc();
+    metrics
+        .http_latency
+        .get_or_create(&labels)
+        .observe(started.elapsed().as_secs_f64());
+    response
+}
+
+async fn housekeeping(rate_limiter: Arc<ClientRateLimiter>, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(HOUSEKEEPING_EVERY);
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => break,
+            _ = tick.tick() => rate_limiter.forget_idle_clients(),
+        }
+    }
+}

@@ -1,0 +1,479 @@
+//! Every setting, its default and its environment name, parsed and validated once at start.
+//! `Config::from_env` reads the process environment after an optional `.env` (the environment
+//! wins); `Config::from_lookup` takes any key -> value source, which is what the tests use.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// A setting that could not be used; its `Display` is the one line printed before exiting.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid {key}={value:?}: expected {expected}")]
+pub struct ConfigError {
+    pub key: &'static str,
+    pub value: String,
+    pub expected: String,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable, coloured when the output is a terminal.
+    Pretty,
+    /// One JSON object per line, for log collectors.
+    Json,
+}
+
+/// Which browser origins may call the API.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CorsOrigins {
+    /// `*`: any origin (not allowed together with credentials).
+    Any,
+    /// An explicit list of origins such as `http://localhost:3000`.
+    List(Vec<String>),
+}
+
+/// The whole configuration. Durations are `Duration`s; the environment gives seconds (fractions
+/// allowed, so tests can use milliseconds).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// Shown in `/`, the OpenAPI title and log lines.
+    pub app_name: String,
+    pub host: IpAddr,
+    /// 0 picks a free port (the tests do this).
+    pub port: u16,
+    /// The SQLite file; its directory is created on first start.
+    pub database_path: PathBuf,
+    /// Sync requests computed at once; one more gets 503.
+    pub max_sync_concurrency: usize,
+    /// After this the engine is cancelled: 504 for sync, `failed` for async.
+    pub work_timeout: Duration,
+    /// Worker tasks that drain the async queue.
+    pub num_workers: usize,
+    /// Async jobs that may wait in the queue; one more gets 429.
+    pub max_queue_size: usize,
+    /// Bound on one callback attempt, connect to last byte.
+    pub callback_timeout: Duration,
+    /// Retries after the first attempt of an unbroken delivery.
+    pub max_callback_retries: u32,
+    /// Retry n waits `retry_backoff_base^n x callback_retry_unit`, with jitter.
+    pub retry_backoff_base: f64,
+    /// The unit of the backoff: one second in production, milliseconds in tests.
+    pub callback_retry_unit: Duration,
+    /// The longest `Retry-After` from a receiver that is honoured.
+    pub callback_max_retry_after: Duration,
+    /// Callback attempts in flight at once, across all jobs.
+    pub max_concurrent_deliveries: usize,
+    /// `whsec_...`: when set, callbacks carry a Standard Webhooks signature.
+    pub callback_signing_secret: Option<String>,
+    /// Burst per client IP.
+    pub rate_limit_requests: u32,
+    /// The burst refills evenly over this window.
+    pub rate_limit_window: Duration,
+    /// Take the client IP from the first `X-Forwarded-For` entry (only behind a trusted proxy).
+    pub trust_forwarded_for: bool,
+    /// Larger request bodies get 413.
+    pub max_payload_size_kb: usize,
+    /// Lower-case schemes a callback URL may use.
+    pub allowed_callback_schemes: Vec<String>,
+    /// Refuse callbacks to private, link-local, shared, multicast and reserved addresses.
+    pub block_private_ips: bool,
+    /// Refuse callbacks to loopback and `localhost`.
+    pub block_localhost: bool,
+    /// How long an `Idempotency-Key` is remembered.
+    pub idempotency_ttl: Duration,
+    /// The nice value engine threads run at, so acknowledgements win the CPU (0 disables).
+    pub engine_nice: i32,
+    /// An `EnvFilter` directive such as `info` or `sync_async=debug,tower_http=info`.
+    pub log_level: String,
+    pub log_format: LogFormat,
+    pub cors_origins: CorsOrigins,
+    pub cors_allow_credentials: bool,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self::from_lookup(|_| None).expect("the defaults are valid")
+    }
+}
+
+impl Config {
+    /// Loads `.env` if there is one (never overriding the environment), then parses. A `.env`
+    /// that exists but does not parse is an error, not something to skip silently.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        match dotenvy::dotenv() {
+            Ok(_) => {}
+            Err(e) if e.not_found() => {}
+            Err(e) => {
+                return Err(ConfigError {
+                    key: ".env",
+                    value: e.to_string(),
+                    expected: "KEY=value lines (quote values that contain spaces)".to_owned(),
+                });
+            }
+        }
+        Self::from_lookup(|key| std::env::var(key).ok())
+    }
+
+    /// Parses from a map, for tests and tools.
+    pub fn from_map(map: &HashMap<String, String>) -> Result<Self, ConfigError> {
+        Self::from_lookup(|key| map.get(key).cloned())
+    }
+
+    /// Parses every key from `lookup`, falling back to its default. Unknown keys are never asked
+    /// for, so they are ignored.
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let env = Lookup(&lookup);
+        let config = Self {
+            app_name: env.string("APP_NAME", "Sync vs Async API Demo"),
+            host: env.parse(
+                "HOST",
+                "0.0.0.0",
+                "an IP address such as 0.0.0.0 or 127.0.0.1",
+            )?,
+            port: env.parse("PORT", "8000", "a port number from 0 to 65535")?,
+            database_path: PathBuf::from(env.string("DATABASE_PATH", "./data/requests.db")),
+            max_sync_concurrency: env.count("MAX_SYNC_CONCURRENCY", 10)?,
+            work_timeout: env.seconds("WORK_TIMEOUT_SECONDS", "30")?,
+            num_workers: env.count("NUM_WORKERS", 5)?,
+            max_queue_size: env.count("MAX_QUEUE_SIZE", 100)?,
+            callback_timeout: env.seconds("CALLBACK_TIMEOUT_SECONDS", "10")?,
+            max_callback_retries: env.parse(
+                "MAX_CALLBACK_RETRIES",
+                "3",
+                "a whole number from 0 to 20",
+            )?,
+            retry_backoff_base: env.parse("RETRY_BACKOFF_BASE", "2", "a number from 1 to 10")?,
+            callback_retry_unit: env.millis("CALLBACK_RETRY_UNIT_MS", "1000")?,
+            callback_max_retry_after: env.seconds("CALLBACK_MAX_RETRY_AFTER_SECONDS", "300")?,
+            max_concurrent_deliveries: env.count("MAX_CONCURRENT_DELIVERIES", 20)?,
+            callback_signing_secret: env.optional("CALLBACK_SIGNING_SECRET"),
+            rate_limit_requests: env.parse(
+                "RATE_LIMIT_REQUESTS",
+                "100",
+                "a whole number of at least 1",
+            )?,
+            rate_limit_window: env.seconds("RATE_LIMIT_WINDOW_SECONDS", "60")?,
+            trust_forwarded_for: env.flag("TRUST_FORWARDED_FOR", false)?,
+            max_payload_size_kb: env.count("MAX_PAYLOAD_SIZE_KB", 100)?,
+            allowed_callback_schemes: env.schemes("ALLOWED_CALLBACK_SCHEMES", "http,https")?,
+            block_private_ips: env.flag("BLOCK_PRIVATE_IPS", true)?,
+            block_localhost: env.flag("BLOCK_LOCALHOST", false)?,
+            idempotency_ttl: env.seconds("IDEMPOTENCY_TTL_SECONDS", "86400")?,
+            engine_nice: env.parse("ENGINE_NICE", "10", "a nice value from 0 to 19")?,
+            log_level: env.string("LOG_LEVEL", "info"),
+            log_format: env.log_format("LOG_FORMAT", "pretty")?,
+            cors_origins: env.cors_origins("CORS_ORIGINS", "*"),
+            cors_allow_credentials: env.flag("CORS_ALLOW_CREDENTIALS", false)?,
+        };
+        config.check_ranges(&env)?;
+        Ok(config)
+    }
+
+    /// Bounds that need more than one value or a range check after parsing.
+    fn check_ranges(&self, env: &Lookup<'_>) -> Result<(), ConfigError> {
+        let checks: [(&'static str, bool, &str); 6] = [
+            (
+                "MAX_CALLBACK_RETRIES",
+                self.max_callback_retries <= 20,
+                "a whole number from 0 to 20",
+            ),
+            (
+                "RETRY_BACKOFF_BASE",
+                (1.0..=10.0).contains(&self.retry_backoff_base),
+                "a number from 1 to 10",
+            ),
+            (
+                "RATE_LIMIT_REQUESTS",
+                self.rate_limit_requests >= 1,
+                "a whole number of at least 1",
+            ),
+            (
+                "ENGINE_NICE",
+                (0..=19).contains(&self.engine_nice),
+                "a nice value from 0 to 19",
+            ),
+            (
+                "LOG_LEVEL",
+                tracing_subscriber::EnvFilter::try_new(&self.log_level).is_ok(),
+                "a level (error, warn, info, debug, trace) or an EnvFilter directive",
+            ),
+            (
+                "CORS_ALLOW_CREDENTIALS",
+                !(self.cors_allow_credentials && self.cors_origins == CorsOrigins::Any),
+                "false while CORS_ORIGINS is `*` (browsers refuse credentials with a wildcard origin)",
+            ),
+        ];
+        match checks.into_iter().find(|(_, ok, _)| !ok) {
+            Some((key, _, expected)) => Err(env.error(key, expected)),
+            None => Ok(()),
+        }
+    }
+
+    /// The largest accepted request body, in bytes.
+    pub fn max_payload_bytes(&self) -> usize {
+        self.max_payload_size_kb * 1024
+    }
+}
+
+/// Typed reads over a key -> value source, each producing a `ConfigError` that names the key.
+struct Lookup<'a>(&'a dyn Fn(&str) -> Option<String>);
+
+impl Lookup<'_> {
+    fn raw(&self, key: &str) -> Option<String> {
+        (self.0)(key)
+            .map(|v| v.trim().to_owned())
+            .filter(|v| !v.is_empty())
+    }
+
+    fn error(&self, key: &'static str, expected: &str) -> ConfigError {
+        ConfigError {
+            key,
+            value: self.raw(key).unwrap_or_default(),
+            expected: expected.to_owned(),
+        }
+    }
+
+    fn string(&self, key: &str, default: &str) -> String {
+        self.raw(key).unwrap_or_else(|| default.to_owned())
+    }
+
+    fn optional(&self, key: &str) -> Option<String> {
+        self.raw(key)
+    }
+
+    fn parse<T: std::str::FromStr>(
+        &self,
+        key: &'static str,
+        default: &str,
+        expected: &str,
+    ) -> Result<T, ConfigError> {
+        let value = self.string(key, default);
+        value.parse().map_err(|_| ConfigError {
+            key,
+            value,
+            expected: expected.to_owned(),
+        })
+    }
+
+    /// A whole number of at least 1.
+    fn count(&self, key: &'static str, default: usize) -> Result<usize, ConfigError> {
+        let n: usize = self.parse(key, &default.to_string(), "a whole number of at least 1")?;
+        if n == 0 {
+            return Err(self.error(key, "a whole number of at least 1"));
+        }
+        Ok(n)
+    }
+
+    /// Positive seconds; fractions allowed (`0.25`).
+    fn seconds(&self, key: &'static str, default: &str) -> Result<Duration, ConfigError> {
+        let expected = "a positive number of seconds such as 30 or 0.5";
+        let secs: f64 = self.parse(key, default, expected)?;
+        Duration::try_from_secs_f64(secs)
+            .ok()
+            .filter(|d| !d.is_zero())
+            .ok_or_else(|| self.error(key, expected))
+    }
+
+    /// Positive whole milliseconds.
+    fn millis(&self, key: &'static str, default: &str) -> Result<Duration, ConfigError> {
+        let expected = "a whole number of milliseconds of at least 1";
+        let ms: u64 = self.parse(key, default, expected)?;
+        if ms == 0 {
+            return Err(self.error(key, expected));
+        }
+        Ok(Duration::from_millis(ms))
+    }
+
+    fn flag(&self, key: &'static str, default: bool) -> Result<bool, ConfigError> {
+        match self.raw(key).map(|v| v.to_ascii_lowercase()).as_deref() {
+            None => Ok(default),
+            Some("true" | "1" | "yes" | "on") => Ok(true),
+            Some("false" | "0" | "no" | "off") => Ok(false),
+            Some(_) => Err(self.error(key, "true or false")),
+        }
+    }
+
+    fn log_format(&self, key: &'static str, default: &str) -> Result<LogFormat, ConfigError> {
+        match self.string(key, default).to_ascii_lowercase().as_str() {
+            "pretty" | "text" => Ok(LogFormat::Pretty),
+            "json" => Ok(LogFormat::Json),
+            _ => Err(self.error(key, "json or pretty")),
+        }
+    }
+
+    /// Accepts `http,https` and the original's JSON form `["http","https"]`.
+    fn schemes(&self, key: &'static str, default: &str) -> Result<Vec<String>, ConfigError> {
+        let expected = "a list such as http,https or [\"http\",\"https\"] of http and https";
+        let schemes: Vec<String> = list(&self.string(key, default))
+            .iter()
+            .map(|s| s.to_ascii_lowercase())
+            .collect();
+        if schemes.is_empty() || schemes.iter().any(|s| s != "http" && s != "https") {
+            return Err(self.error(key, expected));
+        }
+        Ok(schemes)
+    }
+
+    fn cors_origins(&self, key: &'static str, default: &str) -> CorsOrigins {
+        let origins = list(&self.string(key, default));
+        if origins.is_empty() || origins.iter().any(|o| o == "*") {
+            CorsOrigins::Any
+        } else {
+            CorsOrigins::List(origins)
+        }
+    }
+}
+
+/// Splits `a,b` or `["a","b"]` into trimmed, unquoted, non-empty items.
+fn list(raw: &str) -> Vec<String> {
+    let inner = raw.trim().trim_start_matches('[').trim_end_matches(']');
+    inner
+        .split(',')
+        .map(|item| {
+            item.trim()
+                .trim_matches(|c| c == '"' || c == '\'')
+                .trim()
+                .to_owned()
+        })
+        .filter(|item| !item.is_empty())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with(pairs: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let map: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Config::from_map(&map)
+    }
+
+    #[test]
+    fn defaults_match_the_documented_values() {
+        let c = Config::default();
+        assert_eq!(c.port, 8000);
+        assert_eq!(c.host.to_string(), "0.0.0.0");
+        assert_eq!(c.max_sync_concurrency, 10);
+        assert_eq!(c.work_timeout, Duration::from_secs(30));
+        assert_eq!((c.num_workers, c.max_queue_size), (5, 100));
+        assert_eq!((c.max_callback_retries, c.retry_backoff_base), (3, 2.0));
+        assert_eq!(
+            (c.rate_limit_requests, c.rate_limit_window),
+            (100, Duration::from_secs(60))
+        );
+        assert_eq!(c.allowed_callback_schemes, vec!["http", "https"]);
+        assert!(c.block_private_ips && !c.block_localhost && !c.trust_forwarded_for);
+        assert_eq!(c.max_payload_bytes(), 100 * 1024);
+    }
+
+    #[test]
+    fn both_scheme_list_forms_are_accepted() {
+        for raw in [
+            "http,https",
+            "[\"http\",\"https\"]",
+            " [ 'http' , 'https' ] ",
+            "HTTP, https",
+        ] {
+            let c = with(&[("ALLOWED_CALLBACK_SCHEMES", raw)]).expect(raw);
+            assert_eq!(c.allowed_callback_schemes, vec!["http", "https"], "{raw}");
+        }
+        let https_only = with(&[("ALLOWED_CALLBACK_SCHEMES", "[\"https\"]")]).expect("https only");
+        assert_eq!(https_only.allowed_callback_schemes, vec!["https"]);
+    }
+
+    #[test]
+    fn a_bad_value_names_the_key_and_the_expected_form() {
+        let err = with(&[("PORT", "eighty")]).expect_err("not a port");
+        assert_eq!(
+            err.to_string(),
+            "invalid PORT=\"eighty\": expected a port number from 0 to 65535"
+        );
+        let err = with(&[("ALLOWED_CALLBACK_SCHEMES", "ftp")]).expect_err("ftp");
+        assert_eq!(err.key, "ALLOWED_CALLBACK_SCHEMES");
+        let cases = [
+            ("MAX_SYNC_CONCURRENCY", "0"),
+            ("WORK_TIMEOUT_SECONDS", "-1"),
+            ("WORK_TIMEOUT_SECONDS", "soon"),
+            ("BLOCK_PRIVATE_IPS", "maybe"),
+            ("LOG_FORMAT", "xml"),
+            ("RETRY_BACKOFF_BASE", "0.5"),
+            ("MAX_CALLBACK_RETRIES", "99"),
+            ("CALLBACK_RETRY_UNIT_MS", "0"),
+            ("LOG_LEVEL", "sync_async=loud"),
+        ];
+        for (key, value) in cases {
+            let err = with(&[(key, value)]).expect_err(key);
+            assert_eq!(err.key, key, "{err}");
+            assert!(
+                err.to_string().starts_with(&format!("invalid {key}=")),
+                "{err}"
+            );
+        }
+    }
+
+    #[test]
+    fn fractional_seconds_allow_millisecond_timeouts() {
+        let c = with(&[("WORK_TIMEOUT_SECONDS", "0.25")]).expect("valid");
+        assert_eq!(c.work_timeout, Duration::from_millis(250));
+    }
+
+    #[test]
+    fn credentials_with_a_wildcard_origin_are_refused() {
+        let err = with(&[("CORS_ALLOW_CREDENTIALS", "true")]).expect_err("wildcard");
+        assert_eq!(err.key, "CORS_ALLOW_CREDENTIALS");
+        let ok = with(&[
+            ("CORS_ALLOW_CREDENTIALS", "true"),
+            ("CORS_ORIGINS", "http://localhost:3000"),
+        ]);
+        assert_eq!(
+            ok.expect("explicit origin").cors_origins,
+            CorsOrigins::List(vec!["http://localhost:3000".into()])
+        );
+    }
+
+    #[test]
+    fn unknown_keys_and_empty_values_fall_back_to_defaults() {
+        let c = with(&[("SOMETHING_ELSE", "x"), ("PORT", "")]).expect("valid");
+        assert_eq!(c, Config::default());
+    }
+
+    fn env_example() -> HashMap<String, String> {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/.env.example");
+        dotenvy::from_path_iter(path)
+            .expect(".env.example exists")
+            .map(|kv| kv.expect("parses"))
+            .collect()
+    }
+
+    #[test]
+    fn the_env_example_file_parses_to_the_defaults() {
+        assert_eq!(
+            Config::from_map(&env_example()).expect("valid"),
+            Config::default()
+        );
+    }
+
+    #[test]
+    fn the_env_example_lists_every_key_the_config_reads() {
+        let asked = std::cell::RefCell::new(Vec::new());
+        Config::from_lookup(|key| {
+            asked.borrow_mut().push(key.to_owned());
+            None
+        })
+        .expect("defaults are valid");
+        let example = env_example();
+        let asked = asked.into_inner();
+        assert!(asked.len() >= 28, "only {} keys read", asked.len());
+        for key in asked {
+            assert!(
+                example.contains_key(&key),
+                "{key} is missing from .env.example"
+            );
+        }
+    }
+}

@@ -1,0 +1,56 @@
+//! The SQLite store: one pool opened at start (WAL, busy timeout, embedded migrations), and one
+//! module per table. All SQL in the project lives under this module.
+
+pub mod requests;
+
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::Context;
+use chrono::{DateTime, SecondsFormat, Utc};
+use sqlx::SqlitePool;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+
+/// How long a statement waits for another connection's write lock before failing.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+/// SQLite serialises writers, so a handful of connections is plenty; readers share them.
+const MAX_CONNECTIONS: u32 = 8;
+
+/// Opens (creating if needed) the database at `path` and brings its schema up to date.
+///
+/// WAL lets readers run beside the one writer. `synchronous = NORMAL` makes each commit durable
+/// against a crash or `kill -9` of this process (the WAL is written before the commit returns);
+/// only an OS crash or power cut can lose the last commits, which is the usual WAL trade-off.
+pub async fn connect(path: &Path) -> anyhow::Result<SqlitePool> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("creating the data directory {}", dir.display()))?;
+    }
+    let options = SqliteConnectOptions::new()
+        .filename(path)
+        .create_if_missing(true)
+        .journal_mode(SqliteJournalMode::Wal)
+        .synchronous(SqliteSynchronous::Normal)
+        .busy_timeout(BUSY_TIMEOUT)
+        .foreign_keys(true);
+    let pool = SqlitePoolOptions::new()
+        .max_connections(MAX_CONNECTIONS)
+        .connect_with(options)
+        .await
+        .with_context(|| format!("opening the database {}", path.display()))?;
+    sqlx::migrate!("./migrations")
+        .run(&pool)
+        .await
+        .context("running database migrations")?;
+    Ok(pool)
+}
+
+/// Answers when the database can run a query: the health check.
+pub async fn ping(pool: &SqlitePool) -> Result<(), sqlx::Error> {
+    sqlx::query("SELECT 1").execute(pool).await.map(|_| ())
+}
+
+/// The stored form of a timestamp: RFC 3339, UTC, milliseconds, fixed width.
+pub fn timestamp(at: DateTime<Utc>) -> String {
+    at.to_rfc3339_opts(SecondsFormat::Millis, true)
+}

@@ -1,0 +1,311 @@
+//! The `requests` table: one row per /sync or /async request, from arrival to result.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use sqlx::types::Json;
+use sqlx::{QueryBuilder, Sqlite, SqliteExecutor, SqlitePool};
+use utoipa::{IntoParams, ToSchema};
+
+/// Which API a request came through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema, sqlx::Type)]
+#[serde(rename_all = "lowercase")]
+#[sqlx(type_name = "TEXT", rename_all = "lowercase")]
+pub enum Mode {
+    Sync,
+    Async,
+}
+
+/// Where a request's work stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema, sqlx::Type)]
+#[serde(rename_all = "lowercase")]
+#[sqlx(type_name = "TEXT", rename_all = "lowercase")]
+pub enum Status {
+    /// Stored and queued; no worker has started it.
+    Pending,
+    /// The engine is running it.
+    Processing,
+    /// Finished with a result.
+    Done,
+    /// Finished without a result (timeout, cancellation, engine failure).
+    Failed,
+}
+
+impl Mode {
+    pub const ALL: [Mode; 2] = [Mode::Sync, Mode::Async];
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Sync => "sync",
+            Self::Async => "async",
+        }
+    }
+}
+
+impl Status {
+    pub const ALL: [Status; 4] = [
+        Status::Pending,
+        Status::Processing,
+        Status::Done,
+        Status::Failed,
+    ];
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Processing => "processing",
+            Self::Done => "done",
+            Self::Failed => "failed",
+        }
+    }
+}
+
+/// A stored request as the API shows it (the client IP is kept out on purpose).
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema, sqlx::FromRow)]
+pub struct RequestRecord {
+    #[sqlx(rename = "id")]
+    #[schema(example = "0193a1b2-7c3d-7e4f-8a9b-0c1d2e3f4a5b")]
+    pub request_id: String,
+    pub mode: Mode,
+    pub status: Status,
+    /// The work payload as submitted.
+    #[schema(value_type = Object, example = json!({"operation": "hash", "complexity": 5}))]
+    pub payload: Json<Value>,
+    /// The engine's result, once `done`.
+    #[schema(value_type = Option<Object>)]
+    pub result: Option<Json<Value>>,
+    /// Why the work failed, once `failed`.
+    pub error: Option<String>,
+    pub callback_url: Option<String>,
+    /// RFC 3339 UTC.
+    #[schema(example = "2026-11-27T10:11:54.123Z")]
+    pub created_at: String,
+    pub started_at: Option<String>,
+    pub completed_at: Option<String>,
+    /// Engine time only, without time spent queued.
+    pub execution_time_ms: Option<f64>,
+    /// Callback delivery attempts made so far.
+    pub attempts: i64,
+    /// The last callback delivery error.
+    pub last_error: Option<String>,
+}
+
+/// The columns `RequestRecord` reads, in one place.
+const RECORD_COLUMNS: &str = "id, mode, status, payload, result, error, callback_url, created_at, \
+     started_at, completed_at, execution_time_ms, attempts, last_error";
+
+/// A row to insert.
+#[derive(Debug, Clone)]
+pub struct NewRequest<'a> {
+    pub id: &'a str,
+    pub mode: Mode,
+    pub payload: &'a Value,
+    pub status: Status,
+    pub callback_url: Option<&'a str>,
+    pub created_at: &'a str,
+    /// Set when the work starts at once (sync).
+    pub started_at: Option<&'a str>,
+    pub client_ip: &'a str,
+}
+
+/// How a run ended, to store.
+#[derive(Debug, Clone)]
+pub struct Completion<'a> {
+    pub status: Status,
+    pub result: Option<&'a Value>,
+    pub error: Option<&'a str>,
+    pub completed_at: &'a str,
+    pub execution_time_ms: Option<f64>,
+}
+
+/// `GET /requests` filters.
+#[derive(Debug, Clone, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct ListFilter {
+    /// Only requests of this mode.
+    pub mode: Option<Mode>,
+    /// Only requests in this status.
+    pub status: Option<Status>,
+    /// Page size, 1 to 100 (default 50).
+    #[param(minimum = 1, maximum = 100, default = 50)]
+    pub limit: Option<u32>,
+    /// Rows to skip (default 0).
+    #[param(minimum = 0, default = 0)]
+    pub offset: Option<u32>,
+}
+
+/// Aggregates for `/metrics`.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Summary {
+    pub total: i64,
+    pub by_mode: BTreeMap<&'static str, i64>,
+    pub by_status: BTreeMap<&'static str, i64>,
+    /// Mean engine time over `done` requests; `None` before the first one.
+    pub avg_execution_time_ms: Option<f64>,
+    /// Every (mode, status) pair with its count, zeros included.
+    pub cells: Vec<(Mode, Status, i64)>,
+}
+
+pub async fn insert(db: impl SqliteExecutor<'_>, row: &NewRequest<'_>) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO requests (id, mode, payload, status, callback_url, created_at, started_at, client_ip) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+    )
+    .bind(row.id)
+    .bind(row.mode)
+    .bind(row.payload.to_string())
+    .bind(row.status)
+    .bind(row.callback_url)
+    .bind(row.created_at)
+    .bind(row.started_at)
+    .bind(row.client_ip)
+    .execute(db)
+    .await
+    .map(|_| ())
+}
+
+/// Moves a queued job to `processing`. Returns false when the job is missing or already finished
+/// (a duplicate delivery from the queue), so the caller skips it.
+pub async fn mark_processing(
+    db: &SqlitePool,
+    id: &str,
+    started_at: &str,
+) -> Result<bool, sqlx::Error> {
+    let done = sqlx::query(
+        "UPDATE requests SET status = 'processing', started_at = ? \
+         WHERE id = ? AND status IN ('pending', 'processing')",
+    )
+    .bind(started_at)
+    .bind(id)
+    .execute(db)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// Stores how a run ended.
+pub async fn complete(
+    db: impl SqliteExecutor<'_>,
+    id: &str,
+    c: &Completion<'_>,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE requests SET status = ?, result = ?, error = ?, completed_at = ?, execution_time_ms = ? \
+         WHERE id = ?",
+    )
+    .bind(c.status)
+    .bind(c.result.map(Value::to_string))
+    .bind(c.error)
+    .bind(c.completed_at)
+    .bind(c.execution_time_ms)
+    .bind(id)
+    .execute(db)
+    .await
+    .map(|_| ())
+}
+
+/// The stored payload of a job, for a worker to run.
+pub async fn payload(db: &SqlitePool, id: &str) -> Result<Option<Value>, sqlx::Error> {
+    let row: Option<(Json<Value>,)> = sqlx::query_as("SELECT payload FROM requests WHERE id = ?")
+        .bind(id)
+        .fetch_optional(db)
+        .await?;
+    Ok(row.map(|(Json(v),)| v))
+}
+
+pub async fn get(db: &SqlitePool, id: &str) -> Result<Option<RequestRecord>, sqlx::Error> {
+    let mut q =
+        QueryBuilder::<Sqlite>::new(format!("SELECT {RECORD_COLUMNS} FROM requests WHERE id = "));
+    q.push_bind(id);
+    q.build_query_as().fetch_optional(db).await
+}
+
+/// One page of requests, newest first, and the total that match the filter.
+pub async fn list(
+    db: &SqlitePool,
+    filter: &ListFilter,
+    limit: u32,
+    offset: u32,
+) -> Result<(i64, Vec<RequestRecord>), sqlx::Error> {
+    let mut count = QueryBuilder::<Sqlite>::new("SELECT COUNT(*) FROM requests");
+    push_filter(&mut count, filter);
+    let total: i64 = count.build_query_scalar().fetch_one(db).await?;
+
+    let mut page = QueryBuilder::<Sqlite>::new(format!("SELECT {RECORD_COLUMNS} FROM requests"));
+    push_filter(&mut page, filter);
+    page.push(" ORDER BY created_at DESC, id DESC LIMIT ")
+        .push_bind(i64::from(limit));
+    page.push(" OFFSET ").push_bind(i64::from(offset));
+    let rows = page.build_query_as().fetch_all(db).await?;
+    Ok((total, rows))
+}
+
+fn push_filter(q: &mut QueryBuilder<Sqlite>, filter: &ListFilter) {
+    let mut sep = " WHERE ";
+    if let Some(mode) = filter.mode {
+        q.push(sep).push("mode = ").push_bind(mode);
+        sep = " AND ";
+    }
+    if let Some(status) = filter.status {
+        q.push(sep).push("status = ").push_bind(status);
+    }
+}
+
+/// Counts by mode and status and the mean engine time, in one pass.
+pub async fn summary(db: &SqlitePool) -> Result<Summary, sqlx::Error> {
+    let rows: Vec<(Mode, Status, i64, Option<f64>, i64)> = sqlx::query_as(
+        "SELECT mode, status, COUNT(*), SUM(execution_time_ms), COUNT(execution_time_ms) \
+         FROM requests GROUP BY mode, status",
+    )
+    .fetch_all(db)
+    .await?;
+    let mut summary = Summary::default();
+    for m in Mode::ALL {
+        summary.by_mode.insert(m.as_str(), 0);
+    }
+    for s in Status::ALL {
+        summary.by_status.insert(s.as_str(), 0);
+        for m in Mode::ALL {
+            let count = rows
+                .iter()
+                .find(|r| r.0 == m && r.1 == s)
+                .map_or(0, |r| r.2);
+            summary.cells.push((m, s, count));
+        }
+    }
+    let (mut time_sum, mut timed) = (0.0, 0i64);
+    for (mode, status, count, sum_ms, timed_count) in rows {
+        summary.total += count;
+        *summary.by_mode.entry(mode.as_str()).or_default() += count;
+        *summary.by_status.entry(status.as_str()).or_default() += count;
+        if status == Status::Done {
+            time_sum += sum_ms.unwrap_or(0.0);
+            timed += timed_count;
+        }
+    }
+    summary.avg_execution_time_ms = (timed > 0).then(|| time_sum / timed as f64);
+    Ok(summary)
+}
+
+/// Async jobs a previous run accepted but did not finish, oldest first: startup recovery
+/// re-queues them.
+pub async fn unfinished_async(db: &SqlitePool) -> Result<Vec<String>, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT id FROM requests WHERE mode = 'async' AND status IN ('pending', 'processing') \
+         ORDER BY created_at, id",
+    )
+    .fetch_all(db)
+    .await
+}
+
+/// Sync requests a previous run left `processing` (it was killed mid-request): nobody is
+/// waiting for them any more, so they are marked failed at startup.
+pub async fn fail_orphaned_sync(db: &SqlitePool, completed_at: &str) -> Result<u64, sqlx::Error> {
+    let done = sqlx::query(
+        "UPDATE requests SET status = 'failed', error = 'the server stopped before this request finished', \
+         completed_at = ? WHERE mode = 'sync' AND status IN ('pending', 'processing')",
+    )
+    .bind(completed_at)
+    .execute(db)
+    .await?;
+    Ok(done.rows_affected())
+}

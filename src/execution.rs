@@ -1,0 +1,215 @@
+//! Runs engine work off the async threads and records how it ended. `EnginePool` is a dedicated
+//! runtime whose blocking threads run at a lower OS priority, so the threads that answer HTTP
+//! keep winning the CPU while every engine thread is busy. `execute` is shared by `/sync` and the
+//! async workers: one deadline, one cancellation path, one way of storing the outcome.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use sqlx::SqlitePool;
+use tokio::runtime::{Builder, Handle, Runtime};
+use tokio::sync::OwnedSemaphorePermit;
+
+use crate::db;
+use crate::db::requests::{Completion, Mode, Status};
+use crate::engine::{self, CancelToken, Operation, Work};
+use crate::metrics::{Metrics, RunOutcome};
+
+/// How one engine run ended.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    Done {
+        result: Value,
+        elapsed: Duration,
+    },
+    /// The deadline passed; the engine was cancelled and has stopped.
+    TimedOut {
+        elapsed: Duration,
+    },
+    /// Someone else cancelled the run (shutdown, a client that went away).
+    Cancelled,
+    /// The engine panicked: a bug, reported as a failure of this request only.
+    Panicked(String),
+}
+
+impl Outcome {
+    pub fn status(&self) -> Status {
+        match self {
+            Self::Done { .. } => Status::Done,
+            _ => Status::Failed,
+        }
+    }
+}
+
+/// Blocking threads for the engine, at a lower priority than the rest of the process.
+pub struct EnginePool {
+    handle: Handle,
+    /// Kept only to shut the runtime down without blocking when the pool is dropped.
+    runtime: Option<Runtime>,
+    metrics: Arc<Metrics>,
+}
+
+impl EnginePool {
+    /// `max_threads` bounds the engine runs on a CPU at once (sync slots + workers).
+    pub fn new(max_threads: usize, nice: i32, metrics: Arc<Metrics>) -> std::io::Result<Self> {
+        let runtime = Builder::new_multi_thread()
+            .worker_threads(1)
+            .max_blocking_threads(max_threads.max(1))
+            .thread_name("engine")
+            .on_thread_start(move || lower_thread_priority(nice))
+            .build()?;
+        Ok(Self {
+            handle: runtime.handle().clone(),
+            runtime: Some(runtime),
+            metrics,
+        })
+    }
+
+    /// Runs `work` until it finishes, `deadline` passes, or `cancel` is set. When the deadline
+    /// passes, this cancels the engine and waits for it to stop before returning, so the CPU is
+    /// free by the time the caller reports the timeout. `permit` is held until the engine stops.
+    /// If the returned future is dropped (the client went away), the engine is cancelled too.
+    pub async fn run(
+        &self,
+        work: Work,
+        deadline: Duration,
+        cancel: CancelToken,
+        permit: Option<OwnedSemaphorePermit>,
+    ) -> Outcome {
+        let engine_cancel = cancel.clone();
+        let metrics = self.metrics.clone();
+        metrics.engine_running.inc();
+        let mut task = self.handle.spawn_blocking(move || {
+            let _running = RunningGuard(metrics);
+            let _permit = permit;
+            let started = Instant::now();
+            let outcome = engine::run(&work, &engine_cancel);
+            (outcome, started.elapsed())
+        });
+        let _stop_if_abandoned = cancel.cancel_on_drop();
+        let joined = match tokio::time::timeout(deadline, &mut task).await {
+            Ok(joined) => joined,
+            Err(_) => {
+                let cancelled_at = Instant::now();
+                cancel.cancel();
+                let joined = task.await;
+                self.metrics
+                    .engine_cancel_latency
+                    .observe(cancelled_at.elapsed().as_secs_f64());
+                return match joined {
+                    Ok((Ok(result), elapsed)) => Outcome::Done { result, elapsed },
+                    Ok((Err(_), elapsed)) => Outcome::TimedOut { elapsed },
+                    Err(e) => Outcome::Panicked(e.to_string()),
+                };
+            }
+        };
+        match joined {
+            Ok((Ok(result), elapsed)) => Outcome::Done { result, elapsed },
+            Ok((Err(_), _)) => Outcome::Cancelled,
+            Err(e) => Outcome::Panicked(e.to_string()),
+        }
+    }
+}
+
+impl Drop for EnginePool {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.runtime.take() {
+            // Dropping a runtime inside async code would block; this never does.
+            runtime.shutdown_background();
+        }
+    }
+}
+
+/// Keeps `engine_running` true to what holds a CPU, even if the engine panics.
+struct RunningGuard(Arc<Metrics>);
+
+impl Drop for RunningGuard {
+    fn drop(&mut self) {
+        self.0.engine_running.dec();
+    }
+}
+
+#[cfg(target_os = "linux")]
+fn lower_thread_priority(nice: i32) {
+    if nice > 0 {
+        // On Linux a thread id names one thread, so this lowers only the engine thread.
+        let tid = rustix::thread::gettid();
+        if let Err(e) = rustix::process::setpriority_process(Some(tid), nice) {
+            tracing::warn!(error = %e, nice, "could not lower the engine thread priority");
+        }
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn lower_thread_priority(_nice: i32) {}
+
+/// What `execute` needs: the pool to run on, where to record, and the deadline.
+#[derive(Clone)]
+pub struct Executor {
+    pub pool: Arc<EnginePool>,
+    pub db: SqlitePool,
+    pub metrics: Arc<Metrics>,
+    pub deadline: Duration,
+}
+
+impl Executor {
+    /// Runs a stored request's work and stores the outcome. Storing is retried by nobody: if the
+    /// database fails here, the row stays `processing` and startup recovery picks it up.
+    pub async fn execute(
+        &self,
+        id: &str,
+        mode: Mode,
+        operation: Operation,
+        work: Work,
+        cancel: CancelToken,
+        permit: Option<OwnedSemaphorePermit>,
+    ) -> Result<Outcome, sqlx::Error> {
+        let outcome = self.pool.run(work, self.deadline, cancel, permit).await;
+        let (run_outcome, seconds) = match &outcome {
+            Outcome::Done { elapsed, .. } => (RunOutcome::Done, elapsed.as_secs_f64()),
+            Outcome::TimedOut { elapsed } => (RunOutcome::Timeout, elapsed.as_secs_f64()),
+            Outcome::Cancelled => (RunOutcome::Cancelled, 0.0),
+            Outcome::Panicked(_) => (RunOutcome::Panicked, 0.0),
+        };
+        self.metrics
+            .record_run(mode.as_str(), operation, run_outcome, seconds);
+        if let Outcome::Panicked(why) = &outcome {
+            tracing::error!(request_id = id, panic = why, "the engine panicked");
+        }
+        if outcome == Outcome::Cancelled && mode == Mode::Async {
+            // A shutdown stopped it: leave it for the next start to run again.
+            return Ok(outcome);
+        }
+        let (result, elapsed) = match &outcome {
+            Outcome::Done { result, elapsed } => (Some(result), Some(elapsed)),
+            Outcome::TimedOut { elapsed } => (None, Some(elapsed)),
+            Outcome::Cancelled | Outcome::Panicked(_) => (None, None),
+        };
+        let error = failure_message(&outcome, self.deadline);
+        let completion = Completion {
+            status: outcome.status(),
+            result,
+            error: error.as_deref(),
+            completed_at: &db::timestamp(chrono::Utc::now()),
+            execution_time_ms: elapsed.map(|d| d.as_secs_f64() * 1e3),
+        };
+        db::requests::complete(&self.db, id, &completion).await?;
+        Ok(outcome)
+    }
+}
+
+/// The `error` stored for a run that did not finish.
+fn failure_message(outcome: &Outcome, deadline: Duration) -> Option<String> {
+    match outcome {
+        Outcome::Done { .. } => None,
+        Outcome::TimedOut { .. } => Some(format!(
+            "timed out: the work did not finish within {} s and was cancelled",
+            deadline.as_secs_f64()
+        )),
+        Outcome::Cancelled => {
+            Some("cancelled: the client went away before the work finished".to_owned())
+        }
+        Outcome::Panicked(_) => Some("internal error in the work engine".to_owned()),
+    }
+}

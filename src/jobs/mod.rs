@@ -1,0 +1,10 @@
+//! Async jobs: a bounded queue of job ids (the rows themselves are on disk), a pool of workers
+//! that drain it, and the startup recovery that re-queues what a previous run left unfinished.
+
+mod queue;
+mod recovery;
+mod worker;
+
+pub use queue::{JobQueue, QueueFull};
+pub use recovery::recover_unfinished;
+pub use worker::{WorkerContext, WorkerPool};

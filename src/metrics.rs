@@ -1,0 +1,287 @@
+//! In-process counters, gauges and latency histograms, kept in a prometheus-client registry.
+//! `/metrics` reads them as JSON; `/metrics/prometheus` encodes the registry as OpenMetrics text.
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+use crate::db::requests::Summary;
+use crate::engine::Operation;
+
+/// HTTP latency buckets: 0.5 ms to about 33 s, doubling.
+fn http_buckets() -> Histogram {
+    Histogram::new(exponential_buckets(0.0005, 2.0, 17))
+}
+
+/// Engine time buckets: 10 ms to about 41 s, doubling.
+fn engine_buckets() -> Histogram {
+    Histogram::new(exponential_buckets(0.01, 2.0, 13))
+}
+
+/// Cancellation latency buckets: 0.1 ms to about 0.4 s.
+fn cancel_buckets() -> Histogram {
+    Histogram::new(exponential_buckets(0.0001, 2.0, 13))
+}
+
+type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteLabels {
+    pub method: String,
+    /// The matched route template (`/requests/{id}`), never the raw path, to bound cardinality.
+    pub route: String,
+    pub status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WorkLabels {
+    pub mode: &'static str,
+    pub operation: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+pub enum RunOutcome {
+    Done,
+    Timeout,
+    Cancelled,
+    Panicked,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    pub mode: &'static str,
+    pub outcome: RunOutcome,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+pub enum CallbackOutcome {
+    /// A 2xx arrived.
+    Delivered,
+    /// An attempt failed and another is scheduled.
+    Retried,
+    /// The delivery gave up (retries used, 410, redirect, or a refused address).
+    Failed,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CallbackLabels {
+    pub outcome: CallbackOutcome,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StoredLabels {
+    pub mode: &'static str,
+    pub status: &'static str,
+}
+
+/// Every live figure of the service. Cheap to share behind an `Arc`; all updates are atomic.
+pub struct Metrics {
+    registry: Registry,
+    /// Requests answered, by route and status.
+    pub http_requests: Family<RouteLabels, Counter>,
+    /// Time to answer, by route and status: `/async` here is the acknowledgement latency.
+    pub http_latency: HistogramFamily<RouteLabels>,
+    /// Engine wall time, by mode and operation.
+    pub engine_seconds: HistogramFamily<WorkLabels>,
+    /// How engine runs ended.
+    pub engine_runs: Family<OutcomeLabels, Counter>,
+    /// Engine runs occupying a CPU right now (includes cancelled runs until they stop).
+    pub engine_running: Gauge,
+    /// From setting the cancel flag to the engine returning.
+    pub engine_cancel_latency: Histogram,
+    /// Sync requests holding a slot.
+    pub sync_in_flight: Gauge,
+    /// Sync requests refused with 503 because every slot was taken.
+    pub sync_rejected: Counter,
+    /// Async jobs accepted (202) and put on the queue.
+    pub jobs_enqueued: Counter,
+    /// Async jobs a worker finished (done or failed).
+    pub jobs_processed: Counter,
+    /// Async submissions refused with 429 because the queue was full.
+    pub queue_rejected: Counter,
+    /// Jobs put back on the queue at startup.
+    pub jobs_recovered: Counter,
+    /// Workers running a job right now.
+    pub workers_busy: Gauge,
+    /// Waiting jobs (set when read).
+    pub queue_depth: Gauge,
+    /// Callback attempts and deliveries, by outcome.
+    pub callbacks: Family<CallbackLabels, Counter>,
+    /// Requests refused by the per-IP rate limit.
+    pub rate_limited: Counter,
+    /// Stored requests by mode and status (set from the database when read).
+    pub stored_requests: Family<StoredLabels, Gauge>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("sync_async");
+        let m = Self {
+            http_requests: Family::default(),
+            http_latency: Family::new_with_constructor(http_buckets),
+            engine_seconds: Family::new_with_constructor(engine_buckets),
+            engine_runs: Family::default(),
+            engine_running: Gauge::default(),
+            engine_cancel_latency: cancel_buckets(),
+            sync_in_flight: Gauge::default(),
+            sync_rejected: Counter::default(),
+            jobs_enqueued: Counter::default(),
+            jobs_processed: Counter::default(),
+            queue_rejected: Counter::default(),
+            jobs_recovered: Counter::default(),
+            workers_busy: Gauge::default(),
+            queue_depth: Gauge::default(),
+            callbacks: Family::default(),
+            rate_limited: Counter::default(),
+            stored_requests: Family::default(),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "http_requests",
+            "HTTP requests answered",
+            m.http_requests.clone(),
+        );
+        registry.register(
+            "http_request_duration_seconds",
+            "Time to answer an HTTP request",
+            m.http_latency.clone(),
+        );
+        registry.register(
+            "engine_duration_seconds",
+            "Engine time per run",
+            m.engine_seconds.clone(),
+        );
+        registry.register(
+            "engine_runs",
+            "Engine runs by outcome",
+            m.engine_runs.clone(),
+        );
+        registry.register(
+            "engine_running",
+            "Engine runs on a CPU now",
+            m.engine_running.clone(),
+        );
+        registry.register(
+            "engine_cancel_latency_seconds",
+            "Time from cancelling a run to its CPU being free",
+            m.engine_cancel_latency.clone(),
+        );
+        registry.register(
+            "sync_in_flight",
+            "Sync requests holding a slot",
+            m.sync_in_flight.clone(),
+        );
+        registry.register(
+            "sync_rejected",
+            "Sync requests refused with 503",
+            m.sync_rejected.clone(),
+        );
+        registry.register(
+            "jobs_enqueued",
+            "Async jobs accepted",
+            m.jobs_enqueued.clone(),
+        );
+        registry.register(
+            "jobs_processed",
+            "Async jobs finished by a worker",
+            m.jobs_processed.clone(),
+        );
+        registry.register(
+            "queue_rejected",
+            "Async submissions refused with 429",
+            m.queue_rejected.clone(),
+        );
+        registry.register(
+            "jobs_recovered",
+            "Jobs re-queued at startup",
+            m.jobs_recovered.clone(),
+        );
+        registry.register(
+            "workers_busy",
+            "Workers running a job",
+            m.workers_busy.clone(),
+        );
+        registry.register("queue_depth", "Async jobs waiting", m.queue_depth.clone());
+        registry.register("callbacks", "Callback outcomes", m.callbacks.clone());
+        registry.register(
+            "rate_limited",
+            "Requests refused by the rate limit",
+            m.rate_limited.clone(),
+        );
+        registry.register(
+            "stored_requests",
+            "Stored requests by mode and status",
+            m.stored_requests.clone(),
+        );
+        Self { registry, ..m }
+    }
+
+    pub fn record_run(
+        &self,
+        mode: &'static str,
+        operation: Operation,
+        outcome: RunOutcome,
+        seconds: f64,
+    ) {
+        self.engine_runs
+            .get_or_create(&OutcomeLabels {
+                mode,
+                outcome: outcome.clone(),
+            })
+            .inc();
+        if outcome == RunOutcome::Done {
+            self.engine_seconds
+                .get_or_create(&WorkLabels {
+                    mode,
+                    operation: operation.as_str(),
+                })
+                .observe(seconds);
+        }
+    }
+
+    pub fn runs(&self, mode: &'static str, outcome: RunOutcome) -> u64 {
+        self.engine_runs
+            .get_or_create(&OutcomeLabels { mode, outcome })
+            .get()
+    }
+
+    pub fn record_callback(&self, outcome: CallbackOutcome) {
+        self.callbacks
+            .get_or_create(&CallbackLabels { outcome })
+            .inc();
+    }
+
+    pub fn callbacks(&self, outcome: CallbackOutcome) -> u64 {
+        self.callbacks
+            .get_or_create(&CallbackLabels { outcome })
+            .get()
+    }
+
+    /// Copies database aggregates into gauges so the text output carries them too.
+    pub fn set_stored(&self, summary: &Summary) {
+        for &(mode, status, count) in &summary.cells {
+            let labels = StoredLabels {
+                mode: mode.as_str(),
+                status: status.as_str(),
+            };
+            self.stored_requests.get_or_create(&labels).set(count);
+        }
+    }
+
+    /// The registry in OpenMetrics text form.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}

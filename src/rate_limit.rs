@@ -1,0 +1,178 @@
+//! Per-client-IP rate limiting with governor (GCRA): a burst of RATE_LIMIT_REQUESTS that refills
+//! evenly over RATE_LIMIT_WINDOW_SECONDS. Every answer carries `X-RateLimit-Limit` and
+//! `X-RateLimit-Remaining`; a refusal is a problem+json 429 with `Retry-After`. `/healthz` is
+//! exempt so that a busy client cannot make a load balancer think the service is down.
+
+use std::net::{IpAddr, SocketAddr};
+use std::num::NonZeroU32;
+use std::time::Duration;
+
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::{HeaderName, HeaderValue};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use governor::clock::{Clock, DefaultClock};
+use governor::middleware::StateInformationMiddleware;
+use governor::state::keyed::DefaultKeyedStateStore;
+use governor::{Quota, RateLimiter};
+
+use crate::error::ApiError;
+use crate::extract::ClientIp;
+use crate::state::AppState;
+
+/// Paths that never count against the limit.
+const EXEMPT_PATHS: [&str; 1] = ["/healthz"];
+
+type KeyedLimiter =
+    RateLimiter<IpAddr, DefaultKeyedStateStore<IpAddr>, DefaultClock, StateInformationMiddleware>;
+
+/// The limiter and the figures its headers report.
+pub struct ClientRateLimiter {
+    limiter: KeyedLimiter,
+    /// The burst size, reported as `X-RateLimit-Limit`.
+    limit: u32,
+    clock: DefaultClock,
+}
+
+/// What the limiter decided for one request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    Allowed { remaining: u32 },
+    Refused { retry_after_secs: u64 },
+}
+
+impl ClientRateLimiter {
+    pub fn new(requests: u32, window: Duration) -> Self {
+        let burst = NonZeroU32::new(requests).unwrap_or(NonZeroU32::MIN);
+        let period = (window / burst.get()).max(Duration::from_nanos(1));
+        let quota = Quota::with_period(period)
+            .unwrap_or_else(|| Quota::per_second(burst))
+            .allow_burst(burst);
+        let clock = DefaultClock::default();
+        let limiter = RateLimiter::dashmap_with_clock(quota, clock.clone())
+            .with_middleware::<StateInformationMiddleware>();
+        Self {
+            limiter,
+            limit: burst.get(),
+            clock,
+        }
+    }
+
+    pub fn check(&self, ip: IpAddr) -> Decision {
+        match self.limiter.check_key(&ip) {
+            Ok(snapshot) => Decision::Allowed {
+                remaining: snapshot.remaining_burst_capacity(),
+            },
+            Err(not_until) => {
+                let wait = not_until.wait_time_from(self.clock.now());
+                Decision::Refused {
+                    retry_after_secs: wait.as_secs_f64().ceil().max(1.0) as u64,
+                }
+            }
+        }
+    }
+
+    pub fn limit(&self) -> u32 {
+        self.limit
+    }
+
+    /// Forgets clients whose bucket is full again, so memory follows active clients only.
+    pub fn forget_idle_clients(&self) {
+        self.limiter.retain_recent();
+        self.limiter.shrink_to_fit();
+    }
+}
+
+/// The middleware: resolves the client IP once (handlers read it from the extensions), then
+/// lets the request through or answers 429.
+pub async fn enforce(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
+    let peer = req
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0);
+    let client = ClientIp::resolve(req.headers(), peer, state.config.trust_forwarded_for);
+    req.extensions_mut().insert(client);
+    if EXEMPT_PATHS.contains(&req.uri().path()) {
+        return next.run(req).await;
+    }
+    let limiter = &state.rate_limiter;
+    match limiter.check(client.0) {
+        Decision::Allowed { remaining } => {
+            let mut response = next.run(req).await;
+            let headers = response.headers_mut();
+            headers.insert(
+                HeaderName::from_static("x-ratelimit-limit"),
+                HeaderValue::from(limiter.limit()),
+            );
+            headers.insert(
+                HeaderName::from_static("x-ratelimit-remaining"),
+                HeaderValue::from(remaining),
+            );
+            response
+        }
+        Decision::Refused { retry_after_secs } => {
+            state.metrics.rate_limited.inc();
+            ApiError::RateLimited {
+                retry_after_secs,
+                limit: limiter.limit(),
+            }
+            .into_response()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_burst_is_allowed_then_one_more_is_refused() {
+        let limiter = ClientRateLimiter::new(3, Duration::from_secs(60));
+        let ip = IpAddr::from([127, 0, 0, 1]);
+        let remaining: Vec<Decision> = (0..3).map(|_| limiter.check(ip)).collect();
+        assert_eq!(
+            remaining,
+            vec![
+                Decision::Allowed { remaining: 2 },
+                Decision::Allowed { remaining: 1 },
+                Decision::Allowed { remaining: 0 }
+            ]
+        );
+        // One cell refills every 60 s / 3 = 20 s.
+        match limiter.check(ip) {
+            Decision::Refused { retry_after_secs } => {
+                assert!((19..=20).contains(&retry_after_secs), "{retry_after_secs}")
+            }
+            allowed => panic!("expected a refusal, got {allowed:?}"),
+        }
+    }
+
+    #[test]
+    fn clients_are_limited_separately() {
+        let limiter = ClientRateLimiter::new(1, Duration::from_secs(60));
+        assert!(matches!(
+            limiter.check(IpAddr::from([10, 0, 0, 1])),
+            Decision::Allowed { .. }
+        ));
+        assert!(matches!(
+            limiter.check(IpAddr::from([10, 0, 0, 2])),
+            Decision::Allowed { .. }
+        ));
+        assert!(matches!(
+            limiter.check(IpAddr::from([10, 0, 0, 1])),
+            Decision::Refused { .. }
+        ));
+    }
+
+    #[test]
+    fn retry_after_is_never_below_one_second() {
+        let limiter = ClientRateLimiter::new(1000, Duration::from_millis(10));
+        let ip = IpAddr::from([127, 0, 0, 1]);
+        let refusal = (0..2000)
+            .map(|_| limiter.check(ip))
+            .find(|d| matches!(d, Decision::Refused { .. }));
+        if let Some(Decision::Refused { retry_after_secs }) = refusal {
+            assert_eq!(retry_after_secs, 1);
+        }
+    }
+}

@@ -1,0 +1,153 @@
+//! `GET /metrics` (JSON) and `GET /metrics/prometheus` (OpenMetrics text): the same figures.
+
+use std::collections::BTreeMap;
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::header;
+use axum::response::IntoResponse;
+use serde::Serialize;
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use crate::db;
+use crate::error::ApiError;
+use crate::openapi::RateLimited;
+use crate::state::AppState;
+
+/// The media type Prometheus asks for when it scrapes OpenMetrics.
+const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(metrics_json))
+        .routes(routes!(metrics_prometheus))
+}
+
+/// Live figures of the service.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct MetricsReport {
+    /// RFC 3339 UTC.
+    pub timestamp: String,
+    /// Requests stored, all time.
+    pub total_requests: i64,
+    #[schema(example = json!({"sync": 12, "async": 40}))]
+    pub by_mode: BTreeMap<&'static str, i64>,
+    #[schema(example = json!({"pending": 3, "processing": 5, "done": 43, "failed": 1}))]
+    pub by_status: BTreeMap<&'static str, i64>,
+    /// Mean engine time of `done` requests; null before the first.
+    pub avg_execution_time_ms: Option<f64>,
+    pub queue: QueueFigures,
+    pub workers: WorkerFigures,
+    pub sync: SyncFigures,
+    /// Requests refused by the per-IP rate limit since start.
+    pub rate_limited: u64,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct QueueFigures {
+    /// Jobs waiting for a worker now.
+    pub size: usize,
+    /// MAX_QUEUE_SIZE.
+    pub max_size: usize,
+    /// Jobs accepted since start.
+    pub enqueued: u64,
+    /// Jobs finished by a worker since start.
+    pub processed: u64,
+    /// Submissions refused with 429 because the queue was full.
+    pub rejected: u64,
+    /// Jobs re-queued at startup.
+    pub recovered: u64,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct WorkerFigures {
+    /// NUM_WORKERS.
+    pub total: usize,
+    /// Worker tasks running (less than `total` means one died).
+    pub alive: usize,
+    /// Workers running a job now.
+    pub busy: i64,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SyncFigures {
+    /// Sync requests holding a slot now.
+    pub in_flight: usize,
+    /// MAX_SYNC_CONCURRENCY.
+    pub max: usize,
+    /// Sync requests refused with 503 since start.
+    pub rejected: u64,
+}
+
+async fn report(state: &AppState) -> Result<MetricsReport, ApiError> {
+    let summary = db::requests::summary(&state.db).await?;
+    let m = &state.metrics;
+    m.set_stored(&summary);
+    m.queue_depth.set(state.queue.depth() as i64);
+    m.sync_in_flight.set(state.sync_in_flight() as i64);
+    Ok(MetricsReport {
+        timestamp: db::timestamp(chrono::Utc::now()),
+        total_requests: summary.total,
+        by_mode: summary.by_mode,
+        by_status: summary.by_status,
+        avg_execution_time_ms: summary.avg_execution_time_ms,
+        queue: QueueFigures {
+            size: state.queue.depth(),
+            max_size: state.queue.capacity(),
+            enqueued: m.jobs_enqueued.get(),
+            processed: m.jobs_processed.get(),
+            rejected: m.queue_rejected.get(),
+            recovered: m.jobs_recovered.get(),
+        },
+        workers: WorkerFigures {
+            total: state.workers.size(),
+            alive: state.workers.alive(),
+            busy: m.workers_busy.get(),
+        },
+        sync: SyncFigures {
+            in_flight: state.sync_in_flight(),
+            max: state.config.max_sync_concurrency,
+            rejected: m.sync_rejected.get(),
+        },
+        rate_limited: m.rate_limited.get(),
+    })
+}
+
+/// Service metrics as JSON
+///
+/// Request counts by mode and status, mean engine time, queue depth, worker and sync slot
+/// usage: every figure is live (none is hard-coded).
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "operations",
+    responses((status = 200, description = "Current figures", body = MetricsReport), RateLimited)
+)]
+pub async fn metrics_json(State(state): State<AppState>) -> Result<Json<MetricsReport>, ApiError> {
+    report(&state).await.map(Json)
+}
+
+/// Service metrics for Prometheus
+///
+/// The same figures in OpenMetrics text, plus latency histograms per route
+/// (`sync_async_http_request_duration_seconds`) and engine time per mode and operation.
+#[utoipa::path(
+    get,
+    path = "/metrics/prometheus",
+    tag = "operations",
+    responses(
+        (status = 200, description = "OpenMetrics text", body = String, content_type = "application/openmetrics-text"),
+        RateLimited,
+    )
+)]
+pub async fn metrics_prometheus(
+    State(state): State<AppState>,
+) -> Result<impl IntoResponse, ApiError> {
+    report(&state).await?;
+    Ok((
+        [(header::CONTENT_TYPE, OPENMETRICS)],
+        state.metrics.encode(),
+    ))
+}

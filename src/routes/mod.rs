@@ -1,0 +1,51 @@
+//! The HTTP surface: one module per resource, each with its `router()`. Handlers only extract,
+//! call the layer below, and shape the answer.
+
+mod health;
+mod index;
+mod metrics;
+mod requests;
+mod sync;
+
+use axum::Router;
+use axum::http::Uri;
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_swagger_ui::SwaggerUi;
+
+use crate::error::ApiError;
+use crate::openapi::ApiDoc;
+use crate::state::AppState;
+
+/// Every route, the Swagger UI at `/docs`, the spec at `/openapi.json`, and problem+json
+/// answers for unknown paths (404) and methods (405).
+pub fn router() -> Router<AppState> {
+    let (routes, api) = api_router().split_for_parts();
+    routes
+        .merge(SwaggerUi::new("/docs").url("/openapi.json", api))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+}
+
+/// The documented routes and the OpenAPI document they make up.
+pub fn api_router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .merge(index::router())
+        .merge(sync::router())
+        .merge(requests::router())
+        .merge(metrics::router())
+        .merge(health::router())
+}
+
+/// The OpenAPI document, as `/openapi.json` serves it.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    api_router().into_openapi()
+}
+
+async fn not_found(uri: Uri) -> ApiError {
+    ApiError::NotFound(format!("no route for {}", uri.path()))
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::MethodNotAllowed
+}

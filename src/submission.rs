@@ -1,0 +1,152 @@
+//! Accepting work, the part the two APIs differ in. Sync: take a slot (or 503 at once), store
+//! the request, run it, answer with the result. The handlers in `routes/` only parse and call.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use crate::db;
+use crate::db::requests::{Mode, NewRequest, Status};
+use crate::engine::{self, CancelToken, Complexity, WorkPayload};
+use crate::error::ApiError;
+use crate::execution::Outcome;
+use crate::extract::ClientIp;
+use crate::state::AppState;
+
+/// `POST /sync` body.
+#[derive(Debug, Clone, Deserialize, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(example = json!({"payload": {"operation": "hash", "complexity": 5}}))]
+pub struct SyncRequest {
+    pub payload: WorkPayload,
+}
+
+/// `POST /sync` answer: the result itself.
+#[derive(Debug, Clone, Deserialize, Serialize, ToSchema)]
+#[schema(example = json!({
+    "request_id": "0193a1b2-7c3d-7e4f-8a9b-0c1d2e3f4a5b",
+    "status": "done",
+    "result": {"digest": "5d41402abc4b2a76b9719d911017c592ae3e4bd6f1c0e5c3f3a3a8f0e5a1c2d3", "iterations": 8592000},
+    "error": null,
+    "execution_time_ms": 571.4
+}))]
+pub struct SyncResponse {
+    pub request_id: String,
+    /// Always `done`: any other outcome is an error response.
+    pub status: Status,
+    #[schema(value_type = Object)]
+    pub result: Value,
+    /// Always null; kept for parity with the original API.
+    pub error: Option<String>,
+    /// Engine time for this request.
+    pub execution_time_ms: f64,
+}
+
+/// A new, unique, roughly time-ordered request id.
+pub fn new_request_id() -> String {
+    Uuid::now_v7().to_string()
+}
+
+/// Seconds a client should wait before retrying work of `complexity`: about how long one such
+/// run takes, never less than one.
+pub fn retry_after_secs(complexity: u8) -> u64 {
+    let nominal_ms = Complexity::new(complexity).map_or(1000.0, engine::nominal_ms);
+    (nominal_ms / 1000.0).ceil().max(1.0) as u64
+}
+
+/// The sync path. A client that disconnects mid-run cancels the engine, and the row is still
+/// finished (as `failed`): no row is ever left `processing`.
+pub async fn run_sync(
+    state: &AppState,
+    request: SyncRequest,
+    client: ClientIp,
+) -> Result<SyncResponse, ApiError> {
+    let payload = request.payload;
+    let work = payload
+        .plan()
+        .map_err(|errors| ApiError::invalid_work(errors, "/payload"))?;
+    let Ok(slot) = state.sync_slots.clone().try_acquire_owned() else {
+        state.metrics.sync_rejected.inc();
+        return Err(ApiError::SyncSaturated {
+            max: state.config.max_sync_concurrency,
+            retry_after_secs: retry_after_secs(payload.complexity),
+        });
+    };
+
+    let id = new_request_id();
+    tracing::Span::current().record("request_id", id.as_str());
+    let now = db::timestamp(chrono::Utc::now());
+    let payload_json = serde_json::to_value(&payload).map_err(ApiError::internal)?;
+    let row = NewRequest {
+        id: &id,
+        mode: Mode::Sync,
+        payload: &payload_json,
+        status: Status::Processing,
+        callback_url: None,
+        created_at: &now,
+        started_at: Some(&now),
+        client_ip: &client.0.to_string(),
+    };
+    db::requests::insert(&state.db, &row).await?;
+
+    // The run lives in its own task so that it is recorded even if this request is dropped;
+    // the guard then cancels the engine, which frees the slot within milliseconds.
+    let cancel = CancelToken::new();
+    let _cancel_if_client_leaves = cancel.cancel_on_drop();
+    let executor = state.executor.clone();
+    let task_id = id.clone();
+    let run = tokio::spawn(async move {
+        executor
+            .execute(
+                &task_id,
+                Mode::Sync,
+                payload.operation,
+                work,
+                cancel,
+                Some(slot),
+            )
+            .await
+    });
+    let outcome = run.await.map_err(ApiError::internal)??;
+    match outcome {
+        Outcome::Done { result, elapsed } => Ok(SyncResponse {
+            request_id: id,
+            status: Status::Done,
+            result,
+            error: None,
+            execution_time_ms: elapsed.as_secs_f64() * 1e3,
+        }),
+        Outcome::TimedOut { .. } => Err(ApiError::Timeout {
+            request_id: id,
+            timeout_secs: state.config.work_timeout.as_secs_f64(),
+        }),
+        Outcome::Cancelled => Err(ApiError::Unavailable(
+            "the server is shutting down".to_owned(),
+        )),
+        Outcome::Panicked(why) => Err(ApiError::internal(anyhow::anyhow!(
+            "engine panicked: {why}"
+        ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_after_follows_the_nominal_duration() {
+        assert_eq!(retry_after_secs(1), 1);
+        assert_eq!(retry_after_secs(7), 2);
+        assert_eq!(retry_after_secs(10), 5);
+        assert_eq!(retry_after_secs(42), 1);
+    }
+
+    #[test]
+    fn request_ids_are_unique_and_sortable_by_time() {
+        let a = new_request_id();
+        let b = new_request_id();
+        assert_ne!(a, b);
+        assert!(a < b, "{a} then {b}");
+    }
+}
