@@ -28,7 +28,7 @@ const MATRIX_MULTIPLY_ADDS: [u64; 10] = [
     15_294_601_000,
     23_621_779_000,
 ];
-/// `transform`: JSON node visits per level, spread over as many rounds as the input needs.
+/// `transform`: node-visit units per level (see `transform::round_cost`), spread over rounds.
 const TRANSFORM_NODE_VISITS: [u64; 10] = [
     1_312_000, 2_027_000, 3_131_000, 4_835_000, 7_468_000, 11_534_000, 17_813_000, 27_512_000,
     42_491_000, 65_625_000,

@@ -45,7 +45,7 @@ fn is_odd_prime(candidate: u64, odd_primes: &[u64]) -> bool {
         if d * d > candidate {
             return true;
         }
-        if candidate % d == 0 {
+        if candidate.is_multiple_of(d) {
             return false;
         }
     }

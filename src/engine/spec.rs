@@ -221,7 +221,7 @@ impl WorkPayload {
             Operation::Transform => {
                 let items = data.items.unwrap_or_else(default_items);
                 errors.extend(check_items(&items));
-                let rounds = rounds_within(amount, transform::node_count(&items));
+                let rounds = rounds_within(amount, transform::round_cost(&items));
                 Work::Transform { items, rounds }
             }
         };
@@ -374,7 +374,7 @@ mod tests {
             plan,
             Work::Matrix {
                 size: 100,
-                rounds: (budget / 1_000_000) as u32
+                rounds: (budget / 1_040_160) as u32
             }
         );
         let huge = payload(Operation::Matrix, 1, Some(json!({"size": MAX_MATRIX_SIZE}))).plan();

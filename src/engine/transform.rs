@@ -38,7 +38,7 @@ fn transform_rounds(
     Ok(current)
 }
 
-/// How many JSON nodes one round visits; the planner divides a node budget by this.
+/// How many JSON nodes `items` holds (containers and leaves).
 pub(super) fn node_count(items: &[Value]) -> u64 {
     fn count(v: &Value) -> u64 {
         1 + match v {
@@ -47,7 +47,21 @@ pub(super) fn node_count(items: &[Value]) -> u64 {
             _ => 0,
         }
     }
-    items.iter().map(count).sum::<u64>().max(1)
+    items.iter().map(count).sum()
+}
+
+/// What one round costs in node-visit units: one per node, plus one per 16 bytes of every string
+/// and object key, which are copied each round. The planner divides a budget by this.
+pub(super) fn round_cost(items: &[Value]) -> u64 {
+    fn cost(v: &Value) -> u64 {
+        1 + match v {
+            Value::String(s) => s.len() as u64 / 16,
+            Value::Array(a) => a.iter().map(cost).sum(),
+            Value::Object(o) => o.iter().map(|(k, v)| k.len() as u64 / 16 + cost(v)).sum(),
+            _ => 0,
+        }
+    }
+    items.iter().map(cost).sum::<u64>().max(1)
 }
 
 fn transform_value(value: &Value) -> Value {
@@ -145,6 +159,14 @@ mod tests {
         let items = vec![json!({"a": [1, 2], "b": "x"}), json!(3)];
         // object + array + 1 + 2 + "x" = 5, plus 3 = 6
         assert_eq!(node_count(&items), 6);
+    }
+
+    #[test]
+    fn long_strings_cost_more_per_round() {
+        assert_eq!(round_cost(&[json!("short")]), 1);
+        assert_eq!(round_cost(&[json!("x".repeat(64))]), 5);
+        assert_eq!(round_cost(&[json!({"a_rather_long_key_name": 1})]), 3);
+        assert_eq!(round_cost(&[]), 1);
     }
 
     #[test]
