@@ -167,15 +167,12 @@ mod tests {
 
     #[test]
     fn schema_errors_point_at_the_field() {
-        let err = parse_json::<Outer>(br#"{"payload": {"complexity": "high"}}"#)
-            .err()
-            .expect("422");
+        let err = parse_json::<Outer>(br#"{"payload": {"complexity": "high"}}"#).expect_err("422");
         let problem = err.problem();
         assert_eq!(problem.status, 422);
         assert_eq!(problem.errors[0].pointer, "/payload/complexity");
         let err = parse_json::<Outer>(br#"{"payload": {"complexity": 1, "items": [1, 300]}}"#)
-            .err()
-            .expect("422");
+            .expect_err("422");
         assert_eq!(err.problem().errors[0].pointer, "/payload/items/1");
     }
 
@@ -186,7 +183,7 @@ mod tests {
             b"not json",
             b"{\"payload\": {\"complexity\": 1}} x",
         ] {
-            let err = parse_json::<Outer>(body).err().expect("400");
+            let err = parse_json::<Outer>(body).expect_err("400");
             assert_eq!(
                 err.problem().status,
                 400,

@@ -1,7 +1,7 @@
 //! In-process counters, gauges and latency histograms, kept in a prometheus-client registry.
 //! `/metrics` reads them as JSON; `/metrics/prometheus` encodes the registry as OpenMetrics text.
 
-use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
+use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -42,7 +42,7 @@ pub struct WorkLabels {
     pub operation: &'static str,
 }
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
 pub enum RunOutcome {
     Done,
     Timeout,
@@ -50,13 +50,24 @@ pub enum RunOutcome {
     Panicked,
 }
 
+impl RunOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Done => "done",
+            Self::Timeout => "timeout",
+            Self::Cancelled => "cancelled",
+            Self::Panicked => "panicked",
+        }
+    }
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OutcomeLabels {
     pub mode: &'static str,
-    pub outcome: RunOutcome,
+    pub outcome: &'static str,
 }
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
 pub enum CallbackOutcome {
     /// A 2xx arrived.
     Delivered,
@@ -66,9 +77,19 @@ pub enum CallbackOutcome {
     Failed,
 }
 
+impl CallbackOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Delivered => "delivered",
+            Self::Retried => "retried",
+            Self::Failed => "failed",
+        }
+    }
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct CallbackLabels {
-    pub outcome: CallbackOutcome,
+    pub outcome: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -235,7 +256,7 @@ impl Metrics {
         self.engine_runs
             .get_or_create(&OutcomeLabels {
                 mode,
-                outcome: outcome.clone(),
+                outcome: outcome.as_str(),
             })
             .inc();
         if outcome == RunOutcome::Done {
@@ -250,19 +271,26 @@ impl Metrics {
 
     pub fn runs(&self, mode: &'static str, outcome: RunOutcome) -> u64 {
         self.engine_runs
-            .get_or_create(&OutcomeLabels { mode, outcome })
+            .get_or_create(&OutcomeLabels {
+                mode,
+                outcome: outcome.as_str(),
+            })
             .get()
     }
 
     pub fn record_callback(&self, outcome: CallbackOutcome) {
         self.callbacks
-            .get_or_create(&CallbackLabels { outcome })
+            .get_or_create(&CallbackLabels {
+                outcome: outcome.as_str(),
+            })
             .inc();
     }
 
     pub fn callbacks(&self, outcome: CallbackOutcome) -> u64 {
         self.callbacks
-            .get_or_create(&CallbackLabels { outcome })
+            .get_or_create(&CallbackLabels {
+                outcome: outcome.as_str(),
+            })
             .get()
     }
 

@@ -7,6 +7,7 @@ use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use crate::openapi::RateLimited;
 use crate::state::AppState;
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -58,7 +59,12 @@ const ENDPOINTS: &[(&str, &str, &str)] = &[
 /// Service index
 ///
 /// Name, version and a map of the endpoints.
-#[utoipa::path(get, path = "/", tag = "operations", responses((status = 200, description = "The index", body = Index)))]
+#[utoipa::path(
+    get,
+    path = "/",
+    tag = "operations",
+    responses((status = 200, description = "The index", body = Index), RateLimited)
+)]
 pub async fn index(State(state): State<AppState>) -> Json<Index> {
     Json(Index {
         name: state.config.app_name.clone(),

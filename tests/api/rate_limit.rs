@@ -1,0 +1,83 @@
+//! The per-IP rate limit: burst, 429 shape, exemption.
+
+use crate::helpers::{problem, spawn_app_with};
+
+#[tokio::test]
+async fn the_burst_passes_and_one_more_request_gets_exactly_one_429() {
+    let app = spawn_app_with(|c| c.rate_limit_requests = 5).await;
+
+    let mut remaining = Vec::new();
+    for _ in 0..5 {
+        let response = app.get("/requests").await;
+        assert_eq!(response.status(), 200);
+        assert_eq!(response.headers()["x-ratelimit-limit"], "5");
+        remaining.push(
+            response.headers()["x-ratelimit-remaining"]
+                .to_str()
+                .expect("ascii")
+                .to_owned(),
+        );
+    }
+    let refused = app.get("/requests").await;
+
+    assert_eq!(remaining, ["4", "3", "2", "1", "0"]);
+    let headers = refused.headers().clone();
+    let (status, body) = problem(refused).await;
+    assert_eq!(status, 429);
+    assert_eq!(body["type"], "urn:sync-async:problem:rate-limited");
+    let retry_after: u64 = headers["retry-after"]
+        .to_str()
+        .expect("ascii")
+        .parse()
+        .expect("integer");
+    assert!(retry_after >= 1);
+    assert_eq!(headers["x-ratelimit-limit"], "5");
+    assert_eq!(headers["x-ratelimit-remaining"], "0");
+    assert_eq!(app.state.metrics.rate_limited.get(), 1);
+}
+
+#[tokio::test]
+async fn health_checks_are_never_rate_limited() {
+    let app = spawn_app_with(|c| c.rate_limit_requests = 2).await;
+    for _ in 0..10 {
+        assert_eq!(app.get("/healthz").await.status(), 200);
+    }
+    assert_eq!(
+        app.get("/").await.status(),
+        200,
+        "health checks did not use the burst"
+    );
+}
+
+#[tokio::test]
+async fn forwarded_for_is_ignored_unless_trusted() {
+    let app = spawn_app_with(|c| c.rate_limit_requests = 1).await;
+    let send = |ip: &'static str| {
+        app.client
+            .get(app.url("/"))
+            .header("x-forwarded-for", ip)
+            .send()
+    };
+    assert_eq!(send("198.51.100.1").await.expect("sent").status(), 200);
+    assert_eq!(
+        send("198.51.100.2").await.expect("sent").status(),
+        429,
+        "a spoofed header must not reset the limit"
+    );
+
+    let trusting = spawn_app_with(|c| {
+        c.rate_limit_requests = 1;
+        c.trust_forwarded_for = true;
+    })
+    .await;
+    let send = |ip: &'static str| {
+        trusting
+            .client
+            .get(trusting.url("/"))
+            .header("x-forwarded-for", ip)
+            .send()
+    };
+    assert_eq!(send("198.51.100.1").await.expect("sent").status(), 200);
+    assert_eq!(send("198.51.100.2").await.expect("sent").status(), 200);
+    assert_eq!(send("198.51.100.1").await.expect("sent").status(), 429);
+}
