@@ -1,0 +1,64 @@
+//! The `idempotency_keys` table: which request a client's `Idempotency-Key` produced.
+
+use sqlx::{SqliteExecutor, SqlitePool};
+
+/// A remembered key.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct StoredKey {
+    pub body_hash: String,
+    pub request_id: String,
+}
+
+/// The live (not expired) record of `key` for `client_ip`.
+pub async fn find(
+    db: &SqlitePool,
+    client_ip: &str,
+    key: &str,
+    not_before: &str,
+) -> Result<Option<StoredKey>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT body_hash, request_id FROM idempotency_keys WHERE client_ip = ? AND key = ? AND created_at >= ?",
+    )
+    .bind(client_ip)
+    .bind(key)
+    .bind(not_before)
+    .fetch_optional(db)
+    .await
+}
+
+/// Remembers `key` for `request_id`, replacing an expired record. Returns false when a live
+/// record already exists (another request with the same key won the race).
+pub async fn claim(
+    db: impl SqliteExecutor<'_>,
+    client_ip: &str,
+    key: &str,
+    body_hash: &str,
+    request_id: &str,
+    now: &str,
+    not_before: &str,
+) -> Result<bool, sqlx::Error> {
+    let done = sqlx::query(
+        "INSERT INTO idempotency_keys (client_ip, key, body_hash, request_id, created_at) VALUES (?, ?, ?, ?, ?) \
+         ON CONFLICT (client_ip, key) DO UPDATE SET body_hash = excluded.body_hash, \
+         request_id = excluded.request_id, created_at = excluded.created_at \
+         WHERE idempotency_keys.created_at < ?",
+    )
+    .bind(client_ip)
+    .bind(key)
+    .bind(body_hash)
+    .bind(request_id)
+    .bind(now)
+    .bind(not_before)
+    .execute(db)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// Forgets keys older than `not_before`.
+pub async fn purge_expired(db: &SqlitePool, not_before: &str) -> Result<u64, sqlx::Error> {
+    let done = sqlx::query("DELETE FROM idempotency_keys WHERE created_at < ?")
+        .bind(not_before)
+        .execute(db)
+        .await?;
+    Ok(done.rows_affected())
+}
