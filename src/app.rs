@@ -23,6 +23,7 @@ use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetReques
 use tower_http::trace::{DefaultOnRequest, DefaultOnResponse, TraceLayer};
 use tracing::Level;
 
+use crate::callback::Deliveries;
 use crate::config::{Config, CorsOrigins};
 use crate::db;
 use crate::execution::{EnginePool, Executor};
@@ -32,7 +33,7 @@ use crate::rate_limit::{self, ClientRateLimiter};
 use crate::routes;
 use crate::state::AppState;
 
-/// How often idle rate-limit entries are forgotten.
+/// How often idle rate-limit entries and expired idempotency keys are forgotten.
 const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(60);
 
 /// A built, bound, not yet serving application.
@@ -51,8 +52,8 @@ impl App {
         let db = db::connect(&config.database_path).await?;
         let metrics = Arc::new(Metrics::new());
         let engine_threads = config.max_sync_concurrency + config.num_workers;
-        let pool = EnginePool::new(engine_threads, config.engine_nice, metrics.clone())
-            .context("starting the engine pool")?;
+        let pool =
+            EnginePool::new(engine_threads, config.engine_nice, metrics.clone()).context("starting the engine pool")?;
         let executor = Executor {
             pool: Arc::new(pool),
             db: db.clone(),
@@ -63,26 +64,31 @@ impl App {
         let tasks = TaskTracker::new();
         let stop = CancellationToken::new();
 
+        let deliveries = Deliveries::new(&config, db.clone(), metrics.clone(), tasks.clone(), stop.clone())?;
         jobs::recover_unfinished(&db, &queue, &metrics, &tasks)
             .await
             .context("recovering unfinished jobs")?;
+        deliveries
+            .resume_unfinished()
+            .await
+            .context("resuming unfinished callback deliveries")?;
         let worker_ctx = WorkerContext {
             executor: executor.clone(),
             db: db.clone(),
             metrics: metrics.clone(),
+            deliveries: deliveries.clone(),
         };
-        let workers = WorkerPool::spawn(
-            config.num_workers,
-            receiver,
-            worker_ctx,
-            stop.clone(),
-            &tasks,
-        );
+        let workers = WorkerPool::spawn(config.num_workers, receiver, worker_ctx, stop.clone(), &tasks);
         let rate_limiter = Arc::new(ClientRateLimiter::new(
             config.rate_limit_requests,
             config.rate_limit_window,
         ));
-        tasks.spawn(housekeeping(rate_limiter.clone(), stop.clone()));
+        tasks.spawn(housekeeping(
+            rate_limiter.clone(),
+            db.clone(),
+            config.idempotency_ttl,
+            stop.clone(),
+        ));
 
         let addr = SocketAddr::new(config.host, config.port);
         let listener = TcpListener::bind(addr)
@@ -94,6 +100,7 @@ impl App {
             db,
             executor,
             queue,
+            deliveries,
             workers,
             metrics,
             rate_limiter,
@@ -123,10 +130,7 @@ impl App {
     }
 
     /// Serves until `shutdown` resolves, then drains as described at the top of this module.
-    pub async fn run(
-        self,
-        shutdown: impl Future<Output = ()> + Send + 'static,
-    ) -> anyhow::Result<()> {
+    pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
         let Self {
             listener,
             state,
@@ -157,14 +161,8 @@ pub fn router(state: AppState) -> Router {
     let x_request_id = HeaderName::from_static("x-request-id");
     routes::router()
         .layer(DefaultBodyLimit::max(state.config.max_payload_bytes()))
-        .layer(middleware::from_fn_with_state(
-            state.clone(),
-            rate_limit::enforce,
-        ))
-        .layer(middleware::from_fn_with_state(
-            state.metrics.clone(),
-            track_http,
-        ))
+        .layer(middleware::from_fn_with_state(state.clone(), rate_limit::enforce))
+        .layer(middleware::from_fn_with_state(state.metrics.clone(), track_http))
         .layer(cors(&state.config))
         .layer(PropagateRequestIdLayer::new(x_request_id.clone()))
         .layer(
@@ -195,17 +193,12 @@ pub fn router(state: AppState) -> Router {
 fn cors(config: &Config) -> CorsLayer {
     let origins = match &config.cors_origins {
         CorsOrigins::Any => AllowOrigin::any(),
-        CorsOrigins::List(list) => {
-            AllowOrigin::list(list.iter().filter_map(|o| HeaderValue::from_str(o).ok()))
-        }
+        CorsOrigins::List(list) => AllowOrigin::list(list.iter().filter_map(|o| HeaderValue::from_str(o).ok())),
     };
     CorsLayer::new()
         .allow_origin(origins)
         .allow_methods([Method::GET, Method::POST])
-        .allow_headers([
-            header::CONTENT_TYPE,
-            HeaderName::from_static("idempotency-key"),
-        ])
+        .allow_headers([header::CONTENT_TYPE, HeaderName::from_static("idempotency-key")])
         .expose_headers([
             header::LOCATION,
             header::RETRY_AFTER,
@@ -240,12 +233,25 @@ async fn track_http(
     response
 }
 
-async fn housekeeping(rate_limiter: Arc<ClientRateLimiter>, stop: CancellationToken) {
+/// Periodic upkeep: forget idle rate-limit entries and expired idempotency keys.
+async fn housekeeping(
+    rate_limiter: Arc<ClientRateLimiter>,
+    db: sqlx::SqlitePool,
+    idempotency_ttl: Duration,
+    stop: CancellationToken,
+) {
     let mut tick = tokio::time::interval(HOUSEKEEPING_EVERY);
     loop {
         tokio::select! {
             () = stop.cancelled() => break,
-            _ = tick.tick() => rate_limiter.forget_idle_clients(),
+            _ = tick.tick() => {
+                rate_limiter.forget_idle_clients();
+                let ttl = chrono::Duration::from_std(idempotency_ttl).unwrap_or(chrono::Duration::days(1));
+                let cutoff = db::timestamp(chrono::Utc::now() - ttl);
+                if let Err(e) = db::idempotency::purge_expired(&db, &cutoff).await {
+                    tracing::warn!(error = %e, "could not purge expired idempotency keys");
+                }
+            }
         }
     }
 }

@@ -21,11 +21,7 @@ pub struct Measurement {
 }
 
 /// Runs each operation at each complexity `repeats` times and keeps the fastest run.
-pub fn measure(
-    operations: &[Operation],
-    repeats: u32,
-    mut progress: impl FnMut(&Measurement),
-) -> Vec<Measurement> {
+pub fn measure(operations: &[Operation], repeats: u32, mut progress: impl FnMut(&Measurement)) -> Vec<Measurement> {
     let mut out = Vec::new();
     for &operation in operations {
         for complexity in Complexity::all() {

@@ -127,11 +127,7 @@ impl Config {
         let env = Lookup(&lookup);
         let config = Self {
             app_name: env.string("APP_NAME", "Sync vs Async API Demo"),
-            host: env.parse(
-                "HOST",
-                "0.0.0.0",
-                "an IP address such as 0.0.0.0 or 127.0.0.1",
-            )?,
+            host: env.parse("HOST", "0.0.0.0", "an IP address such as 0.0.0.0 or 127.0.0.1")?,
             port: env.parse("PORT", "8000", "a port number from 0 to 65535")?,
             database_path: PathBuf::from(env.string("DATABASE_PATH", "./data/requests.db")),
             max_sync_concurrency: env.count("MAX_SYNC_CONCURRENCY", 10)?,
@@ -139,21 +135,13 @@ impl Config {
             num_workers: env.count("NUM_WORKERS", 5)?,
             max_queue_size: env.count("MAX_QUEUE_SIZE", 100)?,
             callback_timeout: env.seconds("CALLBACK_TIMEOUT_SECONDS", "10")?,
-            max_callback_retries: env.parse(
-                "MAX_CALLBACK_RETRIES",
-                "3",
-                "a whole number from 0 to 20",
-            )?,
+            max_callback_retries: env.parse("MAX_CALLBACK_RETRIES", "3", "a whole number from 0 to 20")?,
             retry_backoff_base: env.parse("RETRY_BACKOFF_BASE", "2", "a number from 1 to 10")?,
             callback_retry_unit: env.millis("CALLBACK_RETRY_UNIT_MS", "1000")?,
             callback_max_retry_after: env.seconds("CALLBACK_MAX_RETRY_AFTER_SECONDS", "300")?,
             max_concurrent_deliveries: env.count("MAX_CONCURRENT_DELIVERIES", 20)?,
             callback_signing_secret: env.optional("CALLBACK_SIGNING_SECRET"),
-            rate_limit_requests: env.parse(
-                "RATE_LIMIT_REQUESTS",
-                "100",
-                "a whole number of at least 1",
-            )?,
+            rate_limit_requests: env.parse("RATE_LIMIT_REQUESTS", "100", "a whole number of at least 1")?,
             rate_limit_window: env.seconds("RATE_LIMIT_WINDOW_SECONDS", "60")?,
             trust_forwarded_for: env.flag("TRUST_FORWARDED_FOR", false)?,
             max_payload_size_kb: env.count("MAX_PAYLOAD_SIZE_KB", 100)?,
@@ -173,7 +161,14 @@ impl Config {
 
     /// Bounds that need more than one value or a range check after parsing.
     fn check_ranges(&self, env: &Lookup<'_>) -> Result<(), ConfigError> {
-        let checks: [(&'static str, bool, &str); 6] = [
+        let checks: [(&'static str, bool, &str); 7] = [
+            (
+                "CALLBACK_SIGNING_SECRET",
+                self.callback_signing_secret
+                    .as_deref()
+                    .is_none_or(|s| crate::callback::SigningKey::parse(s).is_ok()),
+                "`whsec_` followed by base64",
+            ),
             (
                 "MAX_CALLBACK_RETRIES",
                 self.max_callback_retries <= 20,
@@ -222,9 +217,7 @@ struct Lookup<'a>(&'a dyn Fn(&str) -> Option<String>);
 
 impl Lookup<'_> {
     fn raw(&self, key: &str) -> Option<String> {
-        (self.0)(key)
-            .map(|v| v.trim().to_owned())
-            .filter(|v| !v.is_empty())
+        (self.0)(key).map(|v| v.trim().to_owned()).filter(|v| !v.is_empty())
     }
 
     fn error(&self, key: &'static str, expected: &str) -> ConfigError {
@@ -243,12 +236,7 @@ impl Lookup<'_> {
         self.raw(key)
     }
 
-    fn parse<T: std::str::FromStr>(
-        &self,
-        key: &'static str,
-        default: &str,
-        expected: &str,
-    ) -> Result<T, ConfigError> {
+    fn parse<T: std::str::FromStr>(&self, key: &'static str, default: &str, expected: &str) -> Result<T, ConfigError> {
         let value = self.string(key, default);
         value.parse().map_err(|_| ConfigError {
             key,
@@ -331,12 +319,7 @@ fn list(raw: &str) -> Vec<String> {
     let inner = raw.trim().trim_start_matches('[').trim_end_matches(']');
     inner
         .split(',')
-        .map(|item| {
-            item.trim()
-                .trim_matches(|c| c == '"' || c == '\'')
-                .trim()
-                .to_owned()
-        })
+        .map(|item| item.trim().trim_matches(|c| c == '"' || c == '\'').trim().to_owned())
         .filter(|item| !item.is_empty())
         .collect()
 }
@@ -346,10 +329,7 @@ mod tests {
     use super::*;
 
     fn with(pairs: &[(&str, &str)]) -> Result<Config, ConfigError> {
-        let map: HashMap<String, String> = pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
+        let map: HashMap<String, String> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         Config::from_map(&map)
     }
 
@@ -404,15 +384,13 @@ mod tests {
             ("RETRY_BACKOFF_BASE", "0.5"),
             ("MAX_CALLBACK_RETRIES", "99"),
             ("CALLBACK_RETRY_UNIT_MS", "0"),
+            ("CALLBACK_SIGNING_SECRET", "not-a-secret"),
             ("LOG_LEVEL", "sync_async=loud"),
         ];
         for (key, value) in cases {
             let err = with(&[(key, value)]).expect_err(key);
             assert_eq!(err.key, key, "{err}");
-            assert!(
-                err.to_string().starts_with(&format!("invalid {key}=")),
-                "{err}"
-            );
+            assert!(err.to_string().starts_with(&format!("invalid {key}=")), "{err}");
         }
     }
 
@@ -452,10 +430,7 @@ mod tests {
 
     #[test]
     fn the_env_example_file_parses_to_the_defaults() {
-        assert_eq!(
-            Config::from_map(&env_example()).expect("valid"),
-            Config::default()
-        );
+        assert_eq!(Config::from_map(&env_example()).expect("valid"), Config::default());
     }
 
     #[test]
@@ -470,10 +445,7 @@ mod tests {
         let asked = asked.into_inner();
         assert!(asked.len() >= 28, "only {} keys read", asked.len());
         for key in asked {
-            assert!(
-                example.contains_key(&key),
-                "{key} is missing from .env.example"
-            );
+            assert!(example.contains_key(&key), "{key} is missing from .env.example");
         }
     }
 }

@@ -24,6 +24,9 @@ pub enum ApiError {
     /// 400: the callback URL is refused by the SSRF policy.
     #[error("callback_url refused: {0}")]
     CallbackRefused(String),
+    /// 401: a signature or credential did not verify (the demo callback receiver).
+    #[error("{0}")]
+    Unauthorized(String),
     /// 404: no such resource.
     #[error("{0}")]
     NotFound(String),
@@ -41,19 +44,13 @@ pub enum ApiError {
     UnsupportedMediaType(String),
     /// 422: the JSON is well formed but does not describe valid work.
     #[error("{detail}")]
-    Validation {
-        detail: String,
-        errors: Vec<FieldError>,
-    },
+    Validation { detail: String, errors: Vec<FieldError> },
     /// 429: this client has used its request budget.
     #[error("rate limit exceeded: retry in {retry_after_secs} s")]
     RateLimited { retry_after_secs: u64, limit: u32 },
     /// 429: MAX_QUEUE_SIZE async jobs are already waiting; nothing was stored.
     #[error("the job queue is full ({capacity} jobs waiting); nothing was stored")]
-    QueueFull {
-        capacity: usize,
-        retry_after_secs: u64,
-    },
+    QueueFull { capacity: usize, retry_after_secs: u64 },
     /// 503: every sync slot is busy; nothing was stored.
     #[error("all {max} sync slots are busy; try again, or use POST /async")]
     SyncSaturated { max: usize, retry_after_secs: u64 },
@@ -62,10 +59,7 @@ pub enum ApiError {
     Unavailable(String),
     /// 504: the work passed WORK_TIMEOUT_SECONDS and was cancelled.
     #[error("the work did not finish within {timeout_secs} s and was cancelled")]
-    Timeout {
-        request_id: String,
-        timeout_secs: f64,
-    },
+    Timeout { request_id: String, timeout_secs: f64 },
     /// 500: a bug or an unexpected failure; details go to the log only.
     #[error("internal error")]
     Internal(#[source] anyhow::Error),
@@ -115,6 +109,7 @@ impl ApiError {
     pub fn status(&self) -> StatusCode {
         match self {
             Self::BadRequest(_) | Self::CallbackRefused(_) => StatusCode::BAD_REQUEST,
+            Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::Conflict(_) => StatusCode::CONFLICT,
@@ -133,6 +128,7 @@ impl ApiError {
         match self {
             Self::BadRequest(_) => "bad-request",
             Self::CallbackRefused(_) => "callback-url-refused",
+            Self::Unauthorized(_) => "unauthorized",
             Self::NotFound(_) => "not-found",
             Self::MethodNotAllowed => "method-not-allowed",
             Self::Conflict(_) => "conflict",
@@ -150,15 +146,9 @@ impl ApiError {
 
     fn retry_after_secs(&self) -> Option<u64> {
         match self {
-            Self::RateLimited {
-                retry_after_secs, ..
-            }
-            | Self::QueueFull {
-                retry_after_secs, ..
-            }
-            | Self::SyncSaturated {
-                retry_after_secs, ..
-            } => Some((*retry_after_secs).max(1)),
+            Self::RateLimited { retry_after_secs, .. }
+            | Self::QueueFull { retry_after_secs, .. }
+            | Self::SyncSaturated { retry_after_secs, .. } => Some((*retry_after_secs).max(1)),
             Self::Unavailable(_) => Some(1),
             _ => None,
         }
@@ -218,14 +208,8 @@ impl ApiError {
             headers.insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
         if let Self::RateLimited { limit, .. } = self {
-            headers.insert(
-                HeaderName::from_static("x-ratelimit-limit"),
-                HeaderValue::from(*limit),
-            );
-            headers.insert(
-                HeaderName::from_static("x-ratelimit-remaining"),
-                HeaderValue::from(0),
-            );
+            headers.insert(HeaderName::from_static("x-ratelimit-limit"), HeaderValue::from(*limit));
+            headers.insert(HeaderName::from_static("x-ratelimit-remaining"), HeaderValue::from(0));
         }
         headers
     }

@@ -172,8 +172,7 @@ impl Executor {
             Outcome::Cancelled => (RunOutcome::Cancelled, 0.0),
             Outcome::Panicked(_) => (RunOutcome::Panicked, 0.0),
         };
-        self.metrics
-            .record_run(mode.as_str(), operation, run_outcome, seconds);
+        self.metrics.record_run(mode.as_str(), operation, run_outcome, seconds);
         if let Outcome::Panicked(why) = &outcome {
             tracing::error!(request_id = id, panic = why, "the engine panicked");
         }
@@ -207,9 +206,7 @@ fn failure_message(outcome: &Outcome, deadline: Duration) -> Option<String> {
             "timed out: the work did not finish within {} s and was cancelled",
             deadline.as_secs_f64()
         )),
-        Outcome::Cancelled => {
-            Some("cancelled: the client went away before the work finished".to_owned())
-        }
+        Outcome::Cancelled => Some("cancelled: the client went away before the work finished".to_owned()),
         Outcome::Panicked(_) => Some("internal error in the work engine".to_owned()),
     }
 }

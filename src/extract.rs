@@ -80,18 +80,10 @@ fn pointer(path: &serde_path_to_error::Path) -> String {
 }
 
 fn is_json(headers: &HeaderMap) -> bool {
-    let Some(content_type) = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-    else {
+    let Some(content_type) = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()) else {
         return false;
     };
-    let mime = content_type
-        .split(';')
-        .next()
-        .unwrap_or("")
-        .trim()
-        .to_ascii_lowercase();
+    let mime = content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
     mime == "application/json" || (mime.starts_with("application/") && mime.ends_with("+json"))
 }
 
@@ -112,11 +104,7 @@ pub struct ClientIp(pub IpAddr);
 
 impl ClientIp {
     /// Resolves the client address of a request.
-    pub fn resolve(
-        parts_headers: &HeaderMap,
-        peer: Option<SocketAddr>,
-        trust_forwarded_for: bool,
-    ) -> Self {
+    pub fn resolve(parts_headers: &HeaderMap, peer: Option<SocketAddr>, trust_forwarded_for: bool) -> Self {
         let forwarded = trust_forwarded_for
             .then(|| parts_headers.get("x-forwarded-for"))
             .flatten()
@@ -135,15 +123,8 @@ impl FromRequestParts<AppState> for ClientIp {
         if let Some(ip) = parts.extensions.get::<ClientIp>() {
             return Ok(*ip);
         }
-        let peer = parts
-            .extensions
-            .get::<ConnectInfo<SocketAddr>>()
-            .map(|c| c.0);
-        Ok(Self::resolve(
-            &parts.headers,
-            peer,
-            state.config.trust_forwarded_for,
-        ))
+        let peer = parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|c| c.0);
+        Ok(Self::resolve(&parts.headers, peer, state.config.trust_forwarded_for))
     }
 }
 
@@ -171,8 +152,7 @@ mod tests {
         let problem = err.problem();
         assert_eq!(problem.status, 422);
         assert_eq!(problem.errors[0].pointer, "/payload/complexity");
-        let err = parse_json::<Outer>(br#"{"payload": {"complexity": 1, "items": [1, 300]}}"#)
-            .expect_err("422");
+        let err = parse_json::<Outer>(br#"{"payload": {"complexity": 1, "items": [1, 300]}}"#).expect_err("422");
         assert_eq!(err.problem().errors[0].pointer, "/payload/items/1");
     }
 
@@ -184,12 +164,7 @@ mod tests {
             b"{\"payload\": {\"complexity\": 1}} x",
         ] {
             let err = parse_json::<Outer>(body).expect_err("400");
-            assert_eq!(
-                err.problem().status,
-                400,
-                "{}",
-                String::from_utf8_lossy(body)
-            );
+            assert_eq!(err.problem().status, 400, "{}", String::from_utf8_lossy(body));
         }
     }
 
@@ -211,10 +186,7 @@ mod tests {
     #[test]
     fn forwarded_for_is_used_only_when_trusted() {
         let mut headers = HeaderMap::new();
-        headers.insert(
-            "x-forwarded-for",
-            "203.0.113.7, 10.0.0.1".parse().expect("header"),
-        );
+        headers.insert("x-forwarded-for", "203.0.113.7, 10.0.0.1".parse().expect("header"));
         let peer: SocketAddr = "[::ffff:127.0.0.1]:4000".parse().expect("addr");
         assert_eq!(
             ClientIp::resolve(&headers, Some(peer), false).0.to_string(),

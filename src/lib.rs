@@ -9,7 +9,10 @@
 //! - [`engine`]: the pure, deterministic, cancellable CPU work (hash, prime, matrix, transform).
 //! - [`calibrate`]: measures the engine against its documented durations.
 //! - [`execution`]: runs engine work on low-priority blocking threads with a deadline, and records it.
-//! - [`submission`]: accepting work on the sync path.
+//! - [`submission`]: accepting work: the sync path and the async path (idempotency, queue slot, commit).
+//! - [`callback`]: callback delivery: scheduler, one attempt, retry policy (pure), signing.
+//! - [`ssrf`]: the callback URL policy, applied at submission and to every resolved address.
+//! - [`receiver`]: the demo callback receiver shared by `callback-server`, `loadtest` and the tests.
 //! - [`jobs`]: the async job queue, its workers and startup recovery.
 //! - [`db`]: the SQLite pool, migrations, and one module per table (all SQL lives here).
 //! - [`routes`]: the HTTP handlers, one module per resource.
@@ -21,6 +24,7 @@
 
 pub mod app;
 pub mod calibrate;
+pub mod callback;
 pub mod config;
 pub mod db;
 pub mod engine;
@@ -31,7 +35,9 @@ pub mod jobs;
 pub mod metrics;
 pub mod openapi;
 pub mod rate_limit;
+pub mod receiver;
 pub mod routes;
+pub mod ssrf;
 pub mod state;
 pub mod submission;
 pub mod telemetry;

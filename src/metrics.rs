@@ -166,11 +166,7 @@ impl Metrics {
             stored_requests: Family::default(),
             registry: Registry::default(),
         };
-        registry.register(
-            "http_requests",
-            "HTTP requests answered",
-            m.http_requests.clone(),
-        );
+        registry.register("http_requests", "HTTP requests answered", m.http_requests.clone());
         registry.register(
             "http_request_duration_seconds",
             "Time to answer an HTTP request",
@@ -181,16 +177,8 @@ impl Metrics {
             "Engine time per run",
             m.engine_seconds.clone(),
         );
-        registry.register(
-            "engine_runs",
-            "Engine runs by outcome",
-            m.engine_runs.clone(),
-        );
-        registry.register(
-            "engine_running",
-            "Engine runs on a CPU now",
-            m.engine_running.clone(),
-        );
+        registry.register("engine_runs", "Engine runs by outcome", m.engine_runs.clone());
+        registry.register("engine_running", "Engine runs on a CPU now", m.engine_running.clone());
         registry.register(
             "engine_cancel_latency_seconds",
             "Time from cancelling a run to its CPU being free",
@@ -206,11 +194,7 @@ impl Metrics {
             "Sync requests refused with 503",
             m.sync_rejected.clone(),
         );
-        registry.register(
-            "jobs_enqueued",
-            "Async jobs accepted",
-            m.jobs_enqueued.clone(),
-        );
+        registry.register("jobs_enqueued", "Async jobs accepted", m.jobs_enqueued.clone());
         registry.register(
             "jobs_processed",
             "Async jobs finished by a worker",
@@ -221,16 +205,8 @@ impl Metrics {
             "Async submissions refused with 429",
             m.queue_rejected.clone(),
         );
-        registry.register(
-            "jobs_recovered",
-            "Jobs re-queued at startup",
-            m.jobs_recovered.clone(),
-        );
-        registry.register(
-            "workers_busy",
-            "Workers running a job",
-            m.workers_busy.clone(),
-        );
+        registry.register("jobs_recovered", "Jobs re-queued at startup", m.jobs_recovered.clone());
+        registry.register("workers_busy", "Workers running a job", m.workers_busy.clone());
         registry.register("queue_depth", "Async jobs waiting", m.queue_depth.clone());
         registry.register("callbacks", "Callback outcomes", m.callbacks.clone());
         registry.register(
@@ -246,13 +222,7 @@ impl Metrics {
         Self { registry, ..m }
     }
 
-    pub fn record_run(
-        &self,
-        mode: &'static str,
-        operation: Operation,
-        outcome: RunOutcome,
-        seconds: f64,
-    ) {
+    pub fn record_run(&self, mode: &'static str, operation: Operation, outcome: RunOutcome, seconds: f64) {
         self.engine_runs
             .get_or_create(&OutcomeLabels {
                 mode,

@@ -4,6 +4,7 @@
 
 use utoipa::{IntoResponses, OpenApi};
 
+use crate::callback::CallbackBody;
 use crate::error::{FieldError, Problem};
 
 #[derive(OpenApi)]
@@ -19,10 +20,11 @@ use crate::error::{FieldError, Problem};
     ),
     tags(
         (name = "sync", description = "Run work while the client waits"),
+        (name = "async", description = "Acknowledge now, deliver the result by callback"),
         (name = "requests", description = "Stored requests and their results"),
         (name = "operations", description = "Index, health and metrics"),
     ),
-    components(schemas(Problem, FieldError))
+    components(schemas(Problem, FieldError, CallbackBody))
 )]
 pub struct ApiDoc;
 

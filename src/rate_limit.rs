@@ -23,8 +23,7 @@ use crate::state::AppState;
 /// Paths that never count against the limit.
 const EXEMPT_PATHS: [&str; 1] = ["/healthz"];
 
-type KeyedLimiter =
-    RateLimiter<IpAddr, DefaultKeyedStateStore<IpAddr>, DefaultClock, StateInformationMiddleware>;
+type KeyedLimiter = RateLimiter<IpAddr, DefaultKeyedStateStore<IpAddr>, DefaultClock, StateInformationMiddleware>;
 
 /// The limiter and the figures its headers report.
 pub struct ClientRateLimiter {
@@ -49,8 +48,8 @@ impl ClientRateLimiter {
             .unwrap_or_else(|| Quota::per_second(burst))
             .allow_burst(burst);
         let clock = DefaultClock::default();
-        let limiter = RateLimiter::dashmap_with_clock(quota, clock.clone())
-            .with_middleware::<StateInformationMiddleware>();
+        let limiter =
+            RateLimiter::dashmap_with_clock(quota, clock.clone()).with_middleware::<StateInformationMiddleware>();
         Self {
             limiter,
             limit: burst.get(),
@@ -86,10 +85,7 @@ impl ClientRateLimiter {
 /// The middleware: resolves the client IP once (handlers read it from the extensions), then
 /// lets the request through or answers 429.
 pub async fn enforce(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
-    let peer = req
-        .extensions()
-        .get::<ConnectInfo<SocketAddr>>()
-        .map(|c| c.0);
+    let peer = req.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0);
     let client = ClientIp::resolve(req.headers(), peer, state.config.trust_forwarded_for);
     req.extensions_mut().insert(client);
     if EXEMPT_PATHS.contains(&req.uri().path()) {

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use sqlx::SqlitePool;
 use tokio::sync::Semaphore;
 
+use crate::callback::Deliveries;
 use crate::config::Config;
 use crate::execution::Executor;
 use crate::jobs::{JobQueue, WorkerPool};
@@ -24,6 +25,8 @@ pub struct AppState {
     pub executor: Executor,
     /// Where accepted async jobs wait for a worker.
     pub queue: JobQueue,
+    /// Callback deliveries: redeliver starts a new round here.
+    pub deliveries: Deliveries,
     /// The workers, for health and metrics.
     pub workers: WorkerPool,
     /// Counters and histograms behind /metrics.

@@ -13,11 +13,7 @@ pub fn init(config: &Config) {
         .with_env_filter(filter)
         .with_span_events(FmtSpan::NONE);
     let _ = match config.log_format {
-        LogFormat::Json => builder
-            .json()
-            .flatten_event(true)
-            .with_current_span(true)
-            .try_init(),
+        LogFormat::Json => builder.json().flatten_event(true).with_current_span(true).try_init(),
         LogFormat::Pretty => builder.compact().try_init(),
     };
 }

@@ -1,6 +1,8 @@
 //! The SQLite store: one pool opened at start (WAL, busy timeout, embedded migrations), and one
 //! module per table. All SQL in the project lives under this module.
 
+pub mod callbacks;
+pub mod idempotency;
 pub mod requests;
 
 use std::path::Path;
@@ -23,8 +25,7 @@ const MAX_CONNECTIONS: u32 = 8;
 /// only an OS crash or power cut can lose the last commits, which is the usual WAL trade-off.
 pub async fn connect(path: &Path) -> anyhow::Result<SqlitePool> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir)
-            .with_context(|| format!("creating the data directory {}", dir.display()))?;
+        std::fs::create_dir_all(dir).with_context(|| format!("creating the data directory {}", dir.display()))?;
     }
     let options = SqliteConnectOptions::new()
         .filename(path)

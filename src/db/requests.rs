@@ -43,12 +43,7 @@ impl Mode {
 }
 
 impl Status {
-    pub const ALL: [Status; 4] = [
-        Status::Pending,
-        Status::Processing,
-        Status::Done,
-        Status::Failed,
-    ];
+    pub const ALL: [Status; 4] = [Status::Pending, Status::Processing, Status::Done, Status::Failed];
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Pending => "pending",
@@ -59,20 +54,47 @@ impl Status {
     }
 }
 
+/// Where a callback delivery stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema, sqlx::Type)]
+#[serde(rename_all = "lowercase")]
+#[sqlx(type_name = "TEXT", rename_all = "lowercase")]
+pub enum DeliveryStatus {
+    /// Waiting for the job to finish, or for `next_attempt_at`.
+    Pending,
+    /// An attempt is in flight.
+    Delivering,
+    /// The receiver answered 2xx.
+    Delivered,
+    /// Given up: retries used, 410, a redirect, another 4xx, or a refused address.
+    Failed,
+}
+
+/// The callback side of a request, present when it has a `callback_url`.
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+pub struct Delivery {
+    pub status: DeliveryStatus,
+    /// Attempts made, over every round.
+    pub attempts: i64,
+    /// HTTP status of the last attempt, if it got an answer.
+    pub last_status_code: Option<i64>,
+    pub last_error: Option<String>,
+    /// When the next attempt is due (RFC 3339 UTC), while `pending`.
+    pub next_attempt_at: Option<String>,
+}
+
 /// A stored request as the API shows it (the client IP is kept out on purpose).
-#[derive(Debug, Clone, PartialEq, Serialize, ToSchema, sqlx::FromRow)]
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
 pub struct RequestRecord {
-    #[sqlx(rename = "id")]
     #[schema(example = "0193a1b2-7c3d-7e4f-8a9b-0c1d2e3f4a5b")]
     pub request_id: String,
     pub mode: Mode,
     pub status: Status,
     /// The work payload as submitted.
     #[schema(value_type = Object, example = json!({"operation": "hash", "complexity": 5}))]
-    pub payload: Json<Value>,
+    pub payload: Value,
     /// The engine's result, once `done`.
     #[schema(value_type = Option<Object>)]
-    pub result: Option<Json<Value>>,
+    pub result: Option<Value>,
     /// Why the work failed, once `failed`.
     pub error: Option<String>,
     pub callback_url: Option<String>,
@@ -83,15 +105,74 @@ pub struct RequestRecord {
     pub completed_at: Option<String>,
     /// Engine time only, without time spent queued.
     pub execution_time_ms: Option<f64>,
-    /// Callback delivery attempts made so far.
+    /// Callback delivery attempts made so far (also in `delivery`).
     pub attempts: i64,
-    /// The last callback delivery error.
+    /// The last callback delivery error (also in `delivery`).
     pub last_error: Option<String>,
+    /// The callback delivery; null when the request has no `callback_url`.
+    pub delivery: Option<Delivery>,
 }
 
-/// The columns `RequestRecord` reads, in one place.
+/// The row behind a `RequestRecord`.
+#[derive(sqlx::FromRow)]
+struct RequestRow {
+    id: String,
+    mode: Mode,
+    status: Status,
+    payload: Json<Value>,
+    result: Option<Json<Value>>,
+    error: Option<String>,
+    callback_url: Option<String>,
+    created_at: String,
+    started_at: Option<String>,
+    completed_at: Option<String>,
+    execution_time_ms: Option<f64>,
+    attempts: i64,
+    last_error: Option<String>,
+    delivery_status: Option<DeliveryStatus>,
+    next_attempt_at: Option<String>,
+    last_status_code: Option<i64>,
+}
+
+impl From<RequestRow> for RequestRecord {
+    fn from(row: RequestRow) -> Self {
+        let delivery = row.callback_url.as_ref().map(|_| Delivery {
+            status: row.delivery_status.unwrap_or(DeliveryStatus::Pending),
+            attempts: row.attempts,
+            last_status_code: row.last_status_code,
+            last_error: row.last_error.clone(),
+            next_attempt_at: row.next_attempt_at.clone(),
+        });
+        Self {
+            request_id: row.id,
+            mode: row.mode,
+            status: row.status,
+            payload: row.payload.0,
+            result: row.result.map(|r| r.0),
+            error: row.error,
+            callback_url: row.callback_url,
+            created_at: row.created_at,
+            started_at: row.started_at,
+            completed_at: row.completed_at,
+            execution_time_ms: row.execution_time_ms,
+            attempts: row.attempts,
+            last_error: row.last_error,
+            delivery,
+        }
+    }
+}
+
+/// The columns `RequestRow` reads, in one place.
 const RECORD_COLUMNS: &str = "id, mode, status, payload, result, error, callback_url, created_at, \
-     started_at, completed_at, execution_time_ms, attempts, last_error";
+     started_at, completed_at, execution_time_ms, attempts, last_error, delivery_status, \
+     next_attempt_at, last_status_code";
+
+/// What a worker needs to run a job.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredJob {
+    pub payload: Value,
+    pub callback_url: Option<String>,
+}
 
 /// A row to insert.
 #[derive(Debug, Clone)]
@@ -166,11 +247,7 @@ pub async fn insert(db: impl SqliteExecutor<'_>, row: &NewRequest<'_>) -> Result
 
 /// Moves a queued job to `processing`. Returns false when the job is missing or already finished
 /// (a duplicate delivery from the queue), so the caller skips it.
-pub async fn mark_processing(
-    db: &SqlitePool,
-    id: &str,
-    started_at: &str,
-) -> Result<bool, sqlx::Error> {
+pub async fn mark_processing(db: &SqlitePool, id: &str, started_at: &str) -> Result<bool, sqlx::Error> {
     let done = sqlx::query(
         "UPDATE requests SET status = 'processing', started_at = ? \
          WHERE id = ? AND status IN ('pending', 'processing')",
@@ -182,14 +259,13 @@ pub async fn mark_processing(
     Ok(done.rows_affected() == 1)
 }
 
-/// Stores how a run ended.
-pub async fn complete(
-    db: impl SqliteExecutor<'_>,
-    id: &str,
-    c: &Completion<'_>,
-) -> Result<(), sqlx::Error> {
+/// Stores how a run ended. For a request with a `callback_url`, the same statement makes its
+/// delivery due now: a crash between the two can never lose the callback.
+pub async fn complete(db: impl SqliteExecutor<'_>, id: &str, c: &Completion<'_>) -> Result<(), sqlx::Error> {
     sqlx::query(
-        "UPDATE requests SET status = ?, result = ?, error = ?, completed_at = ?, execution_time_ms = ? \
+        "UPDATE requests SET status = ?, result = ?, error = ?, completed_at = ?, execution_time_ms = ?, \
+         delivery_status = CASE WHEN callback_url IS NULL THEN NULL ELSE 'pending' END, \
+         next_attempt_at = CASE WHEN callback_url IS NULL THEN NULL ELSE ? END \
          WHERE id = ?",
     )
     .bind(c.status)
@@ -197,26 +273,28 @@ pub async fn complete(
     .bind(c.error)
     .bind(c.completed_at)
     .bind(c.execution_time_ms)
+    .bind(c.completed_at)
     .bind(id)
     .execute(db)
     .await
     .map(|_| ())
 }
 
-/// The stored payload of a job, for a worker to run.
-pub async fn payload(db: &SqlitePool, id: &str) -> Result<Option<Value>, sqlx::Error> {
-    let row: Option<(Json<Value>,)> = sqlx::query_as("SELECT payload FROM requests WHERE id = ?")
-        .bind(id)
-        .fetch_optional(db)
-        .await?;
-    Ok(row.map(|(Json(v),)| v))
+/// The stored payload and callback of a job, for a worker to run.
+pub async fn job(db: &SqlitePool, id: &str) -> Result<Option<StoredJob>, sqlx::Error> {
+    let row: Option<(Json<Value>, Option<String>)> =
+        sqlx::query_as("SELECT payload, callback_url FROM requests WHERE id = ?")
+            .bind(id)
+            .fetch_optional(db)
+            .await?;
+    Ok(row.map(|(Json(payload), callback_url)| StoredJob { payload, callback_url }))
 }
 
 pub async fn get(db: &SqlitePool, id: &str) -> Result<Option<RequestRecord>, sqlx::Error> {
-    let mut q =
-        QueryBuilder::<Sqlite>::new(format!("SELECT {RECORD_COLUMNS} FROM requests WHERE id = "));
+    let mut q = QueryBuilder::<Sqlite>::new(format!("SELECT {RECORD_COLUMNS} FROM requests WHERE id = "));
     q.push_bind(id);
-    q.build_query_as().fetch_optional(db).await
+    let row: Option<RequestRow> = q.build_query_as().fetch_optional(db).await?;
+    Ok(row.map(RequestRecord::from))
 }
 
 /// One page of requests, newest first, and the total that match the filter.
@@ -235,8 +313,8 @@ pub async fn list(
     page.push(" ORDER BY created_at DESC, id DESC LIMIT ")
         .push_bind(i64::from(limit));
     page.push(" OFFSET ").push_bind(i64::from(offset));
-    let rows = page.build_query_as().fetch_all(db).await?;
-    Ok((total, rows))
+    let rows: Vec<RequestRow> = page.build_query_as().fetch_all(db).await?;
+    Ok((total, rows.into_iter().map(RequestRecord::from).collect()))
 }
 
 fn push_filter(q: &mut QueryBuilder<Sqlite>, filter: &ListFilter) {
@@ -265,10 +343,7 @@ pub async fn summary(db: &SqlitePool) -> Result<Summary, sqlx::Error> {
     for s in Status::ALL {
         summary.by_status.insert(s.as_str(), 0);
         for m in Mode::ALL {
-            let count = rows
-                .iter()
-                .find(|r| r.0 == m && r.1 == s)
-                .map_or(0, |r| r.2);
+            let count = rows.iter().find(|r| r.0 == m && r.1 == s).map_or(0, |r| r.2);
             summary.cells.push((m, s, count));
         }
     }
@@ -286,9 +361,14 @@ pub async fn summary(db: &SqlitePool) -> Result<Summary, sqlx::Error> {
     Ok(summary)
 }
 
-/// Async jobs a previous run accepted but did not finish, oldest first: startup recovery
-/// re-queues them.
+/// Async jobs a previous run accepted but did not finish, oldest first: startup recovery puts
+/// them back to `pending` and re-queues them.
 pub async fn unfinished_async(db: &SqlitePool) -> Result<Vec<String>, sqlx::Error> {
+    sqlx::query(
+        "UPDATE requests SET status = 'pending', started_at = NULL WHERE mode = 'async' AND status = 'processing'",
+    )
+    .execute(db)
+    .await?;
     sqlx::query_scalar(
         "SELECT id FROM requests WHERE mode = 'async' AND status IN ('pending', 'processing') \
          ORDER BY created_at, id",

@@ -7,13 +7,11 @@ use super::{Complexity, Operation};
 
 /// `hash`: SHA-256 iterations per level.
 const HASH_ITERATIONS: [u64; 10] = [
-    1_510_000, 2_332_000, 3_602_000, 5_563_000, 8_592_000, 13_271_000, 20_496_000, 31_655_000,
-    48_889_000, 75_507_000,
+    1_510_000, 2_332_000, 3_602_000, 5_563_000, 8_592_000, 13_271_000, 20_496_000, 31_655_000, 48_889_000, 75_507_000,
 ];
 /// `prime`: which prime to find per level.
 const PRIME_N: [u64; 10] = [
-    185_089, 252_465, 344_367, 469_723, 640_712, 873_943, 1_192_075, 1_626_012, 2_217_912,
-    3_025_274,
+    185_089, 252_465, 344_367, 469_723, 640_712, 873_943, 1_192_075, 1_626_012, 2_217_912, 3_025_274,
 ];
 /// `matrix`: multiply-adds per level, spread over as many rounds as the matrix size needs.
 const MATRIX_MULTIPLY_ADDS: [u64; 10] = [
@@ -30,8 +28,7 @@ const MATRIX_MULTIPLY_ADDS: [u64; 10] = [
 ];
 /// `transform`: node-visit units per level (see `transform::round_cost`), spread over rounds.
 const TRANSFORM_NODE_VISITS: [u64; 10] = [
-    1_312_000, 2_027_000, 3_131_000, 4_835_000, 7_468_000, 11_534_000, 17_813_000, 27_512_000,
-    42_491_000, 65_625_000,
+    1_312_000, 2_027_000, 3_131_000, 4_835_000, 7_468_000, 11_534_000, 17_813_000, 27_512_000, 42_491_000, 65_625_000,
 ];
 
 /// The largest `data.n` a client may ask for: the complexity-10 amount.
@@ -61,13 +58,8 @@ mod tests {
 
     #[test]
     fn nominal_durations_run_from_100_ms_to_5_s() {
-        let ms: Vec<u64> = Complexity::all()
-            .map(|c| nominal_ms(c).round() as u64)
-            .collect();
-        assert_eq!(
-            ms,
-            vec![100, 154, 239, 368, 569, 879, 1357, 2096, 3237, 5000]
-        );
+        let ms: Vec<u64> = Complexity::all().map(|c| nominal_ms(c).round() as u64).collect();
+        assert_eq!(ms, vec![100, 154, 239, 368, 569, 879, 1357, 2096, 3237, 5000]);
     }
 
     #[test]

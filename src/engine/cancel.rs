@@ -34,11 +34,7 @@ impl CancelToken {
 
     /// `Err(Cancelled)` once the flag is set, so loops can use `?`.
     pub fn check(&self) -> Result<(), Cancelled> {
-        if self.is_cancelled() {
-            Err(Cancelled)
-        } else {
-            Ok(())
-        }
+        if self.is_cancelled() { Err(Cancelled) } else { Ok(()) }
     }
 }
 

@@ -17,11 +17,7 @@ pub(super) fn run(input: &str, iterations: u32, cancel: &CancelToken) -> Result<
 }
 
 /// Hashes `input` once, then re-hashes the digest `iterations - 1` more times.
-fn chained_sha256(
-    input: &[u8],
-    iterations: u32,
-    cancel: &CancelToken,
-) -> Result<[u8; 32], Cancelled> {
+fn chained_sha256(input: &[u8], iterations: u32, cancel: &CancelToken) -> Result<[u8; 32], Cancelled> {
     let mut digest: [u8; 32] = Sha256::digest(input).into();
     for i in 1..iterations {
         if i % CHECK_EVERY == 0 {
@@ -34,12 +30,10 @@ fn chained_sha256(
 
 fn hex(bytes: &[u8]) -> String {
     use std::fmt::Write;
-    bytes
-        .iter()
-        .fold(String::with_capacity(bytes.len() * 2), |mut out, b| {
-            let _ = write!(out, "{b:02x}");
-            out
-        })
+    bytes.iter().fold(String::with_capacity(bytes.len() * 2), |mut out, b| {
+        let _ = write!(out, "{b:02x}");
+        out
+    })
 }
 
 #[cfg(test)]
@@ -47,10 +41,7 @@ mod tests {
     use super::*;
 
     fn digest_hex(input: &str, iterations: u32) -> String {
-        hex(
-            &chained_sha256(input.as_bytes(), iterations, &CancelToken::new())
-                .expect("not cancelled"),
-        )
+        hex(&chained_sha256(input.as_bytes(), iterations, &CancelToken::new()).expect("not cancelled"))
     }
 
     #[test]

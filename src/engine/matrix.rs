@@ -27,9 +27,7 @@ pub(super) fn round_cost(size: u32) -> u64 {
 /// The chain of `rounds` rounds, row-major. At least one round is computed.
 fn power_chain(n: usize, rounds: u32, cancel: &CancelToken) -> Result<Vec<u32>, Cancelled> {
     let a: Vec<u32> = (0..n * n).map(|x| ((x / n + x % n) % 10) as u32).collect();
-    let b: Vec<u32> = (0..n * n)
-        .map(|x| ((x / n) * (x % n) % 10) as u32)
-        .collect();
+    let b: Vec<u32> = (0..n * n).map(|x| ((x / n) * (x % n) % 10) as u32).collect();
     let mut current = a.clone();
     let mut next = vec![0u32; n * n];
     for _ in 0..rounds.max(1) {

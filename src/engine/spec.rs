@@ -70,9 +70,7 @@ impl std::str::FromStr for Operation {
         Self::ALL
             .into_iter()
             .find(|op| op.as_str() == s)
-            .ok_or_else(|| {
-                format!("unknown operation `{s}` (expected hash, prime, matrix or transform)")
-            })
+            .ok_or_else(|| format!("unknown operation `{s}` (expected hash, prime, matrix or transform)"))
     }
 }
 
@@ -85,9 +83,7 @@ impl Complexity {
     pub const MAX: u8 = 10;
 
     pub fn new(level: u8) -> Option<Self> {
-        (Self::MIN..=Self::MAX)
-            .contains(&level)
-            .then_some(Self(level))
+        (Self::MIN..=Self::MAX).contains(&level).then_some(Self(level))
     }
 
     pub fn get(self) -> u8 {
@@ -184,10 +180,7 @@ impl WorkPayload {
                 if input.len() > MAX_INPUT_BYTES {
                     errors.push(InvalidWork::new(
                         "/data/input",
-                        format!(
-                            "must be at most {MAX_INPUT_BYTES} bytes, got {}",
-                            input.len()
-                        ),
+                        format!("must be at most {MAX_INPUT_BYTES} bytes, got {}", input.len()),
                     ));
                 }
                 Work::Hash {
@@ -225,11 +218,7 @@ impl WorkPayload {
                 Work::Transform { items, rounds }
             }
         };
-        if errors.is_empty() {
-            Ok(work)
-        } else {
-            Err(errors)
-        }
+        if errors.is_empty() { Ok(work) } else { Err(errors) }
     }
 }
 
@@ -286,12 +275,12 @@ fn check_value(value: &Value, depth: usize) -> Result<(), String> {
         return Err(format!("nests deeper than {MAX_ITEM_DEPTH} levels"));
     }
     match value {
-        Value::String(s) if s.len() > MAX_ITEM_STRING_BYTES => Err(format!(
-            "holds a string longer than {MAX_ITEM_STRING_BYTES} bytes"
-        )),
-        Value::Number(n) if n.as_f64().is_none_or(|x| x.abs() > MAX_ITEM_NUMBER) => Err(format!(
-            "holds a number larger than {MAX_ITEM_NUMBER:e} in magnitude"
-        )),
+        Value::String(s) if s.len() > MAX_ITEM_STRING_BYTES => {
+            Err(format!("holds a string longer than {MAX_ITEM_STRING_BYTES} bytes"))
+        }
+        Value::Number(n) if n.as_f64().is_none_or(|x| x.abs() > MAX_ITEM_NUMBER) => {
+            Err(format!("holds a number larger than {MAX_ITEM_NUMBER:e} in magnitude"))
+        }
         Value::Array(a) => a.iter().try_for_each(|v| check_value(v, depth + 1)),
         Value::Object(o) => o.values().try_for_each(|v| check_value(v, depth + 1)),
         _ => Ok(()),
@@ -390,38 +379,23 @@ mod tests {
     #[test]
     fn amounts_above_the_complexity_10_cost_are_refused() {
         let n = Some(json!({"n": MAX_PRIME_N + 1}));
-        assert_eq!(
-            pointers(payload(Operation::Prime, 1, n).plan()),
-            vec!["/data/n"]
-        );
+        assert_eq!(pointers(payload(Operation::Prime, 1, n).plan()), vec!["/data/n"]);
         let size = Some(json!({"size": MAX_MATRIX_SIZE + 1}));
-        assert_eq!(
-            pointers(payload(Operation::Matrix, 1, size).plan()),
-            vec!["/data/size"]
-        );
+        assert_eq!(pointers(payload(Operation::Matrix, 1, size).plan()), vec!["/data/size"]);
         let zero = Some(json!({"size": 0}));
-        assert_eq!(
-            pointers(payload(Operation::Matrix, 1, zero).plan()),
-            vec!["/data/size"]
-        );
+        assert_eq!(pointers(payload(Operation::Matrix, 1, zero).plan()), vec!["/data/size"]);
     }
 
     #[test]
     fn a_field_of_another_operation_is_refused() {
         let data = Some(json!({"n": 5}));
-        assert_eq!(
-            pointers(payload(Operation::Hash, 1, data).plan()),
-            vec!["/data/n"]
-        );
+        assert_eq!(pointers(payload(Operation::Hash, 1, data).plan()), vec!["/data/n"]);
     }
 
     #[test]
     fn oversized_hash_input_is_refused() {
         let data = Some(json!({"input": "x".repeat(MAX_INPUT_BYTES + 1)}));
-        assert_eq!(
-            pointers(payload(Operation::Hash, 1, data).plan()),
-            vec!["/data/input"]
-        );
+        assert_eq!(pointers(payload(Operation::Hash, 1, data).plan()), vec!["/data/input"]);
     }
 
     #[test]
@@ -459,8 +433,7 @@ mod tests {
 
     #[test]
     fn unknown_fields_are_refused_by_the_parser() {
-        let typo =
-            serde_json::from_value::<WorkPayload>(json!({"operation": "hash", "complexty": 5}));
+        let typo = serde_json::from_value::<WorkPayload>(json!({"operation": "hash", "complexty": 5}));
         assert!(
             typo.expect_err("typo")
                 .to_string()

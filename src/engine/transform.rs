@@ -25,11 +25,7 @@ pub(super) fn run(items: &[Value], rounds: u32, cancel: &CancelToken) -> Result<
     }))
 }
 
-fn transform_rounds(
-    items: &[Value],
-    rounds: u32,
-    cancel: &CancelToken,
-) -> Result<Vec<Value>, Cancelled> {
+fn transform_rounds(items: &[Value], rounds: u32, cancel: &CancelToken) -> Result<Vec<Value>, Cancelled> {
     let mut current = items.to_vec();
     for _ in 0..rounds {
         cancel.check()?;

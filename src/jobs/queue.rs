@@ -26,10 +26,7 @@ impl JobQueue {
 
     /// Takes a slot now, or fails at once if the queue is full.
     pub fn try_reserve(&self) -> Result<QueueSlot, QueueFull> {
-        self.sender
-            .clone()
-            .try_reserve_owned()
-            .map_err(|_| QueueFull)
+        self.sender.clone().try_reserve_owned().map_err(|_| QueueFull)
     }
 
     /// Waits for room, then queues `id` (startup recovery and redelivery of work use this).

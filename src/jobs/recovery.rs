@@ -30,10 +30,7 @@ pub async fn recover_unfinished(
     let ids = db::requests::unfinished_async(db).await?;
     let found = ids.len();
     if found > 0 {
-        tracing::info!(
-            jobs = found,
-            "re-queueing async jobs left unfinished by the last stop"
-        );
+        tracing::info!(jobs = found, "re-queueing async jobs left unfinished by the last stop");
         metrics.jobs_recovered.inc_by(found as u64);
         let queue = queue.clone();
         tracker.spawn(async move {

@@ -11,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
+use crate::callback::Deliveries;
 use crate::db;
 use crate::db::requests::{Completion, Mode, Status};
 use crate::engine::{CancelToken, WorkPayload};
@@ -23,6 +24,8 @@ pub struct WorkerContext {
     pub executor: Executor,
     pub db: SqlitePool,
     pub metrics: Arc<Metrics>,
+    /// Where finished jobs with a `callback_url` go; the worker never waits for them.
+    pub deliveries: Deliveries,
 }
 
 /// The running workers, as /healthz and /metrics see them.
@@ -78,11 +81,7 @@ impl Drop for AliveGuard {
     }
 }
 
-async fn drain(
-    receiver: &Mutex<mpsc::Receiver<String>>,
-    ctx: &WorkerContext,
-    shutdown: &CancellationToken,
-) {
+async fn drain(receiver: &Mutex<mpsc::Receiver<String>>, ctx: &WorkerContext, shutdown: &CancellationToken) {
     loop {
         let next = tokio::select! {
             biased;
@@ -108,7 +107,7 @@ async fn run_job(ctx: &WorkerContext, id: &str) {
 }
 
 async fn try_run_job(ctx: &WorkerContext, id: &str) -> anyhow::Result<()> {
-    let Some(payload) = db::requests::payload(&ctx.db, id).await? else {
+    let Some(job) = db::requests::job(&ctx.db, id).await? else {
         tracing::warn!("job vanished from the database; skipped");
         return Ok(());
     };
@@ -118,22 +117,25 @@ async fn try_run_job(ctx: &WorkerContext, id: &str) -> anyhow::Result<()> {
         return Ok(());
     }
     ctx.metrics.workers_busy.inc();
-    let _busy = BusyGuard(ctx.metrics.clone());
-    let plan = serde_json::from_value::<WorkPayload>(payload)
+    let busy = BusyGuard(ctx.metrics.clone());
+    let plan = serde_json::from_value::<WorkPayload>(job.payload)
         .map_err(|e| e.to_string())
-        .and_then(|p| {
-            p.plan()
-                .map(|w| (p.operation, w))
-                .map_err(|errs| format!("{errs:?}"))
-        });
-    let outcome = match plan {
+        .and_then(|p| p.plan().map(|w| (p.operation, w)).map_err(|errs| format!("{errs:?}")));
+    let status = match plan {
         Ok((operation, work)) => {
-            ctx.executor
+            let outcome = ctx
+                .executor
                 .execute(id, Mode::Async, operation, work, CancelToken::new(), None)
-                .await?
+                .await?;
+            if outcome == Outcome::Cancelled {
+                // Stopped by a shutdown and left `processing`: the next start runs it again.
+                return Ok(());
+            }
+            outcome.status()
         }
         Err(why) => {
-            // Accepted under older rules (a changed bound): fail it rather than retry forever.
+            // Accepted under older rules (a bound that has since changed): fail it for good
+            // rather than retry it at every start.
             let error = format!("the stored payload is no longer valid: {why}");
             let completion = Completion {
                 status: Status::Failed,
@@ -143,11 +145,15 @@ async fn try_run_job(ctx: &WorkerContext, id: &str) -> anyhow::Result<()> {
                 execution_time_ms: None,
             };
             db::requests::complete(&ctx.db, id, &completion).await?;
-            Outcome::Panicked(error)
+            Status::Failed
         }
     };
+    drop(busy);
     ctx.metrics.jobs_processed.inc();
-    tracing::info!(status = outcome.status().as_str(), "job finished");
+    tracing::info!(status = status.as_str(), "job finished");
+    if job.callback_url.is_some() {
+        ctx.deliveries.schedule(id);
+    }
     Ok(())
 }
 

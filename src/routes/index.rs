@@ -35,23 +35,26 @@ pub struct EndpointSummary {
 }
 
 const ENDPOINTS: &[(&str, &str, &str)] = &[
+    ("POST", "/sync", "Run work now; the answer carries the result"),
     (
         "POST",
-        "/sync",
-        "Run work now; the answer carries the result",
+        "/async",
+        "Accept work now (202); the result is POSTed to callback_url or polled",
     ),
     (
         "GET",
         "/requests",
         "List stored requests (filters: mode, status, limit, offset)",
     ),
-    ("GET", "/requests/{id}", "One stored request"),
-    ("GET", "/metrics", "Live figures as JSON"),
     (
         "GET",
-        "/metrics/prometheus",
-        "The same figures for Prometheus",
+        "/requests/{id}",
+        "One stored request, with its callback delivery state",
     ),
+    ("GET", "/requests/{id}/attempts", "Callback delivery attempts"),
+    ("POST", "/requests/{id}/redeliver", "Deliver a failed callback again"),
+    ("GET", "/metrics", "Live figures as JSON"),
+    ("GET", "/metrics/prometheus", "The same figures for Prometheus"),
     ("GET", "/healthz", "Health check"),
     ("GET", "/docs", "Swagger UI"),
 ];

@@ -13,6 +13,7 @@ use utoipa_axum::routes;
 
 use crate::db;
 use crate::error::ApiError;
+use crate::metrics::CallbackOutcome;
 use crate::openapi::RateLimited;
 use crate::state::AppState;
 
@@ -41,6 +42,7 @@ pub struct MetricsReport {
     pub queue: QueueFigures,
     pub workers: WorkerFigures,
     pub sync: SyncFigures,
+    pub callbacks: CallbackFigures,
     /// Requests refused by the per-IP rate limit since start.
     pub rate_limited: u64,
 }
@@ -81,6 +83,17 @@ pub struct SyncFigures {
     pub rejected: u64,
 }
 
+/// Callback outcomes since start.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CallbackFigures {
+    /// Deliveries that got a 2xx.
+    pub delivered: u64,
+    /// Failed attempts followed by a scheduled retry.
+    pub retried: u64,
+    /// Deliveries given up (retries used, 410, redirect, other 4xx, refused address).
+    pub failed: u64,
+}
+
 async fn report(state: &AppState) -> Result<MetricsReport, ApiError> {
     let summary = db::requests::summary(&state.db).await?;
     let m = &state.metrics;
@@ -111,14 +124,19 @@ async fn report(state: &AppState) -> Result<MetricsReport, ApiError> {
             max: state.config.max_sync_concurrency,
             rejected: m.sync_rejected.get(),
         },
+        callbacks: CallbackFigures {
+            delivered: m.callbacks(CallbackOutcome::Delivered),
+            retried: m.callbacks(CallbackOutcome::Retried),
+            failed: m.callbacks(CallbackOutcome::Failed),
+        },
         rate_limited: m.rate_limited.get(),
     })
 }
 
 /// Service metrics as JSON
 ///
-/// Request counts by mode and status, mean engine time, queue depth, worker and sync slot
-/// usage: every figure is live (none is hard-coded).
+/// Request counts by mode and status, mean engine time, queue depth and totals, worker and
+/// sync slot usage, callback outcomes: every figure is live (none is hard-coded).
 #[utoipa::path(
     get,
     path = "/metrics",
@@ -142,12 +160,7 @@ pub async fn metrics_json(State(state): State<AppState>) -> Result<Json<MetricsR
         RateLimited,
     )
 )]
-pub async fn metrics_prometheus(
-    State(state): State<AppState>,
-) -> Result<impl IntoResponse, ApiError> {
+pub async fn metrics_prometheus(State(state): State<AppState>) -> Result<impl IntoResponse, ApiError> {
     report(&state).await?;
-    Ok((
-        [(header::CONTENT_TYPE, OPENMETRICS)],
-        state.metrics.encode(),
-    ))
+    Ok(([(header::CONTENT_TYPE, OPENMETRICS)], state.metrics.encode()))
 }

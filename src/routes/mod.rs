@@ -1,6 +1,7 @@
 //! The HTTP surface: one module per resource, each with its `router()`. Handlers only extract,
 //! call the layer below, and shape the answer.
 
+mod asynchronous;
 mod health;
 mod index;
 mod metrics;
@@ -32,6 +33,7 @@ pub fn api_router() -> OpenApiRouter<AppState> {
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .merge(index::router())
         .merge(sync::router())
+        .merge(asynchronous::router())
         .merge(requests::router())
         .merge(metrics::router())
         .merge(health::router())

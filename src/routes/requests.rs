@@ -2,13 +2,15 @@
 
 use axum::Json;
 use axum::extract::State;
+use axum::http::StatusCode;
 use serde::Serialize;
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::db;
-use crate::db::requests::{ListFilter, RequestRecord};
+use crate::db::callbacks::{Attempt, RedeliverRefusal};
+use crate::db::requests::{DeliveryStatus, ListFilter, RequestRecord};
 use crate::error::{ApiError, Problem};
 use crate::extract::{ApiPath, ApiQuery};
 use crate::openapi::RateLimited;
@@ -22,6 +24,8 @@ pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(list_requests))
         .routes(routes!(get_request))
+        .routes(routes!(list_attempts))
+        .routes(routes!(redeliver))
 }
 
 /// One page of requests, newest first.
@@ -92,4 +96,83 @@ pub async fn get_request(
         .await?
         .map(Json)
         .ok_or_else(|| ApiError::NotFound(format!("no request with id {id}")))
+}
+
+/// A redelivery that was started.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RedeliveryStarted {
+    pub request_id: String,
+    /// `pending`: the first attempt of the new round is due now.
+    pub delivery_status: DeliveryStatus,
+    pub message: String,
+}
+
+/// List callback delivery attempts
+///
+/// Every attempt to POST this request's result to its `callback_url`, oldest first: when, how
+/// long, the HTTP status or the class of error, and a short error text.
+#[utoipa::path(
+    get,
+    path = "/requests/{id}/attempts",
+    tag = "requests",
+    params(("id" = String, Path, description = "The `request_id` from `/async`")),
+    responses(
+        (status = 200, description = "The attempts, oldest first (empty before the first)", body = Vec<Attempt>),
+        (status = 404, description = "No request has this id", body = Problem, content_type = "application/problem+json"),
+        RateLimited,
+    )
+)]
+pub async fn list_attempts(
+    State(state): State<AppState>,
+    ApiPath(id): ApiPath<String>,
+) -> Result<Json<Vec<Attempt>>, ApiError> {
+    if db::requests::get(&state.db, &id).await?.is_none() {
+        return Err(ApiError::NotFound(format!("no request with id {id}")));
+    }
+    Ok(Json(db::callbacks::attempts(&state.db, &id).await?))
+}
+
+/// Deliver a failed callback again
+///
+/// Starts a new delivery round (a fresh retry budget) for a request whose delivery `failed`.
+/// Any other delivery state, or a request without a `callback_url`, is a 409.
+#[utoipa::path(
+    post,
+    path = "/requests/{id}/redeliver",
+    tag = "requests",
+    params(("id" = String, Path, description = "The `request_id` from `/async`")),
+    responses(
+        (status = 202, description = "A new delivery round has started", body = RedeliveryStarted),
+        (status = 404, description = "No request has this id", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The request has no callback, or its delivery has not failed", body = Problem, content_type = "application/problem+json"),
+        RateLimited,
+    )
+)]
+pub async fn redeliver(
+    State(state): State<AppState>,
+    ApiPath(id): ApiPath<String>,
+) -> Result<(StatusCode, Json<RedeliveryStarted>), ApiError> {
+    match state.deliveries.redeliver(&id).await? {
+        Ok(()) => Ok((
+            StatusCode::ACCEPTED,
+            Json(RedeliveryStarted {
+                request_id: id,
+                delivery_status: DeliveryStatus::Pending,
+                message: "A new delivery round has started".to_owned(),
+            }),
+        )),
+        Err(RedeliverRefusal::NotFound) => Err(ApiError::NotFound(format!("no request with id {id}"))),
+        Err(RedeliverRefusal::NotFailed(_, false)) => Err(ApiError::Conflict(
+            "this request has no callback_url to deliver to".to_owned(),
+        )),
+        Err(RedeliverRefusal::NotFailed(status, true)) => Err(ApiError::Conflict(format!(
+            "only a failed delivery can be redelivered; this one is {}",
+            status.map_or("waiting for the job to finish", |s| match s {
+                DeliveryStatus::Pending => "pending",
+                DeliveryStatus::Delivering => "delivering",
+                DeliveryStatus::Delivered => "delivered",
+                DeliveryStatus::Failed => "failed",
+            })
+        ))),
+    }
 }

@@ -48,7 +48,5 @@ pub async fn submit_sync(
     client: ClientIp,
     ApiJson(request): ApiJson<SyncRequest>,
 ) -> Result<Json<SyncResponse>, ApiError> {
-    submission::run_sync(&state, request, client)
-        .await
-        .map(Json)
+    submission::run_sync(&state, request, client).await.map(Json)
 }

@@ -1,14 +1,14 @@
-//! Accepting work, the part the two APIs differ in. Sync: take a slot (or 503 at once), store
-//! the request, run it, answer with the result. The handlers in `routes/` only parse and call.
+//! The sync path: take a slot (or 503 at once), store the request, run it, answer with the
+//! result.
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::ToSchema;
-use uuid::Uuid;
 
+use super::{new_request_id, retry_after_secs};
 use crate::db;
 use crate::db::requests::{Mode, NewRequest, Status};
-use crate::engine::{self, CancelToken, Complexity, WorkPayload};
+use crate::engine::{CancelToken, WorkPayload};
 use crate::error::ApiError;
 use crate::execution::Outcome;
 use crate::extract::ClientIp;
@@ -43,25 +43,9 @@ pub struct SyncResponse {
     pub execution_time_ms: f64,
 }
 
-/// A new, unique, roughly time-ordered request id.
-pub fn new_request_id() -> String {
-    Uuid::now_v7().to_string()
-}
-
-/// Seconds a client should wait before retrying work of `complexity`: about how long one such
-/// run takes, never less than one.
-pub fn retry_after_secs(complexity: u8) -> u64 {
-    let nominal_ms = Complexity::new(complexity).map_or(1000.0, engine::nominal_ms);
-    (nominal_ms / 1000.0).ceil().max(1.0) as u64
-}
-
 /// The sync path. A client that disconnects mid-run cancels the engine, and the row is still
 /// finished (as `failed`): no row is ever left `processing`.
-pub async fn run_sync(
-    state: &AppState,
-    request: SyncRequest,
-    client: ClientIp,
-) -> Result<SyncResponse, ApiError> {
+pub async fn run_sync(state: &AppState, request: SyncRequest, client: ClientIp) -> Result<SyncResponse, ApiError> {
     let payload = request.payload;
     let work = payload
         .plan()
@@ -98,14 +82,7 @@ pub async fn run_sync(
     let task_id = id.clone();
     let run = tokio::spawn(async move {
         executor
-            .execute(
-                &task_id,
-                Mode::Sync,
-                payload.operation,
-                work,
-                cancel,
-                Some(slot),
-            )
+            .execute(&task_id, Mode::Sync, payload.operation, work, cancel, Some(slot))
             .await
     });
     let outcome = run.await.map_err(ApiError::internal)??;
@@ -121,32 +98,7 @@ pub async fn run_sync(
             request_id: id,
             timeout_secs: state.config.work_timeout.as_secs_f64(),
         }),
-        Outcome::Cancelled => Err(ApiError::Unavailable(
-            "the server is shutting down".to_owned(),
-        )),
-        Outcome::Panicked(why) => Err(ApiError::internal(anyhow::anyhow!(
-            "engine panicked: {why}"
-        ))),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn retry_after_follows_the_nominal_duration() {
-        assert_eq!(retry_after_secs(1), 1);
-        assert_eq!(retry_after_secs(7), 2);
-        assert_eq!(retry_after_secs(10), 5);
-        assert_eq!(retry_after_secs(42), 1);
-    }
-
-    #[test]
-    fn request_ids_are_unique_and_sortable_by_time() {
-        let a = new_request_id();
-        let b = new_request_id();
-        assert_ne!(a, b);
-        assert!(a < b, "{a} then {b}");
+        Outcome::Cancelled => Err(ApiError::Unavailable("the server is shutting down".to_owned())),
+        Outcome::Panicked(why) => Err(ApiError::internal(anyhow::anyhow!("engine panicked: {why}"))),
     }
 }

@@ -25,12 +25,7 @@ async fn swagger_ui_and_its_assets_are_served_locally() {
             "{asset} loads from a CDN"
         );
     }
-    let initializer = app
-        .get("/docs/swagger-initializer.js")
-        .await
-        .text()
-        .await
-        .expect("js");
+    let initializer = app.get("/docs/swagger-initializer.js").await.text().await.expect("js");
     assert!(initializer.contains("/openapi.json"), "{initializer}");
 }
 
@@ -40,11 +35,7 @@ async fn the_served_spec_is_the_generated_one() {
     let served: Value = app.get_json("/openapi.json").await;
     let generated = serde_json::to_value(sync_async::routes::openapi()).expect("spec");
     assert_eq!(served, generated);
-    assert!(
-        served["openapi"]
-            .as_str()
-            .is_some_and(|v| v.starts_with("3."))
-    );
+    assert!(served["openapi"].as_str().is_some_and(|v| v.starts_with("3.")));
 }
 
 #[test]
@@ -78,10 +69,7 @@ fn every_operation_has_a_summary_a_description_and_problem_json_errors() {
                 }
             }
             if path != "/healthz" {
-                assert!(
-                    responses.contains_key("429"),
-                    "{at} does not document the rate limit"
-                );
+                assert!(responses.contains_key("429"), "{at} does not document the rate limit");
             }
         }
     }

@@ -29,13 +29,7 @@ async fn malformed_json_is_a_400() {
 #[tokio::test]
 async fn a_body_without_a_json_content_type_is_a_415() {
     let app = spawn_app().await;
-    let response = app
-        .client
-        .post(app.url("/sync"))
-        .body("{}")
-        .send()
-        .await
-        .expect("sent");
+    let response = app.client.post(app.url("/sync")).body("{}").send().await.expect("sent");
     let (status, _) = problem(response).await;
     assert_eq!(status, 415);
 }
@@ -52,10 +46,7 @@ async fn a_body_over_the_size_limit_is_a_413_and_stores_nothing() {
         .await;
     let (status, body) = problem(response).await;
     assert_eq!(status, 413);
-    assert!(
-        body["detail"].as_str().is_some_and(|d| d.contains("1 KB")),
-        "{body}"
-    );
+    assert!(body["detail"].as_str().is_some_and(|d| d.contains("1 KB")), "{body}");
     assert_eq!(app.metrics().await["total_requests"], 0);
 }
 
@@ -101,33 +92,21 @@ async fn invalid_payloads_are_422_with_a_pointer_to_the_field() {
         let response = app.post_json("/sync", &body).await;
         let (status, problem_body) = problem(response).await;
         assert_eq!(status, 422, "{body}: {problem_body}");
-        assert_eq!(
-            problem_body["errors"][0]["pointer"], pointer,
-            "{body}: {problem_body}"
-        );
+        assert_eq!(problem_body["errors"][0]["pointer"], pointer, "{body}: {problem_body}");
     }
-    assert_eq!(
-        app.metrics().await["total_requests"],
-        0,
-        "no invalid request is stored"
-    );
+    assert_eq!(app.metrics().await["total_requests"], 0, "no invalid request is stored");
 }
 
 #[tokio::test]
 async fn unknown_fields_are_refused_rather_than_ignored() {
     let app = spawn_app().await;
     let response = app
-        .post_json(
-            "/sync",
-            &json!({"payload": {"operation": "hash", "complexty": 5}}),
-        )
+        .post_json("/sync", &json!({"payload": {"operation": "hash", "complexty": 5}}))
         .await;
     let (status, body) = problem(response).await;
     assert_eq!(status, 422);
     assert!(
-        body["detail"]
-            .as_str()
-            .is_some_and(|d| d.contains("complexty")),
+        body["detail"].as_str().is_some_and(|d| d.contains("complexty")),
         "{body}"
     );
 }
@@ -141,9 +120,5 @@ async fn unknown_paths_and_methods_get_problem_json() {
     assert_eq!(status, 405);
     let (status, body) = problem(app.get("/requests/does-not-exist").await).await;
     assert_eq!(status, 404);
-    assert!(
-        body["detail"]
-            .as_str()
-            .is_some_and(|d| d.contains("does-not-exist"))
-    );
+    assert!(body["detail"].as_str().is_some_and(|d| d.contains("does-not-exist")));
 }

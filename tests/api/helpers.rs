@@ -2,11 +2,14 @@
 //! `wait_until()` polls a condition instead of sleeping.
 
 use std::future::Future;
+use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+use sync_async::receiver::{Received, Receiver, ReceiverOptions, ReceiverTotals, RunningReceiver};
 use sync_async::state::AppState;
 use sync_async::{App, Config};
 use tempfile::TempDir;
@@ -29,13 +32,15 @@ pub struct TestApp {
 }
 
 /// Settings for tests: loopback, port 0, a temp database, a rate limit no test trips by
-/// accident, and small work units.
+/// accident, and a callback backoff unit of a millisecond so retries take no real time.
 pub fn test_config(dir: &TempDir) -> Config {
     Config {
         host: [127, 0, 0, 1].into(),
         port: 0,
         database_path: dir.path().join("data").join("requests.db"),
         rate_limit_requests: 100_000,
+        callback_retry_unit: Duration::from_millis(1),
+        callback_timeout: Duration::from_secs(5),
         ..Config::default()
     }
 }
@@ -78,11 +83,7 @@ impl TestApp {
     }
 
     pub async fn get(&self, path: &str) -> reqwest::Response {
-        self.client
-            .get(self.url(path))
-            .send()
-            .await
-            .expect("request sent")
+        self.client.get(self.url(path)).send().await.expect("request sent")
     }
 
     pub async fn get_json(&self, path: &str) -> Value {
@@ -102,16 +103,37 @@ impl TestApp {
         self.get_json("/metrics").await
     }
 
+    /// POSTs to `/async` and returns the status and the body.
+    pub async fn submit_async(&self, body: &Value) -> (u16, Value) {
+        let response = self.post_json("/async", body).await;
+        let status = response.status().as_u16();
+        (status, response.json().await.expect("JSON body"))
+    }
+
+    /// Polls `/requests/{id}` until `field` (a JSON pointer) equals `expected`; returns the record.
+    pub async fn wait_for(&self, id: &str, field: &str, expected: &str) -> Value {
+        let path = format!("/requests/{id}");
+        let started = Instant::now();
+        loop {
+            let record = self.get_json(&path).await;
+            if record.pointer(field).and_then(Value::as_str) == Some(expected) {
+                return record;
+            }
+            assert!(
+                started.elapsed() < PATIENCE,
+                "gave up waiting until {path} has {field} = {expected}: {record}"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
     /// Graceful stop: stop accepting, drain, and wait for the app to finish.
     pub async fn stop(mut self) {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }
         if let Some(server) = self.server.take() {
-            server
-                .await
-                .expect("server task")
-                .expect("server stops cleanly");
+            server.await.expect("server task").expect("server stops cleanly");
         }
     }
 }
@@ -149,10 +171,7 @@ pub async fn problem(response: reqwest::Response) -> (u16, Value) {
             .is_some_and(|t| t.starts_with("urn:sync-async:problem:")),
         "{body}"
     );
-    assert!(
-        body["detail"].as_str().is_some_and(|d| !d.is_empty()),
-        "{body}"
-    );
+    assert!(body["detail"].as_str().is_some_and(|d| !d.is_empty()), "{body}");
     (status, body)
 }
 
@@ -164,4 +183,91 @@ pub fn quick_payload() -> Value {
 /// Work that takes seconds even in a release build: for tests that need a busy slot.
 pub fn slow_payload() -> Value {
     serde_json::json!({"operation": "hash", "complexity": 10})
+}
+
+/// The library's own receiver on a free port, with every accepted callback sent to `callbacks`.
+pub struct TestReceiver {
+    pub running: RunningReceiver,
+    pub callbacks: tokio::sync::mpsc::UnboundedReceiver<Received>,
+}
+
+impl TestReceiver {
+    pub async fn start(options: ReceiverOptions) -> Self {
+        let receiver = Receiver::new(options);
+        let callbacks = receiver.subscribe();
+        let running = receiver
+            .spawn(([127, 0, 0, 1], 0).into())
+            .await
+            .expect("receiver binds");
+        Self { running, callbacks }
+    }
+
+    pub async fn reliable() -> Self {
+        Self::start(ReceiverOptions::default()).await
+    }
+
+    pub fn url(&self) -> String {
+        self.running.callback_url()
+    }
+
+    pub fn totals(&self) -> ReceiverTotals {
+        self.running.receiver.totals()
+    }
+
+    /// The next accepted callback; fails the test after `PATIENCE`.
+    pub async fn next(&mut self) -> Received {
+        tokio::time::timeout(PATIENCE, self.callbacks.recv())
+            .await
+            .expect("a callback arrived in time")
+            .expect("the receiver is running")
+    }
+}
+
+/// The server binary, for tests that need a real process (signals, crashes).
+pub const BIN: &str = env!("CARGO_BIN_EXE_sync-async");
+
+/// Starts the server binary with `env` on port 0 and returns it with its bound address, read from
+/// its first JSON log line that says "listening".
+pub fn start_server(env: &[(&str, String)]) -> (Child, String) {
+    let mut child = Command::new(BIN)
+        .env_clear()
+        .env("PORT", "0")
+        .env("HOST", "127.0.0.1")
+        .env("LOG_FORMAT", "json")
+        .env("LOG_LEVEL", "info")
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("server starts");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut lines = BufReader::new(stdout).lines();
+    let addr = loop {
+        let line = lines.next().expect("server printed a line").expect("utf-8");
+        let Ok(event) = serde_json::from_str::<serde_json::Value>(&line) else {
+            continue;
+        };
+        if event["message"] == "listening" {
+            break event["addr"].as_str().expect("addr").to_owned();
+        }
+    };
+    // Keep draining stdout so the server never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines {});
+    (child, addr)
+}
+
+/// Sends SIGTERM: a graceful stop.
+pub fn terminate(child: &Child) {
+    signal(child, rustix::process::Signal::TERM);
+}
+
+/// Sends SIGKILL: the process dies at once, mid-whatever, like a crash or an OOM kill.
+pub fn kill_hard(child: &mut Child) {
+    signal(child, rustix::process::Signal::KILL);
+    let _ = child.wait();
+}
+
+fn signal(child: &Child, signal: rustix::process::Signal) {
+    let pid = rustix::process::Pid::from_raw(child.id() as i32).expect("pid");
+    rustix::process::kill_process(pid, signal).expect("signal sent");
 }

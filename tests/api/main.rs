@@ -2,10 +2,13 @@
 
 mod helpers;
 
+mod asynchronous;
+mod callbacks;
 mod config_cli;
 mod docs;
 mod errors;
 mod observability;
 mod rate_limit;
+mod recovery;
 mod requests;
 mod sync;

@@ -8,9 +8,7 @@ use crate::helpers::{quick_payload, spawn_app, spawn_app_with};
 async fn metrics_count_requests_by_mode_and_status_with_real_figures() {
     let app = spawn_app().await;
     for _ in 0..2 {
-        let response = app
-            .post_json("/sync", &json!({"payload": quick_payload()}))
-            .await;
+        let response = app.post_json("/sync", &json!({"payload": quick_payload()})).await;
         assert_eq!(response.status(), 200);
     }
 
@@ -22,12 +20,7 @@ async fn metrics_count_requests_by_mode_and_status_with_real_figures() {
         m["by_status"],
         json!({"pending": 0, "processing": 0, "done": 2, "failed": 0})
     );
-    assert!(
-        m["avg_execution_time_ms"]
-            .as_f64()
-            .is_some_and(|ms| ms >= 0.0),
-        "{m}"
-    );
+    assert!(m["avg_execution_time_ms"].as_f64().is_some_and(|ms| ms >= 0.0), "{m}");
     assert_eq!(m["sync"], json!({"in_flight": 0, "max": 10, "rejected": 0}));
     assert_eq!(m["workers"], json!({"total": 5, "alive": 5, "busy": 0}));
     assert_eq!(m["queue"]["size"], 0);
@@ -79,10 +72,7 @@ async fn health_is_ok_then_503_problem_when_the_database_is_gone() {
 
     let response = app.get("/healthz").await;
     assert_eq!(response.status(), 503);
-    assert_eq!(
-        response.headers()["content-type"],
-        "application/problem+json"
-    );
+    assert_eq!(response.headers()["content-type"], "application/problem+json");
     let body: serde_json::Value = response.json().await.expect("json");
     assert_eq!(body["database"], "unavailable");
     assert_eq!(body["status"], 503);
@@ -124,10 +114,9 @@ async fn the_index_maps_the_service() {
 
 #[tokio::test]
 async fn cors_follows_the_configured_origins() {
-    let app = spawn_app_with(|c| {
-        c.cors_origins = sync_async::config::CorsOrigins::List(vec!["http://good.example".into()])
-    })
-    .await;
+    let app =
+        spawn_app_with(|c| c.cors_origins = sync_async::config::CorsOrigins::List(vec!["http://good.example".into()]))
+            .await;
     let preflight = |origin: &'static str| {
         app.client
             .request(reqwest::Method::OPTIONS, app.url("/sync"))
@@ -136,14 +125,7 @@ async fn cors_follows_the_configured_origins() {
             .send()
     };
     let allowed = preflight("http://good.example").await.expect("sent");
-    assert_eq!(
-        allowed.headers()["access-control-allow-origin"],
-        "http://good.example"
-    );
+    assert_eq!(allowed.headers()["access-control-allow-origin"], "http://good.example");
     let refused = preflight("http://evil.example").await.expect("sent");
-    assert!(
-        !refused
-            .headers()
-            .contains_key("access-control-allow-origin")
-    );
+    assert!(!refused.headers().contains_key("access-control-allow-origin"));
 }

@@ -42,22 +42,13 @@ async fn health_checks_are_never_rate_limited() {
     for _ in 0..10 {
         assert_eq!(app.get("/healthz").await.status(), 200);
     }
-    assert_eq!(
-        app.get("/").await.status(),
-        200,
-        "health checks did not use the burst"
-    );
+    assert_eq!(app.get("/").await.status(), 200, "health checks did not use the burst");
 }
 
 #[tokio::test]
 async fn forwarded_for_is_ignored_unless_trusted() {
     let app = spawn_app_with(|c| c.rate_limit_requests = 1).await;
-    let send = |ip: &'static str| {
-        app.client
-            .get(app.url("/"))
-            .header("x-forwarded-for", ip)
-            .send()
-    };
+    let send = |ip: &'static str| app.client.get(app.url("/")).header("x-forwarded-for", ip).send();
     assert_eq!(send("198.51.100.1").await.expect("sent").status(), 200);
     assert_eq!(
         send("198.51.100.2").await.expect("sent").status(),

@@ -36,22 +36,13 @@ fn ids(page: &Value) -> Vec<String> {
 async fn requests_are_listed_newest_first_with_filters_and_pages() {
     let app = spawn_app().await;
     let a = seed(&app, Mode::Sync, Status::Done, "2026-01-01T00:00:01.000Z").await;
-    let b = seed(
-        &app,
-        Mode::Async,
-        Status::Pending,
-        "2026-01-01T00:00:02.000Z",
-    )
-    .await;
+    let b = seed(&app, Mode::Async, Status::Pending, "2026-01-01T00:00:02.000Z").await;
     let c = seed(&app, Mode::Async, Status::Done, "2026-01-01T00:00:03.000Z").await;
     let d = seed(&app, Mode::Sync, Status::Failed, "2026-01-01T00:00:04.000Z").await;
 
     let all = app.get_json("/requests").await;
     assert_eq!(all["total"], 4);
-    assert_eq!(
-        (all["limit"].clone(), all["offset"].clone()),
-        (json!(50), json!(0))
-    );
+    assert_eq!((all["limit"].clone(), all["offset"].clone()), (json!(50), json!(0)));
     assert_eq!(ids(&all), vec![d.clone(), c.clone(), b.clone(), a.clone()]);
 
     let asyncs = app.get_json("/requests?mode=async").await;
@@ -68,10 +59,7 @@ async fn requests_are_listed_newest_first_with_filters_and_pages() {
     assert_eq!(page2["total"], 4);
     assert_eq!(ids(&page2), vec![b, a]);
     let past_end = app.get_json("/requests?limit=2&offset=10").await;
-    assert_eq!(
-        (past_end["total"].clone(), ids(&past_end).len()),
-        (json!(4), 0)
-    );
+    assert_eq!((past_end["total"].clone(), ids(&past_end).len()), (json!(4), 0));
 }
 
 #[tokio::test]

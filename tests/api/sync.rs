@@ -23,11 +23,7 @@ async fn sync_returns_the_result_and_stores_a_done_row() {
     assert_eq!(body["status"], "done");
     assert_eq!(body["result"], json!({"n": 1000, "prime": 7919}));
     assert_eq!(body["error"], Value::Null);
-    assert!(
-        body["execution_time_ms"]
-            .as_f64()
-            .is_some_and(|ms| ms >= 0.0)
-    );
+    assert!(body["execution_time_ms"].as_f64().is_some_and(|ms| ms >= 0.0));
     let id = body["request_id"].as_str().expect("id");
     let stored = app.get_json(&format!("/requests/{id}")).await;
     assert_eq!(stored["status"], "done");
@@ -46,18 +42,8 @@ async fn the_same_payload_always_gives_the_same_result() {
     ];
     for payload in payloads {
         let body = json!({"payload": payload});
-        let first: Value = app
-            .post_json("/sync", &body)
-            .await
-            .json()
-            .await
-            .expect("json");
-        let second: Value = app
-            .post_json("/sync", &body)
-            .await
-            .json()
-            .await
-            .expect("json");
+        let first: Value = app.post_json("/sync", &body).await.json().await.expect("json");
+        let second: Value = app.post_json("/sync", &body).await.json().await.expect("json");
         assert_eq!(first["status"], "done", "{first}");
         assert_eq!(first["result"], second["result"]);
         assert_ne!(first["request_id"], second["request_id"]);
@@ -69,22 +55,14 @@ async fn a_busy_server_answers_503_at_once_and_stores_nothing() {
     let app = spawn_app_with(|c| c.max_sync_concurrency = 1).await;
     let holder = {
         let (client, url) = (app.client.clone(), app.url("/sync"));
-        tokio::spawn(async move {
-            client
-                .post(url)
-                .json(&json!({"payload": slow_payload()}))
-                .send()
-                .await
-        })
+        tokio::spawn(async move { client.post(url).json(&json!({"payload": slow_payload()})).send().await })
     };
     wait_until("the slow request holds the only slot", || async {
         app.state.sync_in_flight() == 1
     })
     .await;
 
-    let response = app
-        .post_json("/sync", &json!({"payload": quick_payload()}))
-        .await;
+    let response = app.post_json("/sync", &json!({"payload": quick_payload()})).await;
 
     let retry_after = response
         .headers()
@@ -93,18 +71,11 @@ async fn a_busy_server_answers_503_at_once_and_stores_nothing() {
     let (status, body) = problem(response).await;
     assert_eq!(status, 503);
     assert_eq!(body["type"], "urn:sync-async:problem:sync-saturated");
-    assert!(
-        retry_after
-            .and_then(|v| v.parse::<u64>().ok())
-            .is_some_and(|s| s >= 1)
-    );
+    assert!(retry_after.and_then(|v| v.parse::<u64>().ok()).is_some_and(|s| s >= 1));
     let metrics = app.metrics().await;
     assert_eq!(metrics["sync"]["rejected"], 1);
     assert_eq!(metrics["sync"]["in_flight"], 1);
-    assert_eq!(
-        metrics["total_requests"], 1,
-        "only the slow request is stored"
-    );
+    assert_eq!(metrics["total_requests"], 1, "only the slow request is stored");
     holder.abort();
 }
 
@@ -113,13 +84,7 @@ async fn a_client_that_disconnects_cancels_its_work_and_the_row_ends_failed() {
     let app = spawn_app_with(|c| c.max_sync_concurrency = 1).await;
     let holder = {
         let (client, url) = (app.client.clone(), app.url("/sync"));
-        tokio::spawn(async move {
-            client
-                .post(url)
-                .json(&json!({"payload": slow_payload()}))
-                .send()
-                .await
-        })
+        tokio::spawn(async move { client.post(url).json(&json!({"payload": slow_payload()})).send().await })
     };
     wait_until("the slow request is running", || async {
         app.state.sync_in_flight() == 1
@@ -128,10 +93,7 @@ async fn a_client_that_disconnects_cancels_its_work_and_the_row_ends_failed() {
 
     holder.abort();
 
-    wait_until("the slot is free again", || async {
-        app.state.sync_in_flight() == 0
-    })
-    .await;
+    wait_until("the slot is free again", || async { app.state.sync_in_flight() == 0 }).await;
     wait_until("the row is failed", || async {
         let page = app.get_json("/requests?mode=sync").await;
         page["requests"][0]["status"] == "failed"
@@ -150,33 +112,21 @@ async fn a_client_that_disconnects_cancels_its_work_and_the_row_ends_failed() {
 async fn work_past_the_timeout_gets_504_and_its_cpu_is_already_free() {
     let app = spawn_app_with(|c| c.work_timeout = Duration::from_millis(300)).await;
 
-    let response = app
-        .post_json("/sync", &json!({"payload": slow_payload()}))
-        .await;
+    let response = app.post_json("/sync", &json!({"payload": slow_payload()})).await;
 
     let (status, body) = problem(response).await;
     assert_eq!(status, 504);
-    let id = body["request_id"]
-        .as_str()
-        .expect("504 names the request")
-        .to_owned();
+    let id = body["request_id"].as_str().expect("504 names the request").to_owned();
     // The engine is awaited before the 504 is sent: nothing is left running or holding a slot.
     assert_eq!(app.state.metrics.engine_running.get(), 0);
     assert_eq!(app.state.sync_in_flight(), 0);
     let stored = app.get_json(&format!("/requests/{id}")).await;
     assert_eq!(stored["status"], "failed");
     assert!(
-        stored["error"]
-            .as_str()
-            .is_some_and(|e| e.contains("timed out")),
+        stored["error"].as_str().is_some_and(|e| e.contains("timed out")),
         "{stored}"
     );
-    let text = app
-        .get("/metrics/prometheus")
-        .await
-        .text()
-        .await
-        .expect("text");
+    let text = app.get("/metrics/prometheus").await.text().await.expect("text");
     assert!(
         text.contains(r#"sync_async_engine_runs_total{mode="sync",outcome="timeout"} 1"#),
         "{text}"
@@ -200,7 +150,10 @@ async fn a_graceful_stop_lets_an_in_flight_sync_request_finish() {
 
     app.stop().await;
 
-    let response = in_flight.await.expect("joined").expect("answered before the server stopped");
+    let response = in_flight
+        .await
+        .expect("joined")
+        .expect("answered before the server stopped");
     assert_eq!(response.status(), 200);
     let refused = reqwest::get(format!("{base_url}/healthz")).await;
     assert!(refused.is_err(), "the listener is closed after a stop");

@@ -1,0 +1,243 @@
+//! The async path: check the callback URL, honour an `Idempotency-Key`, reserve a queue slot (or
+//! answer 429 at once, storing nothing), commit the job, put it on the queue, acknowledge. A 202
+//! is only sent once the job is committed, so an acknowledged job survives any crash.
+
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use utoipa::ToSchema;
+
+use super::{new_request_id, retry_after_secs};
+use crate::db;
+use crate::db::requests::{Mode, NewRequest, Status};
+use crate::engine::{self, Complexity, WorkPayload};
+use crate::error::ApiError;
+use crate::extract::ClientIp;
+use crate::ssrf::UrlPolicy;
+use crate::state::AppState;
+
+/// The longest `Idempotency-Key` accepted.
+const MAX_KEY_LEN: usize = 255;
+
+/// `POST /async` body.
+#[derive(Debug, Clone, Deserialize, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(example = json!({
+    "payload": {"operation": "prime", "complexity": 7},
+    "callback_url": "http://localhost:9000/callback"
+}))]
+pub struct AsyncRequest {
+    pub payload: WorkPayload,
+    /// Where to POST the result (http or https). Without it, poll `status_url`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub callback_url: Option<String>,
+}
+
+/// `POST /async` answer: the job is stored and queued.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, ToSchema)]
+#[schema(example = json!({
+    "request_id": "0193a1b2-7c3d-7e4f-8a9b-0c1d2e3f4a5b",
+    "status": "pending",
+    "message": "Accepted: the result will be POSTed to http://localhost:9000/callback",
+    "status_url": "/requests/0193a1b2-7c3d-7e4f-8a9b-0c1d2e3f4a5b"
+}))]
+pub struct AsyncAccepted {
+    pub request_id: String,
+    /// Always `pending` at acceptance.
+    pub status: Status,
+    pub message: String,
+    /// Where to poll for the result (also in `Location`).
+    pub status_url: String,
+}
+
+/// What the route turns into a 202.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Acceptance {
+    pub body: AsyncAccepted,
+    /// Estimated seconds until the result exists.
+    pub retry_after_secs: u64,
+    /// True when an `Idempotency-Key` replayed an earlier acceptance.
+    pub replayed: bool,
+}
+
+/// The optional `Idempotency-Key` header: 1 to 255 visible ASCII characters.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct IdempotencyKey(pub Option<String>);
+
+impl<S: Send + Sync> FromRequestParts<S> for IdempotencyKey {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, ApiError> {
+        let Some(value) = parts.headers.get("idempotency-key") else {
+            return Ok(Self(None));
+        };
+        let key = value.to_str().unwrap_or("").trim();
+        if key.is_empty() || key.len() > MAX_KEY_LEN || !key.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(ApiError::BadRequest(format!(
+                "Idempotency-Key must be 1 to {MAX_KEY_LEN} visible ASCII characters"
+            )));
+        }
+        Ok(Self(Some(key.to_owned())))
+    }
+}
+
+/// Accepts a job, or replays the acceptance an `Idempotency-Key` already produced.
+pub async fn accept_async(
+    state: &AppState,
+    request: AsyncRequest,
+    client: ClientIp,
+    key: IdempotencyKey,
+) -> Result<Acceptance, ApiError> {
+    let complexity = request.payload.complexity;
+    request
+        .payload
+        .plan()
+        .map_err(|errors| ApiError::invalid_work(errors, "/payload"))?;
+    let policy = UrlPolicy::from_config(&state.config);
+    let callback_url = match request.callback_url.as_deref() {
+        Some(raw) => Some(
+            policy
+                .check_url(raw)
+                .map_err(|why| ApiError::CallbackRefused(why.to_string()))?
+                .to_string(),
+        ),
+        None => None,
+    };
+    let client_ip = client.0.to_string();
+    let body_hash = hash_body(&request)?;
+    let keyed = key
+        .0
+        .map(|key| KeyedRequest::new(state, client_ip.clone(), key, body_hash));
+    if let Some(keyed) = &keyed
+        && let Some(replay) = keyed.replay(state, complexity).await?
+    {
+        return Ok(replay);
+    }
+
+    let Ok(slot) = state.queue.try_reserve() else {
+        state.metrics.queue_rejected.inc();
+        return Err(ApiError::QueueFull {
+            capacity: state.queue.capacity(),
+            retry_after_secs: retry_after_secs(complexity),
+        });
+    };
+    let id = new_request_id();
+    tracing::Span::current().record("request_id", id.as_str());
+    let now = db::timestamp(chrono::Utc::now());
+    let payload_json = serde_json::to_value(&request.payload).map_err(ApiError::internal)?;
+    let mut tx = state.db.begin().await?;
+    let row = NewRequest {
+        id: &id,
+        mode: Mode::Async,
+        payload: &payload_json,
+        status: Status::Pending,
+        callback_url: callback_url.as_deref(),
+        created_at: &now,
+        started_at: None,
+        client_ip: &client_ip,
+    };
+    db::requests::insert(&mut *tx, &row).await?;
+    if let Some(keyed) = &keyed
+        && !keyed.claim(&mut tx, &id, &now).await?
+    {
+        // Another request with this key committed first: answer as it was answered.
+        drop(tx);
+        drop(slot);
+        return keyed.replay(state, complexity).await?.ok_or_else(|| {
+            ApiError::Conflict("a request with this Idempotency-Key is being accepted; retry".to_owned())
+        });
+    }
+    tx.commit().await?;
+    slot.send(id.clone());
+    state.metrics.jobs_enqueued.inc();
+    tracing::debug!("job accepted");
+    Ok(Acceptance {
+        retry_after_secs: estimate_secs(state, complexity),
+        body: accepted_body(id, callback_url.as_deref()),
+        replayed: false,
+    })
+}
+
+/// An `Idempotency-Key` and what it is checked against.
+struct KeyedRequest {
+    client_ip: String,
+    key: String,
+    body_hash: String,
+    /// Keys created before this are expired.
+    not_before: String,
+}
+
+impl KeyedRequest {
+    fn new(state: &AppState, client_ip: String, key: String, body_hash: String) -> Self {
+        let ttl = chrono::Duration::from_std(state.config.idempotency_ttl).unwrap_or(chrono::Duration::days(1));
+        let not_before = db::timestamp(chrono::Utc::now() - ttl);
+        Self {
+            client_ip,
+            key,
+            body_hash,
+            not_before,
+        }
+    }
+
+    /// The earlier acceptance for this key, or a 422 if the key came with a different body.
+    async fn replay(&self, state: &AppState, complexity: u8) -> Result<Option<Acceptance>, ApiError> {
+        let Some(stored) = db::idempotency::find(&state.db, &self.client_ip, &self.key, &self.not_before).await? else {
+            return Ok(None);
+        };
+        if stored.body_hash != self.body_hash {
+            return Err(ApiError::unprocessable(
+                "this Idempotency-Key was already used with a different request body",
+            ));
+        }
+        let callback_url = db::requests::get(&state.db, &stored.request_id)
+            .await?
+            .and_then(|r| r.callback_url);
+        Ok(Some(Acceptance {
+            retry_after_secs: estimate_secs(state, complexity),
+            body: accepted_body(stored.request_id, callback_url.as_deref()),
+            replayed: true,
+        }))
+    }
+
+    async fn claim(&self, tx: &mut sqlx::SqliteConnection, request_id: &str, now: &str) -> Result<bool, sqlx::Error> {
+        db::idempotency::claim(
+            tx,
+            &self.client_ip,
+            &self.key,
+            &self.body_hash,
+            request_id,
+            now,
+            &self.not_before,
+        )
+        .await
+    }
+}
+
+fn accepted_body(id: String, callback_url: Option<&str>) -> AsyncAccepted {
+    let status_url = format!("/requests/{id}");
+    let message = match callback_url {
+        Some(url) => format!("Accepted: the result will be POSTed to {url}"),
+        None => format!("Accepted: poll {status_url} for the result"),
+    };
+    AsyncAccepted {
+        request_id: id,
+        status: Status::Pending,
+        message,
+        status_url,
+    }
+}
+
+/// The SHA-256 of the request as parsed, so that formatting differences do not count.
+fn hash_body(request: &AsyncRequest) -> Result<String, ApiError> {
+    let canonical = serde_json::to_vec(request).map_err(ApiError::internal)?;
+    Ok(Sha256::digest(&canonical).iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// Seconds until a job of `complexity` accepted now is likely done: the jobs ahead of it spread
+/// over the workers, plus its own run, at the documented durations.
+fn estimate_secs(state: &AppState, complexity: u8) -> u64 {
+    let run_ms = Complexity::new(complexity).map_or(1000.0, engine::nominal_ms);
+    let waves = 1.0 + state.queue.depth() as f64 / state.workers.size().max(1) as f64;
+    ((run_ms * waves) / 1000.0).ceil().max(1.0) as u64
+}
