@@ -44,11 +44,21 @@ pub struct App {
     tasks: TaskTracker,
     /// Tells background tasks to stop taking new work.
     stop: CancellationToken,
+    /// An exclusive lock on `<DATABASE_PATH>.lock`, held until the app stops: recovery assumes
+    /// that no other live process works on the same database.
+    _instance_lock: std::fs::File,
 }
 
 impl App {
     pub async fn build(config: Config) -> anyhow::Result<Self> {
         let config = Arc::new(config);
+        // Bind and lock before touching any job: a second instance started by mistake must fail
+        // here, not after it has reset the first one's jobs.
+        let addr = SocketAddr::new(config.host, config.port);
+        let listener = TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding {addr}"))?;
+        let instance_lock = lock_instance(&config.database_path)?;
         let db = db::connect(&config.database_path).await?;
         let metrics = Arc::new(Metrics::new());
         let engine_threads = config.max_sync_concurrency + config.num_workers;
@@ -77,8 +87,10 @@ impl App {
             db: db.clone(),
             metrics: metrics.clone(),
             deliveries: deliveries.clone(),
+            stop: stop.clone(),
+            shutdown_grace: config.shutdown_grace,
         };
-        let workers = WorkerPool::spawn(config.num_workers, receiver, worker_ctx, stop.clone(), &tasks);
+        let workers = WorkerPool::spawn(config.num_workers, receiver, worker_ctx, &tasks);
         let rate_limiter = Arc::new(ClientRateLimiter::new(
             config.rate_limit_requests,
             config.rate_limit_window,
@@ -89,11 +101,6 @@ impl App {
             config.idempotency_ttl,
             stop.clone(),
         ));
-
-        let addr = SocketAddr::new(config.host, config.port);
-        let listener = TcpListener::bind(addr)
-            .await
-            .with_context(|| format!("binding {addr}"))?;
         let state = AppState {
             sync_slots: Arc::new(Semaphore::new(config.max_sync_concurrency)),
             config,
@@ -110,6 +117,7 @@ impl App {
             state,
             tasks,
             stop,
+            _instance_lock: instance_lock,
         })
     }
 
@@ -136,22 +144,53 @@ impl App {
             state,
             tasks,
             stop,
+            _instance_lock,
         } = self;
         let addr = listener.local_addr()?;
         tracing::info!(%addr, app = %state.config.app_name, "listening");
         let db = state.db.clone();
         let service = router(state).into_make_service_with_connect_info::<SocketAddr>();
+        // Workers stop taking jobs the moment the signal arrives, while HTTP drains.
+        let stop_on_signal = stop.clone();
+        let signal = async move {
+            shutdown.await;
+            tracing::info!("shutting down: no new connections or jobs; finishing the work in hand");
+            stop_on_signal.cancel();
+        };
         axum::serve(listener, service)
-            .with_graceful_shutdown(shutdown)
+            .with_graceful_shutdown(signal)
             .await
             .context("serving HTTP")?;
-        tracing::info!("no longer accepting requests; letting workers finish their current job");
         stop.cancel();
         tasks.close();
         tasks.wait().await;
         db.close().await;
         tracing::info!("stopped");
         Ok(())
+    }
+}
+
+/// Takes an exclusive, non-blocking lock on `<database>.lock` (released by the OS when the
+/// process dies, so a `kill -9` never leaves it stuck).
+fn lock_instance(database_path: &std::path::Path) -> anyhow::Result<std::fs::File> {
+    if let Some(dir) = database_path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating the data directory {}", dir.display()))?;
+    }
+    let mut lock_path = database_path.as_os_str().to_owned();
+    lock_path.push(".lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .with_context(|| format!("opening {}", std::path::Path::new(&lock_path).display()))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => anyhow::bail!(
+            "another sync-async server is already using {}; stop it or set another DATABASE_PATH",
+            database_path.display()
+        ),
+        Err(std::fs::TryLockError::Error(e)) => Err(e).context("locking the database for this instance"),
     }
 }
 
@@ -217,7 +256,19 @@ async fn track_http(
     next: Next,
 ) -> Response {
     let started = Instant::now();
-    let method = req.method().to_string();
+    // Only known methods become label values: anything else would let clients grow the
+    // metric families without bound.
+    let method = match *req.method() {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::PATCH => "PATCH",
+        _ => "OTHER",
+    }
+    .to_owned();
     let route = matched.map_or_else(|| "unmatched".to_owned(), |m| m.as_str().to_owned());
     let response = next.run(req).await;
     let labels = RouteLabels {

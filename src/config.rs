@@ -55,6 +55,9 @@ pub struct Config {
     pub max_queue_size: usize,
     /// Bound on one callback attempt, connect to last byte.
     pub callback_timeout: Duration,
+    /// At shutdown, how long a worker's job in hand may run on before it is cancelled and left
+    /// for the next start.
+    pub shutdown_grace: Duration,
     /// Retries after the first attempt of an unbroken delivery.
     pub max_callback_retries: u32,
     /// Retry n waits `retry_backoff_base^n x callback_retry_unit`, with jitter.
@@ -134,6 +137,7 @@ impl Config {
             work_timeout: env.seconds("WORK_TIMEOUT_SECONDS", "30")?,
             num_workers: env.count("NUM_WORKERS", 5)?,
             max_queue_size: env.count("MAX_QUEUE_SIZE", 100)?,
+            shutdown_grace: env.seconds("SHUTDOWN_GRACE_SECONDS", "10")?,
             callback_timeout: env.seconds("CALLBACK_TIMEOUT_SECONDS", "10")?,
             max_callback_retries: env.parse("MAX_CALLBACK_RETRIES", "3", "a whole number from 0 to 20")?,
             retry_backoff_base: env.parse("RETRY_BACKOFF_BASE", "2", "a number from 1 to 10")?,
@@ -161,7 +165,20 @@ impl Config {
 
     /// Bounds that need more than one value or a range check after parsing.
     fn check_ranges(&self, env: &Lookup<'_>) -> Result<(), ConfigError> {
-        let checks: [(&'static str, bool, &str); 7] = [
+        let checks: [(&'static str, bool, &str); 9] = [
+            (
+                "CALLBACK_MAX_RETRY_AFTER_SECONDS",
+                self.callback_max_retry_after <= Duration::from_secs(86_400),
+                "a positive number of seconds up to 86400",
+            ),
+            (
+                "CORS_ORIGINS",
+                match &self.cors_origins {
+                    CorsOrigins::Any => true,
+                    CorsOrigins::List(origins) => origins.iter().all(|o| is_origin(o)),
+                },
+                "* or a list of origins such as http://localhost:3000 (scheme, host and port only)",
+            ),
             (
                 "CALLBACK_SIGNING_SECRET",
                 self.callback_signing_secret
@@ -314,6 +331,19 @@ impl Lookup<'_> {
     }
 }
 
+/// `scheme://host[:port]` with nothing after it: what a browser sends as `Origin`.
+fn is_origin(origin: &str) -> bool {
+    url::Url::parse(origin).is_ok_and(|u| {
+        matches!(u.scheme(), "http" | "https")
+            && u.host().is_some()
+            && u.path() == "/"
+            && !origin.ends_with('/')
+            && u.query().is_none()
+            && u.fragment().is_none()
+            && u.username().is_empty()
+    })
+}
+
 /// Splits `a,b` or `["a","b"]` into trimmed, unquoted, non-empty items.
 fn list(raw: &str) -> Vec<String> {
     let inner = raw.trim().trim_start_matches('[').trim_end_matches(']');
@@ -385,6 +415,10 @@ mod tests {
             ("MAX_CALLBACK_RETRIES", "99"),
             ("CALLBACK_RETRY_UNIT_MS", "0"),
             ("CALLBACK_SIGNING_SECRET", "not-a-secret"),
+            ("CALLBACK_MAX_RETRY_AFTER_SECONDS", "1e9"),
+            ("CORS_ORIGINS", "http://localhost:3000/app"),
+            ("CORS_ORIGINS", "localhost:3000"),
+            ("SHUTDOWN_GRACE_SECONDS", "0"),
             ("LOG_LEVEL", "sync_async=loud"),
         ];
         for (key, value) in cases {

@@ -44,6 +44,7 @@ impl Outcome {
 
 /// Blocking threads for the engine, at a lower priority than the rest of the process.
 pub struct EnginePool {
+    /// Where `spawn_blocking` sends engine work: the low-priority runtime's blocking pool.
     handle: Handle,
     /// Kept only to shut the runtime down without blocking when the pool is dropped.
     runtime: Option<Runtime>,
@@ -147,9 +148,13 @@ fn lower_thread_priority(_nice: i32) {}
 /// What `execute` needs: the pool to run on, where to record, and the deadline.
 #[derive(Clone)]
 pub struct Executor {
+    /// The low-priority threads the engine runs on.
     pub pool: Arc<EnginePool>,
+    /// Where the outcome of each run is stored.
     pub db: SqlitePool,
+    /// Engine time and outcome counts.
     pub metrics: Arc<Metrics>,
+    /// WORK_TIMEOUT_SECONDS: past this the engine is cancelled.
     pub deadline: Duration,
 }
 
@@ -193,7 +198,10 @@ impl Executor {
             completed_at: &db::timestamp(chrono::Utc::now()),
             execution_time_ms: elapsed.map(|d| d.as_secs_f64() * 1e3),
         };
-        db::requests::complete(&self.db, id, &completion).await?;
+        db::retry_transient("storing a run's outcome", || {
+            db::requests::complete(&self.db, id, &completion)
+        })
+        .await?;
         Ok(outcome)
     }
 }

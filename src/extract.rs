@@ -97,20 +97,21 @@ pub struct ApiQuery<T>(pub T);
 #[from_request(via(axum::extract::Path), rejection(ApiError))]
 pub struct ApiPath<T>(pub T);
 
-/// The client address requests are attributed to: the TCP peer, or the first
-/// `X-Forwarded-For` entry when TRUST_FORWARDED_FOR is on.
+/// The client address requests are attributed to: the TCP peer, or, when TRUST_FORWARDED_FOR
+/// is on, the last `X-Forwarded-For` entry. The last entry is the one the trusted proxy added;
+/// earlier entries are whatever the client chose to send.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ClientIp(pub IpAddr);
 
 impl ClientIp {
     /// Resolves the client address of a request.
-    pub fn resolve(parts_headers: &HeaderMap, peer: Option<SocketAddr>, trust_forwarded_for: bool) -> Self {
+    pub fn resolve(headers: &HeaderMap, peer: Option<SocketAddr>, trust_forwarded_for: bool) -> Self {
         let forwarded = trust_forwarded_for
-            .then(|| parts_headers.get("x-forwarded-for"))
+            .then(|| headers.get_all("x-forwarded-for").iter().next_back())
             .flatten()
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.split(',').next())
-            .and_then(|first| first.trim().parse::<IpAddr>().ok());
+            .and_then(|v| v.rsplit(',').next())
+            .and_then(|last| last.trim().parse::<IpAddr>().ok());
         let peer = peer.map(|addr| addr.ip().to_canonical());
         Self(forwarded.or(peer).unwrap_or(IpAddr::from([0, 0, 0, 0])))
     }
@@ -184,9 +185,9 @@ mod tests {
     }
 
     #[test]
-    fn forwarded_for_is_used_only_when_trusted() {
+    fn forwarded_for_is_used_only_when_trusted_and_only_its_last_entry() {
         let mut headers = HeaderMap::new();
-        headers.insert("x-forwarded-for", "203.0.113.7, 10.0.0.1".parse().expect("header"));
+        headers.insert("x-forwarded-for", "1.2.3.4, 203.0.113.7".parse().expect("header"));
         let peer: SocketAddr = "[::ffff:127.0.0.1]:4000".parse().expect("addr");
         assert_eq!(
             ClientIp::resolve(&headers, Some(peer), false).0.to_string(),

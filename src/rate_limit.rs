@@ -58,7 +58,7 @@ impl ClientRateLimiter {
     }
 
     pub fn check(&self, ip: IpAddr) -> Decision {
-        match self.limiter.check_key(&ip) {
+        match self.limiter.check_key(&limit_key(ip)) {
             Ok(snapshot) => Decision::Allowed {
                 remaining: snapshot.remaining_burst_capacity(),
             },
@@ -79,6 +79,18 @@ impl ClientRateLimiter {
     pub fn forget_idle_clients(&self) {
         self.limiter.retain_recent();
         self.limiter.shrink_to_fit();
+    }
+}
+
+/// The key a client is limited by: its IPv4 address, or its IPv6 /64, since one host usually
+/// has a whole /64 and could otherwise rotate addresses for a fresh burst each time.
+fn limit_key(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V6(v6) => {
+            let s = v6.segments();
+            IpAddr::from([s[0], s[1], s[2], s[3], 0, 0, 0, 0])
+        }
+        v4 => v4,
     }
 }
 
@@ -158,6 +170,17 @@ mod tests {
             limiter.check(IpAddr::from([10, 0, 0, 1])),
             Decision::Refused { .. }
         ));
+    }
+
+    #[test]
+    fn ipv6_clients_are_limited_by_their_64() {
+        let limiter = ClientRateLimiter::new(1, Duration::from_secs(60));
+        let first: IpAddr = "2001:db8:1:2::1".parse().expect("ip");
+        let same_64: IpAddr = "2001:db8:1:2:ffff::9".parse().expect("ip");
+        let other_64: IpAddr = "2001:db8:1:3::1".parse().expect("ip");
+        assert!(matches!(limiter.check(first), Decision::Allowed { .. }));
+        assert!(matches!(limiter.check(same_64), Decision::Refused { .. }));
+        assert!(matches!(limiter.check(other_64), Decision::Allowed { .. }));
     }
 
     #[test]

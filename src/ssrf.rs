@@ -68,8 +68,11 @@ pub enum Refusal {
 /// The policy, built once from the config.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UrlPolicy {
+    /// ALLOWED_CALLBACK_SCHEMES, lower case.
     pub allowed_schemes: Vec<String>,
+    /// BLOCK_PRIVATE_IPS: refuse private, link-local, shared, multicast and reserved ranges.
     pub block_private_ips: bool,
+    /// BLOCK_LOCALHOST: refuse loopback, unspecified and `localhost` names.
     pub block_localhost: bool,
 }
 
@@ -130,10 +133,11 @@ impl UrlPolicy {
     }
 }
 
+/// Loopback, and the unspecified addresses, which a connect on Linux also sends to this host.
 fn is_loopback(ip: IpAddr) -> bool {
     match ip {
-        IpAddr::V4(v4) => LOOPBACK_V4.contains(&v4),
-        IpAddr::V6(v6) => v6 == Ipv6Addr::LOCALHOST,
+        IpAddr::V4(v4) => LOOPBACK_V4.contains(&v4) || v4.is_unspecified(),
+        IpAddr::V6(v6) => v6 == Ipv6Addr::LOCALHOST || v6.is_unspecified(),
     }
 }
 
@@ -144,14 +148,17 @@ fn is_private(ip: IpAddr) -> bool {
     }
 }
 
-/// The IPv4 address inside an IPv4-mapped (`::ffff:a.b.c.d`), IPv4-compatible (`::a.b.c.d`),
-/// NAT64 (`64:ff9b::a.b.c.d`) or 6to4 (`2002:AABB:CCDD::`) address.
+/// The IPv4 address inside an IPv4-mapped (`::ffff:a.b.c.d`), IPv4-translated
+/// (`::ffff:0:a.b.c.d`), IPv4-compatible (`::a.b.c.d`), NAT64 (`64:ff9b::a.b.c.d`, and the
+/// local-use `64:ff9b:1::/48` in its RFC 6052 layout) or 6to4 (`2002:AABB:CCDD::`) address.
 fn embedded_ipv4(ip: IpAddr) -> Option<Ipv4Addr> {
     let IpAddr::V6(v6) = ip else { return None };
     let s = v6.segments();
     let low32 = Ipv4Addr::new((s[6] >> 8) as u8, s[6] as u8, (s[7] >> 8) as u8, s[7] as u8);
     match s {
-        [0, 0, 0, 0, 0, 0xffff, _, _] => Some(low32),
+        [0, 0, 0, 0, 0, 0xffff, _, _] | [0, 0, 0, 0, 0xffff, 0, _, _] => Some(low32),
+        // A /48 prefix: the address sits in bits 48-63 and 72-87, around the zero "u" octet.
+        [0x64, 0xff9b, 0x0001, a, b, c, _, _] => Some(Ipv4Addr::new((a >> 8) as u8, a as u8, b as u8, (c >> 8) as u8)),
         // `::` and `::1` are IPv6's own unspecified and loopback addresses, not embeddings.
         [0, 0, 0, 0, 0, 0, _, _] if v6 != Ipv6Addr::UNSPECIFIED && v6 != Ipv6Addr::LOCALHOST => Some(low32),
         [0x64, 0xff9b, 0, 0, 0, 0, _, _] => Some(low32),
@@ -229,7 +236,12 @@ mod tests {
             ("http://[::127.0.0.1]/cb", "localhost"),
             ("http://[64:ff9b::127.0.0.1]/cb", "localhost"),
             ("http://[2002:7f00:1::]/cb", "localhost"),
-            ("http://0.0.0.0/cb", "private"),
+            ("http://[::ffff:0:127.0.0.1]/cb", "localhost"),
+            ("http://[64:ff9b:1:7f00:0:100::]/cb", "localhost"),
+            ("http://0.0.0.0:8000/cb", "localhost"),
+            ("http://[::]:6379/cb", "localhost"),
+            ("http://0/cb", "localhost"),
+            ("http://0.1.2.3/cb", "private"),
             ("http://10.0.0.1/cb", "private"),
             ("http://100.64.0.1/cb", "private"),
             ("http://169.254.169.254/latest/meta-data", "private"),
@@ -242,7 +254,8 @@ mod tests {
             ("http://239.255.255.250/cb", "private"),
             ("http://240.0.0.1/cb", "private"),
             ("http://255.255.255.255/cb", "private"),
-            ("http://[::]/cb", "private"),
+            ("http://[64:ff9b:1:a00:0:100::]/cb", "private"),
+            ("http://[::ffff:0:10.0.0.1]/cb", "private"),
             ("http://[fc00::1]/cb", "private"),
             ("http://[fd12:3456::1]/cb", "private"),
             ("http://[fe80::1]/cb", "private"),
@@ -271,6 +284,12 @@ mod tests {
             strict().check_url(&format!("http://example.com/{}", "a".repeat(MAX_URL_LEN))),
             Err(Refusal::TooLong)
         );
+    }
+
+    #[test]
+    fn the_local_use_nat64_prefix_is_read_in_its_rfc_6052_layout() {
+        let ip: IpAddr = "64:ff9b:1:c0a8:1:100::".parse().expect("ipv6");
+        assert_eq!(embedded_ipv4(ip), Some(Ipv4Addr::new(192, 168, 1, 1)));
     }
 
     #[test]

@@ -141,7 +141,7 @@ async fn deliver(inner: &Inner, id: &str) {
 
 /// One turn of the loop. `Ok(true)` means another attempt is scheduled.
 async fn attempt_once(inner: &Inner, id: &str) -> anyhow::Result<bool> {
-    let Some(due) = db::callbacks::due(&inner.db, id).await? else {
+    let Some(due) = db::retry_transient("loading a delivery", || db::callbacks::due(&inner.db, id)).await? else {
         return Ok(false);
     };
     if !wait_until_due(inner, &due).await {
@@ -151,7 +151,7 @@ async fn attempt_once(inner: &Inner, id: &str) -> anyhow::Result<bool> {
         () = inner.stop.cancelled() => return Ok(false),
         permit = inner.slots.acquire() => permit?,
     };
-    db::callbacks::mark_delivering(&inner.db, id).await?;
+    db::retry_transient("starting an attempt", || db::callbacks::mark_delivering(&inner.db, id)).await?;
     let body = serde_json::to_vec(&callback_body(&due))?;
     let attempted_at = db::timestamp(chrono::Utc::now());
     let report = attempt::attempt(
@@ -171,7 +171,14 @@ async fn attempt_once(inner: &Inner, id: &str) -> anyhow::Result<bool> {
         .retry
         .decide(&report.result, attempts_in_round, rand::random::<f64>());
     let next_at = match &decision {
-        Decision::RetryAfter(delay) => Some(db::timestamp(chrono::Utc::now() + *delay)),
+        Decision::RetryAfter(delay) => {
+            let delay = chrono::Duration::from_std(*delay).unwrap_or(chrono::Duration::days(1));
+            Some(db::timestamp(
+                chrono::Utc::now()
+                    .checked_add_signed(delay)
+                    .unwrap_or(chrono::DateTime::<chrono::Utc>::MAX_UTC),
+            ))
+        }
         _ => None,
     };
     let (delivery_status, outcome) = match &decision {
@@ -191,7 +198,10 @@ async fn attempt_once(inner: &Inner, id: &str) -> anyhow::Result<bool> {
         delivery_status,
         next_attempt_at: next_at.as_deref(),
     };
-    db::callbacks::record_attempt(&inner.db, id, &attempt, &next).await?;
+    db::retry_transient("recording an attempt", || {
+        db::callbacks::record_attempt(&inner.db, id, &attempt, &next)
+    })
+    .await?;
     inner.metrics.record_callback(outcome);
     match decision {
         Decision::Delivered => tracing::info!(attempt = number, "callback delivered"),

@@ -4,6 +4,9 @@
 
 use std::time::Duration;
 
+/// The longest wait between two attempts.
+pub const MAX_BACKOFF: Duration = Duration::from_secs(24 * 3600);
+
 /// What one delivery attempt got back.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AttemptResult {
@@ -88,11 +91,14 @@ impl RetryPolicy {
         Decision::RetryAfter(delay)
     }
 
-    /// The wait before retry `n` (1 for the first retry): `base^n` units, times 0.75 to 1.25.
+    /// The wait before retry `n` (1 for the first retry): `base^n` units, times 0.75 to 1.25,
+    /// never more than `MAX_BACKOFF` (large bases and retry counts would overflow otherwise).
     pub fn backoff(&self, n: u32, jitter: f64) -> Duration {
         let factor = 0.75 + 0.5 * jitter.clamp(0.0, 1.0);
-        let units = self.backoff_base.powi(n.min(30) as i32) * factor;
-        self.unit.mul_f64(units)
+        let secs = self.unit.as_secs_f64() * self.backoff_base.powi(n.min(64) as i32) * factor;
+        Duration::try_from_secs_f64(secs)
+            .unwrap_or(MAX_BACKOFF)
+            .min(MAX_BACKOFF)
     }
 }
 
@@ -202,6 +208,17 @@ mod tests {
         assert_eq!(p.backoff(1, 0.0), Duration::from_millis(1500));
         assert_eq!(p.backoff(1, 1.0), Duration::from_millis(2500));
         assert_eq!(p.backoff(3, 0.5), Duration::from_secs(8));
+    }
+
+    #[test]
+    fn huge_bases_and_retry_counts_are_capped_instead_of_overflowing() {
+        let extreme = RetryPolicy {
+            backoff_base: 10.0,
+            max_retries: 20,
+            ..policy()
+        };
+        assert_eq!(extreme.backoff(20, 1.0), MAX_BACKOFF);
+        assert_eq!(extreme.decide(&status(500), 20, 1.0), Decision::RetryAfter(MAX_BACKOFF));
     }
 
     #[test]

@@ -26,9 +26,48 @@ pub async fn find(
     .await
 }
 
+/// A key to remember together with the request it produced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyClaim {
+    pub client_ip: String,
+    pub key: String,
+    pub body_hash: String,
+    /// Records created before this are expired and may be replaced.
+    pub not_before: String,
+}
+
+/// Inserts a request and, when given, its idempotency key, in one transaction. Returns false
+/// (and stores nothing) when a live record for the key already exists: another request with the
+/// same key won the race.
+pub async fn insert_request_with_key(
+    db: &SqlitePool,
+    row: &super::requests::NewRequest<'_>,
+    key: Option<&KeyClaim>,
+) -> Result<bool, sqlx::Error> {
+    let mut tx = db.begin().await?;
+    super::requests::insert(&mut *tx, row).await?;
+    if let Some(k) = key
+        && !claim(
+            &mut *tx,
+            &k.client_ip,
+            &k.key,
+            &k.body_hash,
+            row.id,
+            row.created_at,
+            &k.not_before,
+        )
+        .await?
+    {
+        tx.rollback().await?;
+        return Ok(false);
+    }
+    tx.commit().await?;
+    Ok(true)
+}
+
 /// Remembers `key` for `request_id`, replacing an expired record. Returns false when a live
-/// record already exists (another request with the same key won the race).
-pub async fn claim(
+/// record already exists.
+async fn claim(
     db: impl SqliteExecutor<'_>,
     client_ip: &str,
     key: &str,

@@ -51,6 +51,40 @@ pub async fn ping(pool: &SqlitePool) -> Result<(), sqlx::Error> {
     sqlx::query("SELECT 1").execute(pool).await.map(|_| ())
 }
 
+/// Runs a statement again when it fails for a reason that passes (the database is busy past the
+/// busy timeout, the pool is exhausted, an I/O hiccup): up to five more times over about three
+/// seconds. Workers and deliveries use this for the writes that move a job or a delivery
+/// forward, so one busy moment cannot strand them until the next restart.
+pub async fn retry_transient<T, F, Fut>(what: &'static str, op: F) -> Result<T, sqlx::Error>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, sqlx::Error>>,
+{
+    use backon::{ExponentialBuilder, Retryable};
+    let backoff = ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(100))
+        .with_max_delay(Duration::from_secs(1))
+        .with_max_times(5)
+        .with_jitter();
+    op.retry(backoff)
+        .sleep(tokio::time::sleep)
+        .when(is_transient)
+        .notify(|e, delay| tracing::warn!(error = %e, what, retry_in_ms = delay.as_millis() as u64, "database write failed; retrying"))
+        .await
+}
+
+/// Errors worth retrying: SQLITE_BUSY and SQLITE_LOCKED (any extended code), pool timeouts, I/O.
+fn is_transient(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) => true,
+        sqlx::Error::Database(db) => db
+            .code()
+            .and_then(|code| code.parse::<i32>().ok())
+            .is_some_and(|code| matches!(code & 0xff, 5 | 6)),
+        _ => false,
+    }
+}
+
 /// The stored form of a timestamp: RFC 3339, UTC, milliseconds, fixed width.
 pub fn timestamp(at: DateTime<Utc>) -> String {
     at.to_rfc3339_opts(SecondsFormat::Millis, true)

@@ -260,13 +260,14 @@ pub async fn mark_processing(db: &SqlitePool, id: &str, started_at: &str) -> Res
 }
 
 /// Stores how a run ended. For a request with a `callback_url`, the same statement makes its
-/// delivery due now: a crash between the two can never lose the callback.
+/// delivery due now: a crash between the two can never lose the callback. Only a `processing`
+/// row is finished, so an outcome can never be stored twice.
 pub async fn complete(db: impl SqliteExecutor<'_>, id: &str, c: &Completion<'_>) -> Result<(), sqlx::Error> {
     sqlx::query(
         "UPDATE requests SET status = ?, result = ?, error = ?, completed_at = ?, execution_time_ms = ?, \
          delivery_status = CASE WHEN callback_url IS NULL THEN NULL ELSE 'pending' END, \
          next_attempt_at = CASE WHEN callback_url IS NULL THEN NULL ELSE ? END \
-         WHERE id = ?",
+         WHERE id = ? AND status = 'processing'",
     )
     .bind(c.status)
     .bind(c.result.map(Value::to_string))
@@ -361,20 +362,22 @@ pub async fn summary(db: &SqlitePool) -> Result<Summary, sqlx::Error> {
     Ok(summary)
 }
 
-/// Async jobs a previous run accepted but did not finish, oldest first: startup recovery puts
-/// them back to `pending` and re-queues them.
-pub async fn unfinished_async(db: &SqlitePool) -> Result<Vec<String>, sqlx::Error> {
+/// Async jobs a previous run accepted but did not finish, oldest first, all put back to
+/// `pending` in the same transaction: startup recovery re-queues them.
+pub async fn requeue_unfinished_async(db: &SqlitePool) -> Result<Vec<String>, sqlx::Error> {
+    let mut tx = db.begin().await?;
     sqlx::query(
         "UPDATE requests SET status = 'pending', started_at = NULL WHERE mode = 'async' AND status = 'processing'",
     )
-    .execute(db)
+    .execute(&mut *tx)
     .await?;
-    sqlx::query_scalar(
-        "SELECT id FROM requests WHERE mode = 'async' AND status IN ('pending', 'processing') \
-         ORDER BY created_at, id",
+    let ids = sqlx::query_scalar(
+        "SELECT id FROM requests WHERE mode = 'async' AND status = 'pending' ORDER BY created_at, id",
     )
-    .fetch_all(db)
-    .await
+    .fetch_all(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(ids)
 }
 
 /// Sync requests a previous run left `processing` (it was killed mid-request): nobody is

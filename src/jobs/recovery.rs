@@ -27,7 +27,7 @@ pub async fn recover_unfinished(
             "sync requests interrupted by the last stop were marked failed"
         );
     }
-    let ids = db::requests::unfinished_async(db).await?;
+    let ids = db::requests::requeue_unfinished_async(db).await?;
     let found = ids.len();
     if found > 0 {
         tracing::info!(jobs = found, "re-queueing async jobs left unfinished by the last stop");

@@ -4,6 +4,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
 
 use sqlx::SqlitePool;
 use tokio::sync::{Mutex, mpsc};
@@ -21,11 +22,17 @@ use crate::metrics::Metrics;
 /// What a worker needs to run a job and hand it on.
 #[derive(Clone)]
 pub struct WorkerContext {
+    /// Runs the engine off the async threads and stores the outcome.
     pub executor: Executor,
+    /// Where jobs are read and moved to `processing`.
     pub db: SqlitePool,
     pub metrics: Arc<Metrics>,
     /// Where finished jobs with a `callback_url` go; the worker never waits for them.
     pub deliveries: Deliveries,
+    /// Fires on shutdown: stop taking jobs, and give the job in hand `shutdown_grace` to finish.
+    pub stop: CancellationToken,
+    /// After this, a job still running at shutdown is cancelled and left for the next start.
+    pub shutdown_grace: Duration,
 }
 
 /// The running workers, as /healthz and /metrics see them.
@@ -37,25 +44,19 @@ pub struct WorkerPool {
 }
 
 impl WorkerPool {
-    /// Starts `size` workers on `tracker`. They stop taking jobs once `shutdown` fires and exit
-    /// after finishing the job in hand.
-    pub fn spawn(
-        size: usize,
-        receiver: mpsc::Receiver<String>,
-        ctx: WorkerContext,
-        shutdown: CancellationToken,
-        tracker: &TaskTracker,
-    ) -> Self {
+    /// Starts `size` workers on `tracker`. They stop taking jobs once `ctx.stop` fires and exit
+    /// after the job in hand has finished or been released.
+    pub fn spawn(size: usize, receiver: mpsc::Receiver<String>, ctx: WorkerContext, tracker: &TaskTracker) -> Self {
         let receiver = Arc::new(Mutex::new(receiver));
         let alive = Arc::new(AtomicUsize::new(0));
         for n in 0..size {
             alive.fetch_add(1, Ordering::SeqCst);
             let guard = AliveGuard(alive.clone());
-            let (receiver, ctx, shutdown) = (receiver.clone(), ctx.clone(), shutdown.clone());
+            let (receiver, ctx) = (receiver.clone(), ctx.clone());
             tracker.spawn(
                 async move {
                     let _alive = guard;
-                    drain(&receiver, &ctx, &shutdown).await;
+                    drain(&receiver, &ctx).await;
                 }
                 .instrument(tracing::info_span!("worker", n)),
             );
@@ -81,11 +82,11 @@ impl Drop for AliveGuard {
     }
 }
 
-async fn drain(receiver: &Mutex<mpsc::Receiver<String>>, ctx: &WorkerContext, shutdown: &CancellationToken) {
+async fn drain(receiver: &Mutex<mpsc::Receiver<String>>, ctx: &WorkerContext) {
     loop {
         let next = tokio::select! {
             biased;
-            () = shutdown.cancelled() => None,
+            () = ctx.stop.cancelled() => None,
             id = async { receiver.lock().await.recv().await } => id,
         };
         let Some(id) = next else { break };
@@ -107,12 +108,12 @@ async fn run_job(ctx: &WorkerContext, id: &str) {
 }
 
 async fn try_run_job(ctx: &WorkerContext, id: &str) -> anyhow::Result<()> {
-    let Some(job) = db::requests::job(&ctx.db, id).await? else {
+    let Some(job) = db::retry_transient("loading a job", || db::requests::job(&ctx.db, id)).await? else {
         tracing::warn!("job vanished from the database; skipped");
         return Ok(());
     };
     let now = db::timestamp(chrono::Utc::now());
-    if !db::requests::mark_processing(&ctx.db, id, &now).await? {
+    if !db::retry_transient("starting a job", || db::requests::mark_processing(&ctx.db, id, &now)).await? {
         tracing::debug!("job already finished; skipped");
         return Ok(());
     }
@@ -123,12 +124,17 @@ async fn try_run_job(ctx: &WorkerContext, id: &str) -> anyhow::Result<()> {
         .and_then(|p| p.plan().map(|w| (p.operation, w)).map_err(|errs| format!("{errs:?}")));
     let status = match plan {
         Ok((operation, work)) => {
+            let cancel = CancelToken::new();
+            let grace = release_after_grace(ctx, cancel.clone());
             let outcome = ctx
                 .executor
-                .execute(id, Mode::Async, operation, work, CancelToken::new(), None)
-                .await?;
+                .execute(id, Mode::Async, operation, work, cancel, None)
+                .await;
+            grace.abort();
+            let outcome = outcome?;
             if outcome == Outcome::Cancelled {
-                // Stopped by a shutdown and left `processing`: the next start runs it again.
+                // Released at shutdown: it stays `processing`, and the next start runs it again.
+                tracing::info!("job released at shutdown; it will run again at the next start");
                 return Ok(());
             }
             outcome.status()
@@ -144,7 +150,10 @@ async fn try_run_job(ctx: &WorkerContext, id: &str) -> anyhow::Result<()> {
                 completed_at: &db::timestamp(chrono::Utc::now()),
                 execution_time_ms: None,
             };
-            db::requests::complete(&ctx.db, id, &completion).await?;
+            db::retry_transient("storing a job's outcome", || {
+                db::requests::complete(&ctx.db, id, &completion)
+            })
+            .await?;
             Status::Failed
         }
     };
@@ -155,6 +164,16 @@ async fn try_run_job(ctx: &WorkerContext, id: &str) -> anyhow::Result<()> {
         ctx.deliveries.schedule(id);
     }
     Ok(())
+}
+
+/// Once shutdown starts, gives the running job `shutdown_grace`, then cancels it.
+fn release_after_grace(ctx: &WorkerContext, cancel: CancelToken) -> tokio::task::JoinHandle<()> {
+    let (stop, grace) = (ctx.stop.clone(), ctx.shutdown_grace);
+    tokio::spawn(async move {
+        stop.cancelled().await;
+        tokio::time::sleep(grace).await;
+        cancel.cancel();
+    })
 }
 
 /// Keeps `workers_busy` exact even if the job errors out.

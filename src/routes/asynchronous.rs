@@ -46,6 +46,8 @@ pub fn router() -> OpenApiRouter<AppState> {
         (status = 400, description = "Malformed JSON, a malformed Idempotency-Key, or a callback_url the URL policy refuses (the detail says why)",
             body = Problem, content_type = "application/problem+json"),
         PayloadErrors,
+        (status = 409, description = "Another request with the same Idempotency-Key is being accepted at this moment; retry",
+            body = Problem, content_type = "application/problem+json"),
         (status = 429, description = "MAX_QUEUE_SIZE jobs are waiting (nothing was stored), or this client passed its rate limit. Retry after `Retry-After` seconds.",
             body = Problem, content_type = "application/problem+json",
             headers(("Retry-After" = u64, description = "Seconds to wait (at least 1)"))),

@@ -14,6 +14,9 @@ use crate::db;
 use crate::error::PROBLEM_JSON;
 use crate::state::AppState;
 
+/// How long the database has to answer the health check.
+const PING_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new().routes(routes!(health))
 }
@@ -68,7 +71,11 @@ pub struct Unhealthy {
     )
 )]
 pub async fn health(State(state): State<AppState>) -> Response {
-    let database_ok = db::ping(&state.db).await.is_ok();
+    // A locked or exhausted pool must not hang the health check: no answer in time is unhealthy.
+    let database_ok = matches!(
+        tokio::time::timeout(PING_TIMEOUT, db::ping(&state.db)).await,
+        Ok(Ok(()))
+    );
     let workers = WorkerHealth {
         alive: state.workers.alive(),
         total: state.workers.size(),

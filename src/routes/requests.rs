@@ -1,4 +1,5 @@
-//! `GET /requests` and `GET /requests/{id}`: what was asked and what came of it.
+//! `GET /requests`, `GET /requests/{id}`: what was asked and what came of it; and the callback
+//! side of a request: `GET /requests/{id}/attempts`, `POST /requests/{id}/redeliver`.
 
 use axum::Json;
 use axum::extract::State;

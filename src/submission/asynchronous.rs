@@ -10,6 +10,7 @@ use utoipa::ToSchema;
 
 use super::{new_request_id, retry_after_secs};
 use crate::db;
+use crate::db::idempotency::KeyClaim;
 use crate::db::requests::{Mode, NewRequest, Status};
 use crate::engine::{self, Complexity, WorkPayload};
 use crate::error::ApiError;
@@ -104,13 +105,12 @@ pub async fn accept_async(
         ),
         None => None,
     };
-    let client_ip = client.0.to_string();
-    let body_hash = hash_body(&request)?;
-    let keyed = key
+    let claim = key
         .0
-        .map(|key| KeyedRequest::new(state, client_ip.clone(), key, body_hash));
-    if let Some(keyed) = &keyed
-        && let Some(replay) = keyed.replay(state, complexity).await?
+        .map(|key| key_claim(state, client.0.to_string(), key, &request))
+        .transpose()?;
+    if let Some(claim) = &claim
+        && let Some(replay) = replay(state, claim, complexity).await?
     {
         return Ok(replay);
     }
@@ -124,33 +124,29 @@ pub async fn accept_async(
     };
     let id = new_request_id();
     tracing::Span::current().record("request_id", id.as_str());
-    let now = db::timestamp(chrono::Utc::now());
-    let payload_json = serde_json::to_value(&request.payload).map_err(ApiError::internal)?;
-    let mut tx = state.db.begin().await?;
-    let row = NewRequest {
-        id: &id,
-        mode: Mode::Async,
-        payload: &payload_json,
-        status: Status::Pending,
-        callback_url: callback_url.as_deref(),
-        created_at: &now,
-        started_at: None,
-        client_ip: &client_ip,
+    let payload = serde_json::to_value(&request.payload).map_err(ApiError::internal)?;
+    // Storing and queueing run in their own task: a client that disconnects mid-commit cannot
+    // leave a committed job that was never queued.
+    let job = NewJob {
+        id: id.clone(),
+        payload,
+        callback_url: callback_url.clone(),
+        client_ip: client.0.to_string(),
     };
-    db::requests::insert(&mut *tx, &row).await?;
-    if let Some(keyed) = &keyed
-        && !keyed.claim(&mut tx, &id, &now).await?
-    {
+    let task_state = state.clone();
+    let task_claim = claim.clone();
+    let stored = tokio::spawn(async move { store_and_enqueue(&task_state, job, task_claim.as_ref(), slot).await })
+        .await
+        .map_err(ApiError::internal)??;
+    if !stored {
         // Another request with this key committed first: answer as it was answered.
-        drop(tx);
-        drop(slot);
-        return keyed.replay(state, complexity).await?.ok_or_else(|| {
+        let claim = claim
+            .as_ref()
+            .ok_or_else(|| ApiError::internal(anyhow::anyhow!("a key race without a key")))?;
+        return replay(state, claim, complexity).await?.ok_or_else(|| {
             ApiError::Conflict("a request with this Idempotency-Key is being accepted; retry".to_owned())
         });
     }
-    tx.commit().await?;
-    slot.send(id.clone());
-    state.metrics.jobs_enqueued.inc();
     tracing::debug!("job accepted");
     Ok(Acceptance {
         retry_after_secs: estimate_secs(state, complexity),
@@ -159,59 +155,71 @@ pub async fn accept_async(
     })
 }
 
-/// An `Idempotency-Key` and what it is checked against.
-struct KeyedRequest {
+/// The job as it will be stored.
+struct NewJob {
+    id: String,
+    payload: serde_json::Value,
+    callback_url: Option<String>,
     client_ip: String,
-    key: String,
-    body_hash: String,
-    /// Keys created before this are expired.
-    not_before: String,
 }
 
-impl KeyedRequest {
-    fn new(state: &AppState, client_ip: String, key: String, body_hash: String) -> Self {
-        let ttl = chrono::Duration::from_std(state.config.idempotency_ttl).unwrap_or(chrono::Duration::days(1));
-        let not_before = db::timestamp(chrono::Utc::now() - ttl);
-        Self {
-            client_ip,
-            key,
-            body_hash,
-            not_before,
-        }
+/// Commits the job (and its key), then sends its id on the reserved slot. False when the key
+/// was taken by a concurrent request; nothing is stored then and the slot is released.
+async fn store_and_enqueue(
+    state: &AppState,
+    job: NewJob,
+    claim: Option<&KeyClaim>,
+    slot: crate::jobs::QueueSlot,
+) -> Result<bool, ApiError> {
+    let now = db::timestamp(chrono::Utc::now());
+    let row = NewRequest {
+        id: &job.id,
+        mode: Mode::Async,
+        payload: &job.payload,
+        status: Status::Pending,
+        callback_url: job.callback_url.as_deref(),
+        created_at: &now,
+        started_at: None,
+        client_ip: &job.client_ip,
+    };
+    if !db::idempotency::insert_request_with_key(&state.db, &row, claim).await? {
+        return Ok(false);
     }
+    slot.send(job.id);
+    state.metrics.jobs_enqueued.inc();
+    Ok(true)
+}
 
-    /// The earlier acceptance for this key, or a 422 if the key came with a different body.
-    async fn replay(&self, state: &AppState, complexity: u8) -> Result<Option<Acceptance>, ApiError> {
-        let Some(stored) = db::idempotency::find(&state.db, &self.client_ip, &self.key, &self.not_before).await? else {
-            return Ok(None);
-        };
-        if stored.body_hash != self.body_hash {
-            return Err(ApiError::unprocessable(
-                "this Idempotency-Key was already used with a different request body",
-            ));
-        }
-        let callback_url = db::requests::get(&state.db, &stored.request_id)
-            .await?
-            .and_then(|r| r.callback_url);
-        Ok(Some(Acceptance {
-            retry_after_secs: estimate_secs(state, complexity),
-            body: accepted_body(stored.request_id, callback_url.as_deref()),
-            replayed: true,
-        }))
-    }
+/// The record an `Idempotency-Key` is checked against and stored as.
+fn key_claim(state: &AppState, client_ip: String, key: String, request: &AsyncRequest) -> Result<KeyClaim, ApiError> {
+    let ttl = chrono::Duration::from_std(state.config.idempotency_ttl).unwrap_or(chrono::Duration::days(1));
+    let not_before = db::timestamp(chrono::Utc::now() - ttl);
+    Ok(KeyClaim {
+        client_ip,
+        key,
+        body_hash: hash_body(request)?,
+        not_before,
+    })
+}
 
-    async fn claim(&self, tx: &mut sqlx::SqliteConnection, request_id: &str, now: &str) -> Result<bool, sqlx::Error> {
-        db::idempotency::claim(
-            tx,
-            &self.client_ip,
-            &self.key,
-            &self.body_hash,
-            request_id,
-            now,
-            &self.not_before,
-        )
-        .await
+/// The earlier acceptance for this key, or a 422 if the key came with a different body.
+async fn replay(state: &AppState, claim: &KeyClaim, complexity: u8) -> Result<Option<Acceptance>, ApiError> {
+    let Some(stored) = db::idempotency::find(&state.db, &claim.client_ip, &claim.key, &claim.not_before).await? else {
+        return Ok(None);
+    };
+    if stored.body_hash != claim.body_hash {
+        return Err(ApiError::unprocessable(
+            "this Idempotency-Key was already used with a different request body",
+        ));
     }
+    let callback_url = db::requests::get(&state.db, &stored.request_id)
+        .await?
+        .and_then(|r| r.callback_url);
+    Ok(Some(Acceptance {
+        retry_after_secs: estimate_secs(state, complexity),
+        body: accepted_body(stored.request_id, callback_url.as_deref()),
+        replayed: true,
+    }))
 }
 
 fn accepted_body(id: String, callback_url: Option<&str>) -> AsyncAccepted {

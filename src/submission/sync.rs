@@ -60,28 +60,30 @@ pub async fn run_sync(state: &AppState, request: SyncRequest, client: ClientIp) 
 
     let id = new_request_id();
     tracing::Span::current().record("request_id", id.as_str());
-    let now = db::timestamp(chrono::Utc::now());
     let payload_json = serde_json::to_value(&payload).map_err(ApiError::internal)?;
-    let row = NewRequest {
-        id: &id,
-        mode: Mode::Sync,
-        payload: &payload_json,
-        status: Status::Processing,
-        callback_url: None,
-        created_at: &now,
-        started_at: Some(&now),
-        client_ip: &client.0.to_string(),
-    };
-    db::requests::insert(&state.db, &row).await?;
+    let client_ip = client.0.to_string();
 
-    // The run lives in its own task so that it is recorded even if this request is dropped;
-    // the guard then cancels the engine, which frees the slot within milliseconds.
+    // Storing and running live in their own task, so the request is recorded and finished even
+    // if this handler is dropped (the client went away); the guard then cancels the engine,
+    // which frees the slot within milliseconds, and the row ends `failed`.
     let cancel = CancelToken::new();
     let _cancel_if_client_leaves = cancel.cancel_on_drop();
-    let executor = state.executor.clone();
-    let task_id = id.clone();
+    let (task_state, task_id) = (state.clone(), id.clone());
     let run = tokio::spawn(async move {
-        executor
+        let now = db::timestamp(chrono::Utc::now());
+        let row = NewRequest {
+            id: &task_id,
+            mode: Mode::Sync,
+            payload: &payload_json,
+            status: Status::Processing,
+            callback_url: None,
+            created_at: &now,
+            started_at: Some(&now),
+            client_ip: &client_ip,
+        };
+        db::requests::insert(&task_state.db, &row).await?;
+        task_state
+            .executor
             .execute(&task_id, Mode::Sync, payload.operation, work, cancel, Some(slot))
             .await
     });
@@ -98,7 +100,8 @@ pub async fn run_sync(state: &AppState, request: SyncRequest, client: ClientIp) 
             request_id: id,
             timeout_secs: state.config.work_timeout.as_secs_f64(),
         }),
-        Outcome::Cancelled => Err(ApiError::Unavailable("the server is shutting down".to_owned())),
+        // Only a client that went away cancels a sync run, and it does not read this answer.
+        Outcome::Cancelled => Err(ApiError::Unavailable("the request was cancelled".to_owned())),
         Outcome::Panicked(why) => Err(ApiError::internal(anyhow::anyhow!("engine panicked: {why}"))),
     }
 }

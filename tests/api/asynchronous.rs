@@ -224,3 +224,57 @@ async fn async_payloads_are_validated_like_sync_ones() {
         202
     );
 }
+
+#[tokio::test]
+async fn concurrent_requests_with_one_idempotency_key_create_one_job() {
+    let app = spawn_app().await;
+    let mut sends = tokio::task::JoinSet::new();
+    for _ in 0..6 {
+        let request = app
+            .client
+            .post(app.url("/async"))
+            .header("idempotency-key", "race")
+            .json(&json!({"payload": quick_payload()}));
+        sends.spawn(async move { request.send().await });
+    }
+
+    let mut ids = std::collections::HashSet::new();
+    while let Some(answer) = sends.join_next().await {
+        let answer = answer.expect("joined").expect("sent");
+        assert_eq!(answer.status(), 202);
+        let body: Value = answer.json().await.expect("json");
+        ids.insert(body["request_id"].as_str().expect("id").to_owned());
+    }
+
+    assert_eq!(ids.len(), 1, "{ids:?}");
+    assert_eq!(app.metrics().await["total_requests"], 1);
+}
+
+#[tokio::test]
+async fn an_expired_idempotency_key_may_be_used_again() {
+    let app = spawn_app_with(|c| c.idempotency_ttl = std::time::Duration::from_millis(10)).await;
+    let send = || {
+        app.client
+            .post(app.url("/async"))
+            .header("idempotency-key", "short-lived")
+            .json(&json!({"payload": quick_payload()}))
+            .send()
+    };
+    let first: Value = send().await.expect("sent").json().await.expect("json");
+
+    // The key's lifetime is what is under test: let it pass.
+    tokio::time::sleep(std::time::Duration::from_millis(30)).await;
+    let second: Value = send().await.expect("sent").json().await.expect("json");
+
+    assert_ne!(first["request_id"], second["request_id"]);
+    assert_eq!(app.metrics().await["total_requests"], 2);
+}
+
+#[tokio::test]
+async fn an_async_body_over_the_size_limit_is_a_413() {
+    let app = spawn_app_with(|c| c.max_payload_size_kb = 1).await;
+    let body = json!({"payload": {"operation": "hash", "complexity": 1, "data": {"input": "x".repeat(2_000)}}});
+    let (status, _) = problem(app.post_json("/async", &body).await).await;
+    assert_eq!(status, 413);
+    assert_eq!(app.metrics().await["total_requests"], 0);
+}

@@ -53,7 +53,10 @@ async fn a_callback_arrives_with_the_result_and_signed_standard_webhooks_headers
     let sent_at: i64 = timestamp.parse().expect("unix seconds");
     assert!((chrono::Utc::now().timestamp() - sent_at).abs() < 60);
     let signature = &headers["webhook-signature"];
-    assert!(independently_verify(SECRET, id, timestamp, &callback.raw_body, signature), "{headers:?}");
+    assert!(
+        independently_verify(SECRET, id, timestamp, &callback.raw_body, signature),
+        "{headers:?}"
+    );
 
     let record = app.wait_for(id, "/delivery/status", "delivered").await;
     assert_eq!(record["delivery"]["attempts"], 1);
@@ -274,24 +277,62 @@ async fn a_redirect_is_not_followed_and_fails_the_delivery() {
 
 #[tokio::test]
 async fn a_receiver_retry_after_is_honoured_within_the_cap() {
-    let app = spawn_app_with(|c| c.callback_max_retry_after = std::time::Duration::from_millis(20)).await;
-    let mut receiver = TestReceiver::start(ReceiverOptions {
+    let cap = std::time::Duration::from_millis(50);
+    let app = spawn_app_with(|c| c.callback_max_retry_after = cap).await;
+    let options = ReceiverOptions {
         fail_first: 1,
         fail_status: 429,
         retry_after_secs: Some(3600),
         ..ReceiverOptions::default()
-    })
-    .await;
-    let started = std::time::Instant::now();
+    };
+    let mut receiver = TestReceiver::start(options).await;
     let (_, accepted) = app
         .submit_async(&json!({"payload": quick_payload(), "callback_url": receiver.url()}))
         .await;
+    let id = accepted["request_id"].as_str().expect("id");
 
-    assert_eq!(receiver.next().await.webhook_id, accepted["request_id"]);
+    assert_eq!(receiver.next().await.webhook_id, id);
+    app.wait_for(id, "/delivery/status", "delivered").await;
+
+    let attempts = app.get_json(&format!("/requests/{id}/attempts")).await;
+    let at = |i: usize| {
+        chrono::DateTime::parse_from_rfc3339(attempts[i]["attempted_at"].as_str().expect("time")).expect("rfc3339")
+    };
+    let gap = (at(1) - at(0)).to_std().expect("ordered");
+    // Without Retry-After the 1 ms unit would retry after about 2 ms; the receiver asked for an
+    // hour, which the cap cut to 50 ms.
+    assert!(gap >= cap, "retried after {gap:?}, before the capped Retry-After");
     assert!(
-        started.elapsed() < std::time::Duration::from_secs(60),
-        "an hour-long Retry-After was capped"
+        gap < std::time::Duration::from_secs(600),
+        "retried after {gap:?}: the hour was not capped"
     );
+}
+
+#[tokio::test]
+async fn a_receiver_slower_than_the_callback_timeout_gets_timeout_attempts() {
+    let app = spawn_app_with(|c| {
+        c.callback_timeout = std::time::Duration::from_millis(100);
+        c.max_callback_retries = 1;
+    })
+    .await;
+    let slow = TestReceiver::start(ReceiverOptions {
+        delay: std::time::Duration::from_secs(2),
+        ..ReceiverOptions::default()
+    })
+    .await;
+    let (_, accepted) = app
+        .submit_async(&json!({"payload": quick_payload(), "callback_url": slow.url()}))
+        .await;
+    let id = accepted["request_id"].as_str().expect("id");
+
+    let record = app.wait_for(id, "/delivery/status", "failed").await;
+
+    assert_eq!(record["delivery"]["attempts"], 2, "a timeout is retried");
+    let attempts = app.get_json(&format!("/requests/{id}/attempts")).await;
+    for attempt in attempts.as_array().expect("list") {
+        assert_eq!(attempt["error_class"], "timeout", "{attempt}");
+        assert_eq!(attempt["status_code"], Value::Null);
+    }
 }
 
 #[tokio::test]
@@ -326,7 +367,7 @@ async fn a_policy_tightened_after_acceptance_refuses_the_delivery() {
         id: &id,
         mode: Mode::Async,
         payload: &payload,
-        status: Status::Pending,
+        status: Status::Processing,
         callback_url: Some(&receiver.url()),
         created_at: &now,
         started_at: None,

@@ -20,6 +20,14 @@ async fn submit(client: &reqwest::Client, addr: &str, body: &Value) -> String {
     accepted["request_id"].as_str().expect("id").to_owned()
 }
 
+/// Async rows not yet `done` or `failed`, read straight from the database file.
+async fn unfinished_rows(db: &std::path::Path) -> i64 {
+    let pool = sync_async::db::connect(db).await.expect("the database opens");
+    let summary = sync_async::db::requests::summary(&pool).await.expect("summary");
+    pool.close().await;
+    summary.by_status["pending"] + summary.by_status["processing"]
+}
+
 async fn record(client: &reqwest::Client, addr: &str, id: &str) -> Value {
     client
         .get(format!("http://{addr}/requests/{id}"))
@@ -52,7 +60,8 @@ async fn a_kill_9_mid_work_loses_no_accepted_job_and_no_callback() {
     let mut delivered: HashSet<String> = HashSet::from([first_delivered]);
 
     kill_hard(&mut first);
-    assert!(delivered.len() < ids.len(), "the kill came while work was left");
+    let unfinished = unfinished_rows(&dir.path().join("requests.db")).await;
+    assert!(unfinished >= 1, "the kill came while jobs were pending or processing");
 
     let (second, addr) = start_server(&env);
     while delivered.len() < ids.len() {
@@ -157,4 +166,110 @@ async fn sigterm_finishes_the_job_in_hand_and_leaves_queued_jobs_for_the_next_st
         .await;
     }
     terminate(&second);
+}
+
+#[tokio::test]
+async fn sigterm_releases_a_job_that_outlives_the_grace_and_the_next_start_runs_it() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let db = dir.path().join("requests.db").display().to_string();
+    let env = [
+        ("DATABASE_PATH", db.clone()),
+        ("NUM_WORKERS", "1".to_owned()),
+        ("SHUTDOWN_GRACE_SECONDS", "0.05".to_owned()),
+    ];
+    let (first, addr) = start_server(&env);
+    let client = reqwest::Client::new();
+    let id = submit(
+        &client,
+        &addr,
+        &json!({"payload": {"operation": "hash", "complexity": 6}}),
+    )
+    .await;
+    wait_until("the job is running", || async {
+        record(&client, &addr, &id).await["status"] == "processing"
+    })
+    .await;
+
+    terminate(&first);
+    let status = tokio::task::spawn_blocking(move || {
+        let mut first = first;
+        first.wait()
+    })
+    .await
+    .expect("joined")
+    .expect("exit status");
+    assert!(status.success(), "{status:?}");
+    assert_eq!(
+        unfinished_rows(std::path::Path::new(&db)).await,
+        1,
+        "released, not finished and not lost"
+    );
+
+    let (second, addr) = start_server(&env);
+    wait_until("the released job runs after the restart", || async {
+        record(&client, &addr, &id).await["status"] == "done"
+    })
+    .await;
+    terminate(&second);
+}
+
+#[tokio::test]
+async fn a_second_server_on_the_same_database_refuses_to_start() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let db = dir.path().join("requests.db").display().to_string();
+    let (first, _) = start_server(&[("DATABASE_PATH", db.clone())]);
+
+    let output = std::process::Command::new(crate::helpers::BIN)
+        .env_clear()
+        .env("PORT", "0")
+        .env("HOST", "127.0.0.1")
+        .env("DATABASE_PATH", &db)
+        .output()
+        .expect("runs");
+
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("another sync-async server is already using"),
+        "{stderr}"
+    );
+    terminate(&first);
+}
+
+#[tokio::test]
+async fn a_backlog_larger_than_the_queue_drains_completely_after_a_start() {
+    let dir = std::sync::Arc::new(tempfile::tempdir().expect("temp dir"));
+    let config = sync_async::Config {
+        max_queue_size: 2,
+        num_workers: 1,
+        ..crate::helpers::test_config(&dir)
+    };
+    let pool = sync_async::db::connect(&config.database_path).await.expect("db");
+    let payload = json!({"operation": "prime", "complexity": 1, "data": {"n": 10}});
+    for _ in 0..10 {
+        let (id, now) = (
+            sync_async::submission::new_request_id(),
+            sync_async::db::timestamp(chrono::Utc::now()),
+        );
+        let row = sync_async::db::requests::NewRequest {
+            id: &id,
+            mode: sync_async::db::requests::Mode::Async,
+            payload: &payload,
+            status: sync_async::db::requests::Status::Pending,
+            callback_url: None,
+            created_at: &now,
+            started_at: None,
+            client_ip: "127.0.0.1",
+        };
+        sync_async::db::requests::insert(&pool, &row).await.expect("insert");
+    }
+    pool.close().await;
+
+    let app = crate::helpers::spawn_app_in(dir.clone(), config).await;
+
+    wait_until("all ten recovered jobs are done", || async {
+        app.metrics().await["by_status"]["done"] == 10
+    })
+    .await;
+    assert_eq!(app.metrics().await["queue"]["recovered"], 10);
 }
