@@ -1,6 +1,187 @@
-//! `loadtest`: not built yet (issue 4). It refuses to run rather than print made-up numbers.
+//! `loadtest`: measures the sync and async APIs under load. Parses flags, runs
+//! `sync_async::loadtest::execute`, prints and writes the reports, and exits with a code that
+//! says how it went: 0 passed, 1 could not run, 2 bad flags, 3 a threshold failed, 4 callbacks
+//! missing (4 wins over 3).
 
-fn main() -> std::process::ExitCode {
-    eprintln!("loadtest: not implemented yet; it arrives with the load-testing issue");
-    std::process::ExitCode::from(2)
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+use sync_async::Config;
+use sync_async::engine::Operation;
+use sync_async::loadtest::{self, Mode, Settings, Thresholds};
+
+#[derive(Parser)]
+#[command(version, about = "Load-tests the sync and async APIs and compares them")]
+struct Args {
+    /// sync, async, or compare (sync then async with the same settings).
+    #[arg(long, value_enum, default_value_t = ModeArg::Compare)]
+    mode: ModeArg,
+    /// Measured requests (ignored with --duration).
+    #[arg(long, default_value_t = 100)]
+    requests: u64,
+    /// Requests in flight: exactly this many in closed loop, at most this many with --rate.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    concurrency: u32,
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u8).range(1..=10))]
+    complexity: u8,
+    /// The same operation for every mode.
+    #[arg(long, value_enum, default_value_t = OperationArg::Hash)]
+    operation: OperationArg,
+    /// The server, such as http://localhost:8000. Without it, one is started in-process on a
+    /// free port with a temporary database.
+    #[arg(long)]
+    url: Option<String>,
+    /// Start the server in-process even if --url is given (the URL is then ignored).
+    #[arg(long)]
+    spawn_server: bool,
+    /// Port of the tool's callback receiver [default: 9000, or a free port with a spawned server].
+    #[arg(long)]
+    callback_port: Option<u16>,
+    /// Address the callback receiver listens on and gives the server.
+    #[arg(long, default_value = "127.0.0.1")]
+    callback_host: String,
+    /// Submit async jobs without a callback_url: measure acknowledgements only.
+    #[arg(long)]
+    no_callback: bool,
+    /// Open loop: send at this constant rate (requests/s) and measure from the intended send time.
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Measure for this long (such as 30s or 2m) instead of --requests.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    duration: Option<Duration>,
+    /// Send for this long first and leave it out of the figures.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "0s")]
+    warmup: Duration,
+    /// How long to wait for outstanding callbacks after the last acknowledgement.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "120s")]
+    callback_timeout: Duration,
+    /// Bound on each request.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "300s")]
+    timeout: Duration,
+    /// Write the results as JSON (versioned schema) to this file.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Write the HTML report here [default with --mode compare: loadtest-report.html].
+    #[arg(long)]
+    report: Option<PathBuf>,
+    /// Print only threshold verdicts and errors; no progress bar.
+    #[arg(long)]
+    quiet: bool,
+    /// Fail (exit 3) if any run's p99 latency (response or acknowledgement) is above this.
+    #[arg(long)]
+    max_p99_ms: Option<f64>,
+    /// Fail (exit 3) if any run's share of non-2xx answers and errors is above this (0 to 1).
+    #[arg(long)]
+    max_error_rate: Option<f64>,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum ModeArg {
+    Sync,
+    Async,
+    Compare,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum OperationArg {
+    Hash,
+    Prime,
+    Matrix,
+    Transform,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    if args.rate.is_some_and(|r| !(r > 0.0 && r.is_finite())) {
+        eprintln!("loadtest: --rate must be a positive number of requests per second");
+        return ExitCode::from(2);
+    }
+    let settings = Settings {
+        mode: match args.mode {
+            ModeArg::Sync => Mode::Sync,
+            ModeArg::Async => Mode::Async,
+            ModeArg::Compare => Mode::Compare,
+        },
+        url: if args.spawn_server { None } else { args.url.clone() },
+        requests: args.requests,
+        concurrency: args.concurrency as usize,
+        complexity: args.complexity,
+        operation: match args.operation {
+            OperationArg::Hash => Operation::Hash,
+            OperationArg::Prime => Operation::Prime,
+            OperationArg::Matrix => Operation::Matrix,
+            OperationArg::Transform => Operation::Transform,
+        },
+        callback_host: args.callback_host.clone(),
+        callback_port: args.callback_port,
+        no_callback: args.no_callback,
+        rate: args.rate,
+        duration: args.duration,
+        warmup: args.warmup,
+        callback_timeout: args.callback_timeout,
+        request_timeout: args.timeout,
+        progress: !args.quiet,
+    };
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("loadtest: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let report = match runtime.block_on(loadtest::execute(&settings, || Ok(Config::from_env()?))) {
+        Ok(report) => report,
+        Err(e) => {
+            eprintln!("loadtest: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if !args.quiet {
+        print!("{}", loadtest::text::render(&report));
+    }
+    if let Err(e) = write_files(&args, &report) {
+        eprintln!("loadtest: {e:#}");
+        return ExitCode::FAILURE;
+    }
+    let verdicts = loadtest::judge(
+        &report,
+        &Thresholds {
+            max_p99_ms: args.max_p99_ms,
+            max_error_rate: args.max_error_rate,
+        },
+    );
+    for v in &verdicts {
+        println!("{}", v.line);
+    }
+    let missing = loadtest::missing_callbacks(&report);
+    if missing > 0 {
+        eprintln!("loadtest: {missing} callbacks never arrived");
+        return ExitCode::from(4);
+    }
+    if verdicts.iter().any(|v| !v.passed) {
+        return ExitCode::from(3);
+    }
+    ExitCode::SUCCESS
+}
+
+fn write_files(args: &Args, report: &loadtest::report::LoadtestReport) -> anyhow::Result<()> {
+    if let Some(path) = &args.json {
+        std::fs::write(path, serde_json::to_vec_pretty(report)?)?;
+        if !args.quiet {
+            println!("JSON written to {}", path.display());
+        }
+    }
+    let html = args
+        .report
+        .clone()
+        .or_else(|| matches!(args.mode, ModeArg::Compare).then(|| "loadtest-report.html".into()));
+    if let Some(path) = html {
+        std::fs::write(&path, loadtest::html::render(report))?;
+        if !args.quiet {
+            println!("HTML report written to {}", path.display());
+        }
+    }
+    Ok(())
 }

@@ -12,6 +12,7 @@
 //! - [`submission`]: accepting work: the sync path and the async path (idempotency, queue slot, commit).
 //! - [`callback`]: callback delivery: scheduler, one attempt, retry policy (pure), signing.
 //! - [`ssrf`]: the callback URL policy, applied at submission and to every resolved address.
+//! - [`loadtest`]: the load tester: runner, statistics, callback matching, reports.
 //! - [`receiver`]: the demo callback receiver shared by `callback-server`, `loadtest` and the tests.
 //! - [`jobs`]: the async job queue, its workers and startup recovery.
 //! - [`db`]: the SQLite pool, migrations, and one module per table (all SQL lives here).
@@ -32,6 +33,7 @@ pub mod error;
 pub mod execution;
 pub mod extract;
 pub mod jobs;
+pub mod loadtest;
 pub mod metrics;
 pub mod openapi;
 pub mod rate_limit;

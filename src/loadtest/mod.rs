@@ -1,0 +1,214 @@
+//! The load tester behind `cargo run --release --bin loadtest`: closed-loop (a sliding window)
+//! or open-loop (constant rate, latency from the intended send time) load against `/sync` or
+//! `/async`, HDR histograms, callback matching through the demo receiver, `/metrics` sampling,
+//! and text, JSON and HTML reports. The binary only parses flags and calls [`execute`].
+
+pub mod callbacks;
+pub mod html;
+pub mod report;
+pub mod run;
+pub mod runner;
+pub mod sampler;
+pub mod server;
+pub mod stats;
+pub mod target;
+pub mod text;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::Context;
+
+use crate::Config;
+use crate::engine::Operation;
+use crate::receiver::{Receiver, ReceiverOptions};
+use report::{LoadtestReport, RunReport, SCHEMA_VERSION};
+use run::{RunMode, RunSpec};
+use runner::Plan;
+
+/// Which runs to make.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Sync,
+    Async,
+    /// Sync, then async, with the same settings.
+    Compare,
+}
+
+/// The tool's settings, as the flags give them.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub mode: Mode,
+    /// The server; `None` starts one in-process.
+    pub url: Option<String>,
+    pub requests: u64,
+    pub concurrency: usize,
+    pub complexity: u8,
+    pub operation: Operation,
+    /// Where the tool's callback receiver listens and what URL it gives the server.
+    pub callback_host: String,
+    /// `None`: 9000 against an external server, a free port against a spawned one.
+    pub callback_port: Option<u16>,
+    /// Submit async jobs without a callback: measure acknowledgements only.
+    pub no_callback: bool,
+    /// Open loop at this many requests per second.
+    pub rate: Option<f64>,
+    pub duration: Option<Duration>,
+    pub warmup: Duration,
+    pub callback_timeout: Duration,
+    /// Bound on each request.
+    pub request_timeout: Duration,
+    pub progress: bool,
+}
+
+/// The callback port used against an external server when none is given.
+pub const DEFAULT_CALLBACK_PORT: u16 = 9000;
+
+/// A pass/fail threshold on every run.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Thresholds {
+    pub max_p99_ms: Option<f64>,
+    pub max_error_rate: Option<f64>,
+}
+
+/// One threshold's verdict on one run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Verdict {
+    pub passed: bool,
+    pub line: String,
+}
+
+/// Runs what `settings` asks for, starting a server first if there is no URL.
+pub async fn execute(
+    settings: &Settings,
+    server_config: impl FnOnce() -> anyhow::Result<Config>,
+) -> anyhow::Result<LoadtestReport> {
+    let spawned = match &settings.url {
+        Some(_) => None,
+        None => Some(server::SpawnedServer::start(server_config()?).context("starting the in-process server")?),
+    };
+    let base_url = match (&settings.url, &spawned) {
+        (Some(url), _) => url.trim_end_matches('/').to_owned(),
+        (None, Some(server)) => server.base_url.clone(),
+        (None, None) => unreachable!("a server was spawned when no URL was given"),
+    };
+    let client = target::http_client(settings.concurrency, settings.request_timeout)?;
+    let needs_receiver = settings.mode != Mode::Sync && !settings.no_callback;
+    let receiver = match needs_receiver {
+        true => Some(start_receiver(settings, spawned.is_some()).await?),
+        false => None,
+    };
+    let started_at = crate::db::timestamp(chrono::Utc::now());
+    let modes: &[RunMode] = match settings.mode {
+        Mode::Sync => &[RunMode::Sync],
+        Mode::Async => &[RunMode::Async],
+        Mode::Compare => &[RunMode::Sync, RunMode::Async],
+    };
+    let mut runs = Vec::new();
+    for &mode in modes {
+        let spec = RunSpec {
+            mode,
+            base_url: base_url.clone(),
+            operation: settings.operation,
+            complexity: settings.complexity,
+            plan: plan(settings),
+            client: client.clone(),
+            callbacks: receiver
+                .as_ref()
+                .filter(|_| mode == RunMode::Async)
+                .map(|(r, url, _)| (r.clone(), url.clone())),
+            callback_timeout: settings.callback_timeout,
+            progress: settings.progress,
+        };
+        runs.push(run::run(&spec).await);
+    }
+    drop(receiver);
+    drop(spawned);
+    Ok(LoadtestReport {
+        schema_version: SCHEMA_VERSION,
+        tool: concat!("sync-async loadtest ", env!("CARGO_PKG_VERSION")).to_owned(),
+        started_at,
+        target: base_url,
+        spawned_server: settings.url.is_none(),
+        runs,
+    })
+}
+
+fn plan(settings: &Settings) -> Plan {
+    Plan {
+        requests: settings.requests,
+        duration: settings.duration,
+        warmup: settings.warmup,
+        concurrency: settings.concurrency,
+        rate: settings.rate,
+    }
+}
+
+/// The tool's own callback receiver, quiet, with its URL.
+async fn start_receiver(
+    settings: &Settings,
+    spawned: bool,
+) -> anyhow::Result<(Receiver, String, crate::receiver::RunningReceiver)> {
+    let port = settings
+        .callback_port
+        .unwrap_or(if spawned { 0 } else { DEFAULT_CALLBACK_PORT });
+    let ip = settings
+        .callback_host
+        .parse()
+        .with_context(|| format!("--callback-host {} is not an IP address", settings.callback_host))?;
+    let receiver = Receiver::new(ReceiverOptions {
+        quiet: true,
+        ..ReceiverOptions::default()
+    });
+    let running = receiver
+        .clone()
+        .spawn(SocketAddr::new(ip, port))
+        .await
+        .with_context(|| {
+            format!(
+                "listening for callbacks on {}:{port} (is a callback-server already running there?)",
+                settings.callback_host
+            )
+        })?;
+    let url = format!("http://{}/callback", running.addr);
+    Ok((receiver, url, running))
+}
+
+/// Checks every run against the thresholds.
+pub fn judge(report: &LoadtestReport, thresholds: &Thresholds) -> Vec<Verdict> {
+    let mut verdicts = Vec::new();
+    for run in &report.runs {
+        if let Some(max) = thresholds.max_p99_ms {
+            let p99 = run.latency.p99_ms;
+            verdicts.push(verdict(
+                p99 <= max,
+                format!("{} p99 {} <= {}", run.mode, text::ms(p99), text::ms(max)),
+            ));
+        }
+        if let Some(max) = thresholds.max_error_rate {
+            let rate = run.error_rate();
+            verdicts.push(verdict(
+                rate <= max,
+                format!("{} error rate {:.4} <= {max}", run.mode, rate),
+            ));
+        }
+    }
+    verdicts
+}
+
+fn verdict(passed: bool, what: String) -> Verdict {
+    Verdict {
+        passed,
+        line: format!("{} {what}", if passed { "PASS" } else { "FAIL" }),
+    }
+}
+
+/// Callbacks that never arrived, over all runs.
+pub fn missing_callbacks(report: &LoadtestReport) -> u64 {
+    report
+        .runs
+        .iter()
+        .filter_map(|r: &RunReport| r.callbacks)
+        .map(|c| c.missing)
+        .sum()
+}

@@ -1,0 +1,285 @@
+//! One mode run: drive the load, collect every answer into histograms, match callbacks, sample
+//! the server, and turn it all into a `RunReport`.
+
+use std::io::IsTerminal;
+use std::time::Duration;
+
+use axum::body::Bytes;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use serde_json::json;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::callbacks::CallbackMatcher;
+use super::report::RunReport;
+use super::runner::{self, Finished, Plan, Shoot};
+use super::sampler;
+use super::stats::{Latency, Outcomes, Timeline};
+use super::target;
+use crate::engine::Operation;
+use crate::receiver::Receiver;
+
+/// Which API a run exercises.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunMode {
+    Sync,
+    Async,
+}
+
+impl RunMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Sync => "sync",
+            Self::Async => "async",
+        }
+    }
+}
+
+/// Everything a run needs.
+#[derive(Clone)]
+pub struct RunSpec {
+    pub mode: RunMode,
+    pub base_url: String,
+    pub operation: Operation,
+    pub complexity: u8,
+    pub plan: Plan,
+    /// The client all requests share (its pool is sized to the concurrency).
+    pub client: reqwest::Client,
+    /// Async: where callbacks arrive, and the URL to give the server. `None` submits without a
+    /// callback (acknowledgements only).
+    pub callbacks: Option<(Receiver, String)>,
+    /// How long to wait for outstanding callbacks after the last acknowledgement.
+    pub callback_timeout: Duration,
+    /// Draw a progress bar on stderr (only when stderr is a terminal).
+    pub progress: bool,
+}
+
+/// Runs one mode and reports it.
+pub async fn run(spec: &RunSpec) -> RunReport {
+    let body = request_body(spec);
+    let path = match spec.mode {
+        RunMode::Sync => "/sync",
+        RunMode::Async => "/async",
+    };
+    let shoot = target::post_json(spec.client.clone(), format!("{}{path}", spec.base_url), body);
+    let mut callbacks = spec.callbacks.as_ref().map(|(receiver, _)| receiver.subscribe());
+    collect(spec, shoot, callbacks.as_mut()).await
+}
+
+fn request_body(spec: &RunSpec) -> Bytes {
+    let payload = json!({"operation": spec.operation.as_str(), "complexity": spec.complexity});
+    let body = match (&spec.mode, &spec.callbacks) {
+        (RunMode::Async, Some((_, url))) => json!({"payload": payload, "callback_url": url}),
+        _ => json!({"payload": payload}),
+    };
+    Bytes::from(body.to_string())
+}
+
+/// The per-run accumulators.
+struct Collected {
+    latency: Latency,
+    uncorrected: Latency,
+    server_ms: Latency,
+    outcomes: Outcomes,
+    timeline: Timeline,
+    measured: u64,
+    last_done: Option<Instant>,
+}
+
+/// Drives `shoot` per the plan and collects: exported for tests that aim the tool at their own
+/// server.
+pub async fn collect(
+    spec: &RunSpec,
+    shoot: Shoot,
+    mut callbacks: Option<&mut mpsc::UnboundedReceiver<crate::receiver::Received>>,
+) -> RunReport {
+    let start = Instant::now();
+    let stop_sampling = CancellationToken::new();
+    let sampler = tokio::spawn(sampler::sample(
+        spec.client.clone(),
+        spec.base_url.clone(),
+        start,
+        stop_sampling.clone(),
+    ));
+    let (tx, mut rx) = mpsc::unbounded_channel::<Finished>();
+    let plan = spec.plan.clone();
+    let driver = tokio::spawn(async move { runner::drive(&plan, shoot, tx).await });
+    let measure_start = start + spec.plan.warmup;
+    let progress = Progress::new(spec);
+    let mut matcher = CallbackMatcher::new(measure_start);
+    let mut c = Collected {
+        latency: Latency::new(),
+        uncorrected: Latency::new(),
+        server_ms: Latency::new(),
+        outcomes: Outcomes::default(),
+        timeline: Timeline::default(),
+        measured: 0,
+        last_done: None,
+    };
+    loop {
+        tokio::select! {
+            finished = rx.recv() => match finished {
+                Some(f) => record(spec, &mut c, &mut matcher, &progress, measure_start, f),
+                None => break,
+            },
+            Some(received) = next_callback(&mut callbacks) => matcher.arrived(received.webhook_id, received.arrived.into()),
+        }
+    }
+    let _ = driver.await;
+    progress.finish();
+    if spec.mode == RunMode::Async && callbacks.is_some() {
+        let deadline = Instant::now() + spec.callback_timeout;
+        while matcher.outstanding() > 0 {
+            tokio::select! {
+                () = tokio::time::sleep_until(deadline) => break,
+                Some(received) = next_callback(&mut callbacks) => matcher.arrived(received.webhook_id, received.arrived.into()),
+            }
+        }
+    }
+    stop_sampling.cancel();
+    let server_samples = sampler.await.unwrap_or_default();
+    build_report(spec, c, matcher, measure_start, server_samples)
+}
+
+async fn next_callback(
+    callbacks: &mut Option<&mut mpsc::UnboundedReceiver<crate::receiver::Received>>,
+) -> Option<crate::receiver::Received> {
+    match callbacks {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+fn record(
+    spec: &RunSpec,
+    c: &mut Collected,
+    matcher: &mut CallbackMatcher,
+    progress: &Progress,
+    measure_start: Instant,
+    f: Finished,
+) {
+    let ok = f.shot.status.is_some_and(|s| (200..300).contains(&s));
+    if spec.mode == RunMode::Async
+        && f.shot.status == Some(202)
+        && spec.callbacks.is_some()
+        && let Some(id) = f.shot.request_id.clone()
+    {
+        matcher.expect(id, f.due, f.measured);
+    }
+    if !f.measured {
+        return;
+    }
+    c.measured += 1;
+    c.last_done = Some(c.last_done.map_or(f.done, |d| d.max(f.done)));
+    match (f.shot.status, f.shot.error_kind) {
+        (Some(status), _) => c.outcomes.record_status(status),
+        (None, kind) => c.outcomes.record_error(kind.unwrap_or("other")),
+    }
+    let latency = f.done.saturating_duration_since(f.due);
+    progress.tick(ok.then_some(latency));
+    if !ok {
+        return;
+    }
+    c.latency.record(latency);
+    c.timeline
+        .record(f.done.saturating_duration_since(measure_start), latency);
+    if spec.plan.rate.is_some() {
+        c.uncorrected.record(f.done.saturating_duration_since(f.sent));
+    }
+    if let Some(ms) = f.shot.server_ms {
+        c.server_ms.record(Duration::from_secs_f64(ms.max(0.0) / 1e3));
+    }
+}
+
+fn build_report(
+    spec: &RunSpec,
+    c: Collected,
+    matcher: CallbackMatcher,
+    measure_start: Instant,
+    server_samples: Vec<sampler::ServerSample>,
+) -> RunReport {
+    let window = c
+        .last_done
+        .map_or(0.0, |d| d.saturating_duration_since(measure_start).as_secs_f64());
+    let per_second = |n: u64, secs: f64| if secs > 0.0 { n as f64 / secs } else { 0.0 };
+    let with_callbacks = spec.mode == RunMode::Async && spec.callbacks.is_some();
+    let completion_window = matcher.timeline.points().last().map_or(0.0, |p| (p.second + 1) as f64);
+    let open = spec.plan.rate.is_some();
+    RunReport {
+        mode: spec.mode.as_str().to_owned(),
+        operation: spec.operation.as_str().to_owned(),
+        complexity: spec.complexity,
+        concurrency: spec.plan.concurrency,
+        loop_kind: if open { "open" } else { "closed" }.to_owned(),
+        requests: c.measured,
+        warmup_s: spec.plan.warmup.as_secs_f64(),
+        duration_s: window,
+        throughput_rps: per_second(c.outcomes.count_in(200..=299), window),
+        achieved_rps: per_second(c.measured, window),
+        offered_rps: spec.plan.rate,
+        latency: c.latency.summary(),
+        latency_uncorrected: open.then(|| c.uncorrected.summary()),
+        server_execution: (spec.mode == RunMode::Sync).then(|| c.server_ms.summary()),
+        completion: with_callbacks.then(|| matcher.completion.summary()),
+        completion_throughput_rps: with_callbacks.then(|| per_second(matcher.completion.count(), completion_window)),
+        outcomes: c.outcomes,
+        callbacks: with_callbacks.then(|| matcher.counts()),
+        timeline: c.timeline.points(),
+        completion_timeline: matcher.timeline.points(),
+        latency_curve: c.latency.percentile_curve(),
+        uncorrected_curve: c.uncorrected.percentile_curve(),
+        completion_curve: matcher.completion.percentile_curve(),
+        server_samples,
+    }
+}
+
+/// The progress bar: done/total, live req/s and a rolling p99, on stderr, only when stderr is
+/// a terminal.
+struct Progress {
+    bar: ProgressBar,
+    window: std::sync::Mutex<(Latency, Instant)>,
+}
+
+impl Progress {
+    fn new(spec: &RunSpec) -> Self {
+        let visible = spec.progress && std::io::stderr().is_terminal();
+        let bar = match spec.plan.duration {
+            Some(_) => ProgressBar::new_spinner(),
+            None => ProgressBar::new(spec.plan.requests),
+        };
+        bar.set_draw_target(if visible {
+            ProgressDrawTarget::stderr()
+        } else {
+            ProgressDrawTarget::hidden()
+        });
+        let template = match spec.plan.duration {
+            Some(_) => "{prefix} {spinner} {pos} done {per_sec} {msg} [{elapsed}]",
+            None => "{prefix} {bar:30} {pos}/{len} {per_sec} {msg} [{elapsed}]",
+        };
+        if let Ok(style) = ProgressStyle::with_template(template) {
+            bar.set_style(style);
+        }
+        bar.set_prefix(spec.mode.as_str());
+        Self {
+            bar,
+            window: std::sync::Mutex::new((Latency::new(), Instant::now())),
+        }
+    }
+
+    fn tick(&self, latency: Option<Duration>) {
+        self.bar.inc(1);
+        let Some(latency) = latency else { return };
+        let mut window = self.window.lock().unwrap_or_else(|p| p.into_inner());
+        window.0.record(latency);
+        if window.1.elapsed() >= Duration::from_secs(1) {
+            self.bar
+                .set_message(format!("p99 {:.1} ms", window.0.quantile_ms(0.99)));
+            *window = (Latency::new(), Instant::now());
+        }
+    }
+
+    fn finish(&self) {
+        self.bar.finish_and_clear();
+    }
+}

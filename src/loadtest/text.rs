@@ -1,0 +1,207 @@
+//! The terminal report: a block per run, and the original README's comparison table with
+//! measured values.
+
+use std::fmt::Write;
+
+use super::report::{LoadtestReport, RunReport};
+use super::stats::{Outcomes, Summary};
+
+/// Milliseconds, readable at any scale.
+pub fn ms(value: f64) -> String {
+    if value >= 10_000.0 {
+        format!("{:.1} s", value / 1000.0)
+    } else if value >= 100.0 {
+        format!("{value:.0} ms")
+    } else if value >= 10.0 {
+        format!("{value:.1} ms")
+    } else {
+        format!("{value:.2} ms")
+    }
+}
+
+fn summary_row(out: &mut String, name: &str, s: &Summary) {
+    let _ = writeln!(
+        out,
+        "  {name:<22} {:>7} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}",
+        s.count,
+        ms(s.min_ms),
+        ms(s.mean_ms),
+        ms(s.p50_ms),
+        ms(s.p90_ms),
+        ms(s.p95_ms),
+        ms(s.p99_ms),
+        ms(s.p999_ms),
+        ms(s.max_ms)
+    );
+}
+
+/// `200 x 95, 503 x 5` and transport errors.
+pub fn outcomes_line(o: &Outcomes) -> String {
+    let mut parts: Vec<String> = o.statuses.iter().map(|(s, n)| format!("{s} x {n}")).collect();
+    parts.extend(o.transport_errors.iter().map(|(k, n)| format!("{k} error x {n}")));
+    if parts.is_empty() {
+        "none".to_owned()
+    } else {
+        parts.join(", ")
+    }
+}
+
+/// The block for one run.
+pub fn render_run(run: &RunReport) -> String {
+    let mut out = String::new();
+    let shape = match run.offered_rps {
+        Some(rate) => format!("open loop at {rate} req/s, at most {} in flight", run.concurrency),
+        None => format!("closed loop, {} in flight", run.concurrency),
+    };
+    let _ = writeln!(
+        out,
+        "{} · {} c{} · {shape} · {} requests in {:.2} s",
+        run.mode, run.operation, run.complexity, run.requests, run.duration_s
+    );
+    let _ = write!(out, "  throughput             {:.1} req/s (2xx)", run.throughput_rps);
+    if let Some(offered) = run.offered_rps {
+        let _ = write!(out, "; achieved {:.1} of {offered:.1} req/s offered", run.achieved_rps);
+    }
+    out.push('\n');
+    let _ = writeln!(
+        out,
+        "  {:<22} {:>7} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}",
+        "latency", "count", "min", "mean", "p50", "p90", "p95", "p99", "p99.9", "max"
+    );
+    let primary = if run.mode == "sync" {
+        "response time"
+    } else {
+        "acknowledgement (202)"
+    };
+    summary_row(&mut out, primary, &run.latency);
+    if let Some(u) = &run.latency_uncorrected {
+        summary_row(&mut out, "  uncorrected", u);
+    }
+    if let Some(s) = &run.server_execution {
+        summary_row(&mut out, "server execution", s);
+    }
+    if let Some(c) = &run.completion {
+        summary_row(&mut out, "completion (callback)", c);
+    }
+    let _ = writeln!(out, "  answers                {}", outcomes_line(&run.outcomes));
+    if let Some(cb) = &run.callbacks {
+        let _ = writeln!(
+            out,
+            "  callbacks              expected {}, received {}, missing {}, duplicated {}, unknown {}{}",
+            cb.expected,
+            cb.received,
+            cb.missing,
+            cb.duplicated,
+            cb.unknown,
+            run.completion_throughput_rps
+                .map(|r| format!("; {r:.1}/s"))
+                .unwrap_or_default()
+        );
+    }
+    out
+}
+
+/// The original README's "Performance Comparison" table, with the values this run measured.
+pub fn render_comparison(sync: &RunReport, asynchronous: &RunReport) -> String {
+    let backpressure = |o: &Outcomes, status: u16, name: &str| {
+        let n = o.statuses.get(&status).copied().unwrap_or(0);
+        format!("{n} x {status} {name}")
+    };
+    let delivery = match (&asynchronous.completion, &asynchronous.callbacks) {
+        (Some(c), Some(cb)) => format!(
+            "via callback: p50 {}, p99 {} after sending; {}/{} received",
+            ms(c.p50_ms),
+            ms(c.p99_ms),
+            cb.received,
+            cb.expected
+        ),
+        _ => "by polling (no callbacks in this run)".to_owned(),
+    };
+    let rows = [
+        (
+            "Ack/Response time p50 / p99",
+            format!("{} / {}", ms(sync.latency.p50_ms), ms(sync.latency.p99_ms)),
+            format!(
+                "{} / {}",
+                ms(asynchronous.latency.p50_ms),
+                ms(asynchronous.latency.p99_ms)
+            ),
+        ),
+        (
+            "Ack/Response time max",
+            ms(sync.latency.max_ms),
+            ms(asynchronous.latency.max_ms),
+        ),
+        (
+            "Throughput (answers)",
+            format!("{:.1} req/s", sync.throughput_rps),
+            format!("{:.1} acks/s", asynchronous.throughput_rps),
+        ),
+        (
+            "Throughput (results)",
+            format!("{:.1} results/s", sync.throughput_rps),
+            asynchronous
+                .completion_throughput_rps
+                .map_or_else(|| "n/a".to_owned(), |r| format!("{r:.1} results/s")),
+        ),
+        (
+            "Result delivery",
+            format!("in the response (p50 {})", ms(sync.latency.p50_ms)),
+            delivery,
+        ),
+        (
+            "Backpressure",
+            backpressure(&sync.outcomes, 503, "busy"),
+            backpressure(&asynchronous.outcomes, 429, "queue full"),
+        ),
+        (
+            "Errors (non-2xx or transport)",
+            format!("{:.1}%", sync.error_rate() * 100.0),
+            format!("{:.1}%", asynchronous.error_rate() * 100.0),
+        ),
+    ];
+    let mut out = String::from("| Metric | Sync API | Async API |\n|---|---|---|\n");
+    for (metric, s, a) in rows {
+        let _ = writeln!(out, "| {metric} | {s} | {a} |");
+    }
+    out
+}
+
+/// Everything, as printed at the end of a run.
+pub fn render(report: &LoadtestReport) -> String {
+    let mut out = String::new();
+    for run in &report.runs {
+        out.push_str(&render_run(run));
+        out.push('\n');
+    }
+    if let [sync, asynchronous] = report.runs.as_slice()
+        && sync.mode == "sync"
+        && asynchronous.mode == "async"
+    {
+        out.push_str(&render_comparison(sync, asynchronous));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn milliseconds_read_well_at_every_scale() {
+        assert_eq!(ms(0.4567), "0.46 ms");
+        assert_eq!(ms(12.34), "12.3 ms");
+        assert_eq!(ms(567.8), "568 ms");
+        assert_eq!(ms(12_345.0), "12.3 s");
+    }
+
+    #[test]
+    fn outcomes_list_statuses_then_errors() {
+        let mut o = Outcomes::default();
+        o.record_status(503);
+        o.record_status(200);
+        o.record_error("connect");
+        assert_eq!(outcomes_line(&o), "200 x 1, 503 x 1, connect error x 1");
+        assert_eq!(outcomes_line(&Outcomes::default()), "none");
+    }
+}

@@ -1,0 +1,386 @@
+//! The load tester: its window, its open-loop correction, its callback accounting, its outputs,
+//! and the callback-server binary.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use axum::Router;
+use axum::routing::{get, post};
+use serde_json::{Value, json};
+use sync_async::engine::Operation;
+use sync_async::loadtest::report::{LoadtestReport, SCHEMA_VERSION};
+use sync_async::loadtest::run::{self, RunMode, RunSpec};
+use sync_async::loadtest::runner::Plan;
+use sync_async::loadtest::target;
+use tokio::net::TcpListener;
+
+const LOADTEST: &str = env!("CARGO_BIN_EXE_loadtest");
+const CALLBACK_SERVER: &str = env!("CARGO_BIN_EXE_callback-server");
+
+/// Serves `router` on a free loopback port; returns its base URL.
+async fn serve(router: Router) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    format!("http://{addr}")
+}
+
+fn spec(base_url: &str, plan: Plan) -> RunSpec {
+    RunSpec {
+        mode: RunMode::Sync,
+        base_url: base_url.to_owned(),
+        operation: Operation::Hash,
+        complexity: 1,
+        client: target::http_client(plan.concurrency, Duration::from_secs(30)).expect("client"),
+        plan,
+        callbacks: None,
+        callback_timeout: Duration::from_secs(1),
+        progress: false,
+    }
+}
+
+/// Counts requests in flight; every arrival notes how many were in flight with it.
+#[derive(Default)]
+struct InFlight {
+    now: AtomicUsize,
+    seen_at_arrival: std::sync::Mutex<Vec<usize>>,
+}
+
+#[tokio::test]
+async fn closed_loop_keeps_exactly_the_concurrency_in_flight_as_a_sliding_window() {
+    let counter = Arc::new(InFlight::default());
+    let handler_counter = counter.clone();
+    let base = serve(Router::new().route(
+        "/work",
+        get(move || {
+            let c = handler_counter.clone();
+            async move {
+                let in_flight = c.now.fetch_add(1, Ordering::SeqCst) + 1;
+                let arrivals = {
+                    let mut seen = c.seen_at_arrival.lock().expect("lock");
+                    seen.push(in_flight);
+                    seen.len()
+                };
+                // Uneven durations: a batch sender would be caught waiting for its slowest.
+                tokio::time::sleep(Duration::from_millis(2 + (arrivals as u64 * 7) % 13)).await;
+                c.now.fetch_sub(1, Ordering::SeqCst);
+                "ok"
+            }
+        }),
+    ))
+    .await;
+    let concurrency = 8;
+    let plan = Plan {
+        requests: 200,
+        duration: None,
+        warmup: Duration::ZERO,
+        concurrency,
+        rate: None,
+    };
+    let spec = spec(&base, plan);
+
+    let report = run::collect(&spec, target::get(spec.client.clone(), format!("{base}/work")), None).await;
+
+    assert_eq!(report.requests, 200);
+    assert_eq!(report.outcomes.statuses.get(&200), Some(&200));
+    let seen = counter.seen_at_arrival.lock().expect("lock").clone();
+    assert_eq!(seen.len(), 200);
+    assert_eq!(seen.iter().max(), Some(&concurrency), "never more than the concurrency");
+    // After the ramp-up, each new request replaces one that just ended: the server always has
+    // the full window (a batch sender would let it drain to 1 between batches).
+    let after_ramp = &seen[concurrency..seen.len() - concurrency];
+    let low = after_ramp.iter().filter(|&&n| n <= concurrency / 2).count();
+    assert_eq!(low, 0, "the window drained: {seen:?}");
+}
+
+#[tokio::test]
+async fn open_loop_measures_from_the_intended_send_time_so_a_stall_shows() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let handler_calls = calls.clone();
+    let base = serve(Router::new().route(
+        "/work",
+        get(move || {
+            let calls = handler_calls.clone();
+            async move {
+                // One stall, early on; every other answer is immediate.
+                if calls.fetch_add(1, Ordering::SeqCst) == 20 {
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                "ok"
+            }
+        }),
+    ))
+    .await;
+    let plan = Plan {
+        requests: 300,
+        duration: None,
+        warmup: Duration::ZERO,
+        concurrency: 1,
+        rate: Some(300.0),
+    };
+    let spec = spec(&base, plan);
+
+    let report = run::collect(&spec, target::get(spec.client.clone(), format!("{base}/work")), None).await;
+
+    let corrected = report.latency.p99_ms;
+    let uncorrected = report.latency_uncorrected.expect("open loop reports both").p99_ms;
+    assert_eq!(report.loop_kind, "open");
+    assert_eq!(report.offered_rps, Some(300.0));
+    assert!(
+        corrected >= 200.0,
+        "requests queued behind the stall were due long before they went: {corrected} ms"
+    );
+    assert!(
+        corrected > 10.0 * uncorrected,
+        "corrected {corrected} ms against uncorrected {uncorrected} ms"
+    );
+}
+
+/// A stand-in service that acknowledges every job but calls back for all but the second.
+async fn forgetful_async_service() -> String {
+    let seq = Arc::new(AtomicUsize::new(0));
+    let client = reqwest::Client::new();
+    serve(Router::new().route(
+        "/async",
+        post(move |axum::Json(body): axum::Json<Value>| {
+            let (seq, client) = (seq.clone(), client.clone());
+            async move {
+                let n = seq.fetch_add(1, Ordering::SeqCst);
+                let id = format!("job-{n}");
+                let callback_url = body["callback_url"].as_str().expect("callback_url").to_owned();
+                if n != 1 {
+                    let cb_id = id.clone();
+                    tokio::spawn(async move {
+                        let body = json!({"request_id": cb_id, "status": "done", "result": {}});
+                        let _ = client
+                            .post(callback_url)
+                            .header("webhook-id", &cb_id)
+                            .json(&body)
+                            .send()
+                            .await;
+                    });
+                }
+                (
+                    axum::http::StatusCode::ACCEPTED,
+                    axum::Json(json!({"request_id": id, "status": "pending"})),
+                )
+            }
+        }),
+    ))
+    .await
+}
+
+#[tokio::test]
+async fn a_dropped_callback_is_reported_missing_with_a_nonzero_exit() {
+    let base = forgetful_async_service().await;
+
+    let output = tokio::process::Command::new(LOADTEST)
+        .args([
+            "--mode",
+            "async",
+            "--requests",
+            "5",
+            "--concurrency",
+            "2",
+            "--url",
+            &base,
+        ])
+        .args(["--callback-port", "0", "--callback-timeout", "500ms", "--quiet"])
+        .output()
+        .await
+        .expect("runs");
+
+    assert_eq!(
+        output.status.code(),
+        Some(4),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(String::from_utf8_lossy(&output.stderr).contains("1 callbacks never arrived"));
+}
+
+#[tokio::test]
+async fn json_output_parses_into_its_versioned_schema() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let json_path = dir.path().join("out.json");
+
+    let output = tokio::process::Command::new(LOADTEST)
+        .env_clear()
+        .args([
+            "--mode",
+            "sync",
+            "--requests",
+            "6",
+            "--concurrency",
+            "3",
+            "--complexity",
+            "1",
+            "--operation",
+            "prime",
+        ])
+        .args(["--quiet", "--max-error-rate", "0", "--json"])
+        .arg(&json_path)
+        .output()
+        .await
+        .expect("runs");
+
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(String::from_utf8_lossy(&output.stdout).contains("PASS sync error rate"));
+    let raw = std::fs::read_to_string(&json_path).expect("written");
+    let report: LoadtestReport = serde_json::from_str(&raw).expect("matches the schema");
+    assert_eq!(report.schema_version, SCHEMA_VERSION);
+    assert!(report.spawned_server);
+    let run = &report.runs[0];
+    assert_eq!(
+        (run.mode.as_str(), run.operation.as_str(), run.requests),
+        ("sync", "prime", 6)
+    );
+    assert!(run.throughput_rps > 0.0 && run.latency.p50_ms > 0.0, "{run:?}");
+    assert_eq!(run.outcomes.statuses.get(&200), Some(&6));
+}
+
+#[tokio::test]
+async fn a_failed_threshold_exits_with_3() {
+    let output = tokio::process::Command::new(LOADTEST)
+        .env_clear()
+        .args([
+            "--mode",
+            "sync",
+            "--requests",
+            "3",
+            "--concurrency",
+            "1",
+            "--complexity",
+            "1",
+            "--quiet",
+        ])
+        .args(["--max-p99-ms", "0.001"])
+        .output()
+        .await
+        .expect("runs");
+    assert_eq!(output.status.code(), Some(3));
+    assert!(String::from_utf8_lossy(&output.stdout).contains("FAIL sync p99"));
+}
+
+#[tokio::test]
+async fn compare_mode_runs_end_to_end_and_writes_an_html_report_with_svg() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let html_path = dir.path().join("report.html");
+
+    let output = tokio::process::Command::new(LOADTEST)
+        .env_clear()
+        .args([
+            "--mode",
+            "compare",
+            "--requests",
+            "8",
+            "--concurrency",
+            "4",
+            "--complexity",
+            "1",
+        ])
+        .arg("--report")
+        .arg(&html_path)
+        .output()
+        .await
+        .expect("runs");
+
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(stdout.contains("| Metric | Sync API | Async API |"), "{stdout}");
+    assert!(stdout.contains("expected 8, received 8, missing 0"), "{stdout}");
+    let html = std::fs::read_to_string(&html_path).expect("written");
+    assert!(html.contains("<svg") && html.contains("</svg>"), "no chart");
+    assert!(html.contains("Sync against async"));
+    assert!(
+        !html.contains("<script") && !html.contains("https://"),
+        "self-contained"
+    );
+}
+
+#[tokio::test]
+async fn the_callback_server_counts_callbacks_and_rejects_bad_signatures() {
+    use std::process::Stdio;
+    use tokio::io::{AsyncBufReadExt, BufReader};
+
+    let secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+    let mut child = tokio::process::Command::new(CALLBACK_SERVER)
+        .args(["--port", "0", "--secret", secret])
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("starts");
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let first = lines.next_line().await.expect("reads").expect("a line");
+    let url = first
+        .split_whitespace()
+        .find(|w| w.starts_with("http://"))
+        .expect("a URL")
+        .to_owned();
+    let base = url.trim_end_matches("/callback").to_owned();
+    let key = sync_async::callback::SigningKey::parse(secret).expect("secret");
+    let client = reqwest::Client::new();
+    let send = |signature: String, timestamp: i64, body: &'static str| {
+        client
+            .post(&url)
+            .header("webhook-id", "req-1")
+            .header("webhook-timestamp", timestamp.to_string())
+            .header("webhook-signature", signature)
+            .body(body)
+            .send()
+    };
+    let now = chrono::Utc::now().timestamp();
+    let body = r#"{"request_id":"req-1","status":"done","result":{"n":10,"prime":29}}"#;
+
+    let good = send(key.sign("req-1", now, body.as_bytes()), now, body)
+        .await
+        .expect("sent");
+    let tampered = send(
+        key.sign("req-1", now, body.as_bytes()),
+        now,
+        r#"{"request_id":"req-1","status":"failed"}"#,
+    )
+    .await
+    .expect("sent");
+    let stale = send(key.sign("req-1", now - 3600, body.as_bytes()), now - 3600, body)
+        .await
+        .expect("sent");
+
+    assert_eq!(
+        (
+            good.status().as_u16(),
+            tampered.status().as_u16(),
+            stale.status().as_u16()
+        ),
+        (200, 401, 401)
+    );
+    let printed = lines.next_line().await.expect("reads").expect("a line");
+    assert!(printed.starts_with("req-1 done") && printed.contains("29"), "{printed}");
+    let stats: Value = client
+        .get(format!("{base}/stats"))
+        .send()
+        .await
+        .expect("sent")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(
+        (stats["accepted"].clone(), stats["rejected_signature"].clone()),
+        (json!(1), json!(2))
+    );
+    assert_eq!(stats["recent"][0]["request_id"], "req-1");
+    assert_eq!(
+        client
+            .get(format!("{base}/healthz"))
+            .send()
+            .await
+            .expect("sent")
+            .status(),
+        200
+    );
+}
