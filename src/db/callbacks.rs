@@ -2,8 +2,10 @@
 
 use serde::Serialize;
 use serde_json::Value;
+use sqlx::Transaction;
 use sqlx::types::Json;
-use sqlx::{SqlitePool, Transaction};
+
+use super::Db;
 use utoipa::ToSchema;
 
 use super::requests::{DeliveryStatus, Status};
@@ -51,33 +53,28 @@ pub struct AfterAttempt<'a> {
 }
 
 /// A delivery that is due or waiting, if the request has one in progress.
-pub async fn due(db: &SqlitePool, id: &str) -> Result<Option<DueDelivery>, sqlx::Error> {
+pub async fn due(db: &Db, id: &str) -> Result<Option<DueDelivery>, sqlx::Error> {
     sqlx::query_as(
         "SELECT id, callback_url, delivery_status, next_attempt_at, attempts, delivery_round_start, status, \
          result, error, execution_time_ms, completed_at FROM requests \
          WHERE id = ? AND callback_url IS NOT NULL AND delivery_status IN ('pending', 'delivering')",
     )
     .bind(id)
-    .fetch_optional(db)
+    .fetch_optional(db.readers())
     .await
 }
 
-pub async fn mark_delivering(db: &SqlitePool, id: &str) -> Result<(), sqlx::Error> {
+pub async fn mark_delivering(db: &Db, id: &str) -> Result<(), sqlx::Error> {
     sqlx::query("UPDATE requests SET delivery_status = 'delivering' WHERE id = ?")
         .bind(id)
-        .execute(db)
+        .execute(db.writer())
         .await
         .map(|_| ())
 }
 
 /// Stores an attempt and the delivery's next state in one transaction.
-pub async fn record_attempt(
-    db: &SqlitePool,
-    id: &str,
-    attempt: &Attempt,
-    next: &AfterAttempt<'_>,
-) -> Result<(), sqlx::Error> {
-    let mut tx: Transaction<'_, sqlx::Sqlite> = db.begin().await?;
+pub async fn record_attempt(db: &Db, id: &str, attempt: &Attempt, next: &AfterAttempt<'_>) -> Result<(), sqlx::Error> {
+    let mut tx: Transaction<'_, sqlx::Sqlite> = db.writer().begin().await?;
     sqlx::query(
         "INSERT INTO callback_attempts (request_id, number, attempted_at, duration_ms, status_code, error_class, error) \
          VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -107,22 +104,22 @@ pub async fn record_attempt(
 }
 
 /// Every attempt for a request, oldest first.
-pub async fn attempts(db: &SqlitePool, id: &str) -> Result<Vec<Attempt>, sqlx::Error> {
+pub async fn attempts(db: &Db, id: &str) -> Result<Vec<Attempt>, sqlx::Error> {
     sqlx::query_as(
         "SELECT number, attempted_at, duration_ms, status_code, error_class, error FROM callback_attempts \
          WHERE request_id = ? ORDER BY number",
     )
     .bind(id)
-    .fetch_all(db)
+    .fetch_all(db.readers())
     .await
 }
 
 /// Deliveries a previous run left pending or in flight: startup recovery resumes them.
-pub async fn unfinished(db: &SqlitePool) -> Result<Vec<String>, sqlx::Error> {
+pub async fn unfinished(db: &Db) -> Result<Vec<String>, sqlx::Error> {
     sqlx::query_scalar(
         "SELECT id FROM requests WHERE delivery_status IN ('pending', 'delivering') ORDER BY next_attempt_at, id",
     )
-    .fetch_all(db)
+    .fetch_all(db.readers())
     .await
 }
 
@@ -135,14 +132,14 @@ pub enum RedeliverRefusal {
 }
 
 /// Starts a new delivery round for a failed delivery: due now, with a fresh retry budget.
-pub async fn restart_failed(db: &SqlitePool, id: &str, now: &str) -> Result<Result<(), RedeliverRefusal>, sqlx::Error> {
+pub async fn restart_failed(db: &Db, id: &str, now: &str) -> Result<Result<(), RedeliverRefusal>, sqlx::Error> {
     let done = sqlx::query(
         "UPDATE requests SET delivery_status = 'pending', next_attempt_at = ?, delivery_round_start = attempts \
          WHERE id = ? AND delivery_status = 'failed'",
     )
     .bind(now)
     .bind(id)
-    .execute(db)
+    .execute(db.writer())
     .await?;
     if done.rows_affected() == 1 {
         return Ok(Ok(()));
@@ -150,7 +147,7 @@ pub async fn restart_failed(db: &SqlitePool, id: &str, now: &str) -> Result<Resu
     let state: Option<(Option<DeliveryStatus>, bool)> =
         sqlx::query_as("SELECT delivery_status, callback_url IS NOT NULL FROM requests WHERE id = ?")
             .bind(id)
-            .fetch_optional(db)
+            .fetch_optional(db.readers())
             .await?;
     Ok(Err(match state {
         None => RedeliverRefusal::NotFound,

@@ -1,6 +1,8 @@
 //! The `idempotency_keys` table: which request a client's `Idempotency-Key` produced.
 
-use sqlx::{SqliteExecutor, SqlitePool};
+use sqlx::SqliteExecutor;
+
+use super::Db;
 
 /// A remembered key.
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
@@ -10,19 +12,14 @@ pub struct StoredKey {
 }
 
 /// The live (not expired) record of `key` for `client_ip`.
-pub async fn find(
-    db: &SqlitePool,
-    client_ip: &str,
-    key: &str,
-    not_before: &str,
-) -> Result<Option<StoredKey>, sqlx::Error> {
+pub async fn find(db: &Db, client_ip: &str, key: &str, not_before: &str) -> Result<Option<StoredKey>, sqlx::Error> {
     sqlx::query_as(
         "SELECT body_hash, request_id FROM idempotency_keys WHERE client_ip = ? AND key = ? AND created_at >= ?",
     )
     .bind(client_ip)
     .bind(key)
     .bind(not_before)
-    .fetch_optional(db)
+    .fetch_optional(db.readers())
     .await
 }
 
@@ -40,23 +37,27 @@ pub struct KeyClaim {
 /// (and stores nothing) when a live record for the key already exists: another request with the
 /// same key won the race.
 pub async fn insert_request_with_key(
-    db: &SqlitePool,
+    db: &Db,
     row: &super::requests::NewRequest<'_>,
     key: Option<&KeyClaim>,
 ) -> Result<bool, sqlx::Error> {
-    let mut tx = db.begin().await?;
-    super::requests::insert(&mut *tx, row).await?;
-    if let Some(k) = key
-        && !claim(
-            &mut *tx,
-            &k.client_ip,
-            &k.key,
-            &k.body_hash,
-            row.id,
-            row.created_at,
-            &k.not_before,
-        )
-        .await?
+    let Some(k) = key else {
+        // Without a key, the row joins the group commit.
+        super::requests::insert(db, row).await?;
+        return Ok(true);
+    };
+    let mut tx = db.writer().begin().await?;
+    super::requests::insert_in(&mut *tx, row).await?;
+    if !claim(
+        &mut *tx,
+        &k.client_ip,
+        &k.key,
+        &k.body_hash,
+        row.id,
+        row.created_at,
+        &k.not_before,
+    )
+    .await?
     {
         tx.rollback().await?;
         return Ok(false);
@@ -94,10 +95,10 @@ async fn claim(
 }
 
 /// Forgets keys older than `not_before`.
-pub async fn purge_expired(db: &SqlitePool, not_before: &str) -> Result<u64, sqlx::Error> {
+pub async fn purge_expired(db: &Db, not_before: &str) -> Result<u64, sqlx::Error> {
     let done = sqlx::query("DELETE FROM idempotency_keys WHERE created_at < ?")
         .bind(not_before)
-        .execute(db)
+        .execute(db.writer())
         .await?;
     Ok(done.rows_affected())
 }

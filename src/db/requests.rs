@@ -5,7 +5,9 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sqlx::types::Json;
-use sqlx::{QueryBuilder, Sqlite, SqliteExecutor, SqlitePool};
+use sqlx::{QueryBuilder, Sqlite, SqliteExecutor};
+
+use super::Db;
 use utoipa::{IntoParams, ToSchema};
 
 /// Which API a request came through.
@@ -188,6 +190,49 @@ pub struct NewRequest<'a> {
     pub client_ip: &'a str,
 }
 
+/// A `NewRequest` that owns its fields, to hand to another task.
+#[derive(Debug, Clone)]
+pub(super) struct OwnedRequest {
+    id: String,
+    mode: Mode,
+    payload: Value,
+    status: Status,
+    callback_url: Option<String>,
+    created_at: String,
+    started_at: Option<String>,
+    client_ip: String,
+}
+
+impl From<&NewRequest<'_>> for OwnedRequest {
+    fn from(row: &NewRequest<'_>) -> Self {
+        Self {
+            id: row.id.to_owned(),
+            mode: row.mode,
+            payload: row.payload.clone(),
+            status: row.status,
+            callback_url: row.callback_url.map(str::to_owned),
+            created_at: row.created_at.to_owned(),
+            started_at: row.started_at.map(str::to_owned),
+            client_ip: row.client_ip.to_owned(),
+        }
+    }
+}
+
+impl OwnedRequest {
+    pub(super) fn borrowed(&self) -> NewRequest<'_> {
+        NewRequest {
+            id: &self.id,
+            mode: self.mode,
+            payload: &self.payload,
+            status: self.status,
+            callback_url: self.callback_url.as_deref(),
+            created_at: &self.created_at,
+            started_at: self.started_at.as_deref(),
+            client_ip: &self.client_ip,
+        }
+    }
+}
+
 /// How a run ended, to store.
 #[derive(Debug, Clone)]
 pub struct Completion<'a> {
@@ -227,7 +272,31 @@ pub struct Summary {
     pub cells: Vec<(Mode, Status, i64)>,
 }
 
-pub async fn insert(db: impl SqliteExecutor<'_>, row: &NewRequest<'_>) -> Result<(), sqlx::Error> {
+/// Inserts a row; concurrent inserts are committed together (see `group_commit`).
+pub async fn insert(db: &Db, row: &NewRequest<'_>) -> Result<(), sqlx::Error> {
+    db.group_commit.insert(row).await
+}
+
+/// Inserts many rows with one statement: one round trip to the database thread, and atomic.
+pub(super) async fn insert_many(db: impl SqliteExecutor<'_>, rows: &[NewRequest<'_>]) -> Result<(), sqlx::Error> {
+    let mut q = QueryBuilder::<Sqlite>::new(
+        "INSERT INTO requests (id, mode, payload, status, callback_url, created_at, started_at, client_ip) ",
+    );
+    q.push_values(rows, |mut b, row| {
+        b.push_bind(row.id)
+            .push_bind(row.mode)
+            .push_bind(row.payload.to_string())
+            .push_bind(row.status)
+            .push_bind(row.callback_url)
+            .push_bind(row.created_at)
+            .push_bind(row.started_at)
+            .push_bind(row.client_ip);
+    });
+    q.build().execute(db).await.map(|_| ())
+}
+
+/// `insert` inside a caller's transaction.
+pub(super) async fn insert_in(db: impl SqliteExecutor<'_>, row: &NewRequest<'_>) -> Result<(), sqlx::Error> {
     sqlx::query(
         "INSERT INTO requests (id, mode, payload, status, callback_url, created_at, started_at, client_ip) \
          VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
@@ -247,14 +316,14 @@ pub async fn insert(db: impl SqliteExecutor<'_>, row: &NewRequest<'_>) -> Result
 
 /// Moves a queued job to `processing`. Returns false when the job is missing or already finished
 /// (a duplicate delivery from the queue), so the caller skips it.
-pub async fn mark_processing(db: &SqlitePool, id: &str, started_at: &str) -> Result<bool, sqlx::Error> {
+pub async fn mark_processing(db: &Db, id: &str, started_at: &str) -> Result<bool, sqlx::Error> {
     let done = sqlx::query(
         "UPDATE requests SET status = 'processing', started_at = ? \
          WHERE id = ? AND status IN ('pending', 'processing')",
     )
     .bind(started_at)
     .bind(id)
-    .execute(db)
+    .execute(db.writer())
     .await?;
     Ok(done.rows_affected() == 1)
 }
@@ -262,7 +331,7 @@ pub async fn mark_processing(db: &SqlitePool, id: &str, started_at: &str) -> Res
 /// Stores how a run ended. For a request with a `callback_url`, the same statement makes its
 /// delivery due now: a crash between the two can never lose the callback. Only a `processing`
 /// row is finished, so an outcome can never be stored twice.
-pub async fn complete(db: impl SqliteExecutor<'_>, id: &str, c: &Completion<'_>) -> Result<(), sqlx::Error> {
+pub async fn complete(db: &Db, id: &str, c: &Completion<'_>) -> Result<(), sqlx::Error> {
     sqlx::query(
         "UPDATE requests SET status = ?, result = ?, error = ?, completed_at = ?, execution_time_ms = ?, \
          delivery_status = CASE WHEN callback_url IS NULL THEN NULL ELSE 'pending' END, \
@@ -276,45 +345,45 @@ pub async fn complete(db: impl SqliteExecutor<'_>, id: &str, c: &Completion<'_>)
     .bind(c.execution_time_ms)
     .bind(c.completed_at)
     .bind(id)
-    .execute(db)
+    .execute(db.writer())
     .await
     .map(|_| ())
 }
 
 /// The stored payload and callback of a job, for a worker to run.
-pub async fn job(db: &SqlitePool, id: &str) -> Result<Option<StoredJob>, sqlx::Error> {
+pub async fn job(db: &Db, id: &str) -> Result<Option<StoredJob>, sqlx::Error> {
     let row: Option<(Json<Value>, Option<String>)> =
         sqlx::query_as("SELECT payload, callback_url FROM requests WHERE id = ?")
             .bind(id)
-            .fetch_optional(db)
+            .fetch_optional(db.readers())
             .await?;
     Ok(row.map(|(Json(payload), callback_url)| StoredJob { payload, callback_url }))
 }
 
-pub async fn get(db: &SqlitePool, id: &str) -> Result<Option<RequestRecord>, sqlx::Error> {
+pub async fn get(db: &Db, id: &str) -> Result<Option<RequestRecord>, sqlx::Error> {
     let mut q = QueryBuilder::<Sqlite>::new(format!("SELECT {RECORD_COLUMNS} FROM requests WHERE id = "));
     q.push_bind(id);
-    let row: Option<RequestRow> = q.build_query_as().fetch_optional(db).await?;
+    let row: Option<RequestRow> = q.build_query_as().fetch_optional(db.readers()).await?;
     Ok(row.map(RequestRecord::from))
 }
 
 /// One page of requests, newest first, and the total that match the filter.
 pub async fn list(
-    db: &SqlitePool,
+    db: &Db,
     filter: &ListFilter,
     limit: u32,
     offset: u32,
 ) -> Result<(i64, Vec<RequestRecord>), sqlx::Error> {
     let mut count = QueryBuilder::<Sqlite>::new("SELECT COUNT(*) FROM requests");
     push_filter(&mut count, filter);
-    let total: i64 = count.build_query_scalar().fetch_one(db).await?;
+    let total: i64 = count.build_query_scalar().fetch_one(db.readers()).await?;
 
     let mut page = QueryBuilder::<Sqlite>::new(format!("SELECT {RECORD_COLUMNS} FROM requests"));
     push_filter(&mut page, filter);
     page.push(" ORDER BY created_at DESC, id DESC LIMIT ")
         .push_bind(i64::from(limit));
     page.push(" OFFSET ").push_bind(i64::from(offset));
-    let rows: Vec<RequestRow> = page.build_query_as().fetch_all(db).await?;
+    let rows: Vec<RequestRow> = page.build_query_as().fetch_all(db.readers()).await?;
     Ok((total, rows.into_iter().map(RequestRecord::from).collect()))
 }
 
@@ -330,12 +399,12 @@ fn push_filter(q: &mut QueryBuilder<Sqlite>, filter: &ListFilter) {
 }
 
 /// Counts by mode and status and the mean engine time, in one pass.
-pub async fn summary(db: &SqlitePool) -> Result<Summary, sqlx::Error> {
+pub async fn summary(db: &Db) -> Result<Summary, sqlx::Error> {
     let rows: Vec<(Mode, Status, i64, Option<f64>, i64)> = sqlx::query_as(
         "SELECT mode, status, COUNT(*), SUM(execution_time_ms), COUNT(execution_time_ms) \
          FROM requests GROUP BY mode, status",
     )
-    .fetch_all(db)
+    .fetch_all(db.readers())
     .await?;
     let mut summary = Summary::default();
     for m in Mode::ALL {
@@ -364,8 +433,8 @@ pub async fn summary(db: &SqlitePool) -> Result<Summary, sqlx::Error> {
 
 /// Async jobs a previous run accepted but did not finish, oldest first, all put back to
 /// `pending` in the same transaction: startup recovery re-queues them.
-pub async fn requeue_unfinished_async(db: &SqlitePool) -> Result<Vec<String>, sqlx::Error> {
-    let mut tx = db.begin().await?;
+pub async fn requeue_unfinished_async(db: &Db) -> Result<Vec<String>, sqlx::Error> {
+    let mut tx = db.writer().begin().await?;
     sqlx::query(
         "UPDATE requests SET status = 'pending', started_at = NULL WHERE mode = 'async' AND status = 'processing'",
     )
@@ -382,13 +451,13 @@ pub async fn requeue_unfinished_async(db: &SqlitePool) -> Result<Vec<String>, sq
 
 /// Sync requests a previous run left `processing` (it was killed mid-request): nobody is
 /// waiting for them any more, so they are marked failed at startup.
-pub async fn fail_orphaned_sync(db: &SqlitePool, completed_at: &str) -> Result<u64, sqlx::Error> {
+pub async fn fail_orphaned_sync(db: &Db, completed_at: &str) -> Result<u64, sqlx::Error> {
     let done = sqlx::query(
         "UPDATE requests SET status = 'failed', error = 'the server stopped before this request finished', \
          completed_at = ? WHERE mode = 'sync' AND status IN ('pending', 'processing')",
     )
     .bind(completed_at)
-    .execute(db)
+    .execute(db.writer())
     .await?;
     Ok(done.rows_affected())
 }
