@@ -25,6 +25,18 @@ pub enum LogFormat {
     Json,
 }
 
+/// How the OS schedules engine threads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EnginePriority {
+    /// SCHED_IDLE: engine threads get a CPU only when nothing else wants it, so request
+    /// handling (acknowledgements above all) never waits behind the engine.
+    Idle,
+    /// Nice 19: the engine still yields, but a waking request handler may wait a scheduler tick.
+    Low,
+    /// Same as every other thread (the original's behaviour, for comparison).
+    Normal,
+}
+
 /// Which browser origins may call the API.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CorsOrigins {
@@ -86,8 +98,8 @@ pub struct Config {
     pub block_localhost: bool,
     /// How long an `Idempotency-Key` is remembered.
     pub idempotency_ttl: Duration,
-    /// The nice value engine threads run at, so acknowledgements win the CPU (0 disables).
-    pub engine_nice: i32,
+    /// How engine threads are scheduled against the threads that answer HTTP.
+    pub engine_priority: EnginePriority,
     /// An `EnvFilter` directive such as `info` or `sync_async=debug,tower_http=info`.
     pub log_level: String,
     pub log_format: LogFormat,
@@ -153,7 +165,7 @@ impl Config {
             block_private_ips: env.flag("BLOCK_PRIVATE_IPS", true)?,
             block_localhost: env.flag("BLOCK_LOCALHOST", false)?,
             idempotency_ttl: env.seconds("IDEMPOTENCY_TTL_SECONDS", "86400")?,
-            engine_nice: env.parse("ENGINE_NICE", "10", "a nice value from 0 to 19")?,
+            engine_priority: env.engine_priority("ENGINE_PRIORITY", "idle")?,
             log_level: env.string("LOG_LEVEL", "info"),
             log_format: env.log_format("LOG_FORMAT", "pretty")?,
             cors_origins: env.cors_origins("CORS_ORIGINS", "*"),
@@ -165,7 +177,7 @@ impl Config {
 
     /// Bounds that need more than one value or a range check after parsing.
     fn check_ranges(&self, env: &Lookup<'_>) -> Result<(), ConfigError> {
-        let checks: [(&'static str, bool, &str); 9] = [
+        let checks: [(&'static str, bool, &str); 8] = [
             (
                 "CALLBACK_MAX_RETRY_AFTER_SECONDS",
                 self.callback_max_retry_after <= Duration::from_secs(86_400),
@@ -200,11 +212,6 @@ impl Config {
                 "RATE_LIMIT_REQUESTS",
                 self.rate_limit_requests >= 1,
                 "a whole number of at least 1",
-            ),
-            (
-                "ENGINE_NICE",
-                (0..=19).contains(&self.engine_nice),
-                "a nice value from 0 to 19",
             ),
             (
                 "LOG_LEVEL",
@@ -297,6 +304,15 @@ impl Lookup<'_> {
             Some("true" | "1" | "yes" | "on") => Ok(true),
             Some("false" | "0" | "no" | "off") => Ok(false),
             Some(_) => Err(self.error(key, "true or false")),
+        }
+    }
+
+    fn engine_priority(&self, key: &'static str, default: &str) -> Result<EnginePriority, ConfigError> {
+        match self.string(key, default).to_ascii_lowercase().as_str() {
+            "idle" => Ok(EnginePriority::Idle),
+            "low" => Ok(EnginePriority::Low),
+            "normal" => Ok(EnginePriority::Normal),
+            _ => Err(self.error(key, "idle, low or normal")),
         }
     }
 
@@ -420,6 +436,7 @@ mod tests {
             ("CORS_ORIGINS", "localhost:3000"),
             ("SHUTDOWN_GRACE_SECONDS", "0"),
             ("LOG_LEVEL", "sync_async=loud"),
+            ("ENGINE_PRIORITY", "realtime"),
         ];
         for (key, value) in cases {
             let err = with(&[(key, value)]).expect_err(key);

@@ -6,11 +6,12 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::db::Db;
 use serde_json::Value;
-use sqlx::SqlitePool;
 use tokio::runtime::{Builder, Handle, Runtime};
 use tokio::sync::OwnedSemaphorePermit;
 
+use crate::config::EnginePriority;
 use crate::db;
 use crate::db::requests::{Completion, Mode, Status};
 use crate::engine::{self, CancelToken, Operation, Work};
@@ -53,12 +54,12 @@ pub struct EnginePool {
 
 impl EnginePool {
     /// `max_threads` bounds the engine runs on a CPU at once (sync slots + workers).
-    pub fn new(max_threads: usize, nice: i32, metrics: Arc<Metrics>) -> std::io::Result<Self> {
+    pub fn new(max_threads: usize, priority: EnginePriority, metrics: Arc<Metrics>) -> std::io::Result<Self> {
         let runtime = Builder::new_multi_thread()
             .worker_threads(1)
             .max_blocking_threads(max_threads.max(1))
             .thread_name("engine")
-            .on_thread_start(move || lower_thread_priority(nice))
+            .on_thread_start(move || lower_thread_priority(priority))
             .build()?;
         Ok(Self {
             handle: runtime.handle().clone(),
@@ -131,19 +132,20 @@ impl Drop for RunningGuard {
     }
 }
 
-#[cfg(target_os = "linux")]
-fn lower_thread_priority(nice: i32) {
-    if nice > 0 {
-        // On Linux a thread id names one thread, so this lowers only the engine thread.
-        let tid = rustix::thread::gettid();
-        if let Err(e) = rustix::process::setpriority_process(Some(tid), nice) {
-            tracing::warn!(error = %e, nice, "could not lower the engine thread priority");
-        }
+/// Applies `priority` to the calling thread (an engine thread, at its start). Lowering a
+/// thread's priority needs no privilege.
+fn lower_thread_priority(priority: EnginePriority) {
+    use thread_priority::{NormalThreadSchedulePolicy, ThreadPriority, ThreadSchedulePolicy};
+    let (policy, level) = match priority {
+        EnginePriority::Normal => return,
+        EnginePriority::Idle => (NormalThreadSchedulePolicy::Idle, ThreadPriority::Min),
+        EnginePriority::Low => (NormalThreadSchedulePolicy::Other, ThreadPriority::Min),
+    };
+    let id = thread_priority::thread_native_id();
+    if let Err(e) = thread_priority::set_thread_priority_and_policy(id, level, ThreadSchedulePolicy::Normal(policy)) {
+        tracing::warn!(error = ?e, ?priority, "could not lower the engine thread priority");
     }
 }
-
-#[cfg(not(target_os = "linux"))]
-fn lower_thread_priority(_nice: i32) {}
 
 /// What `execute` needs: the pool to run on, where to record, and the deadline.
 #[derive(Clone)]
@@ -151,7 +153,7 @@ pub struct Executor {
     /// The low-priority threads the engine runs on.
     pub pool: Arc<EnginePool>,
     /// Where the outcome of each run is stored.
-    pub db: SqlitePool,
+    pub db: Db,
     /// Engine time and outcome counts.
     pub metrics: Arc<Metrics>,
     /// WORK_TIMEOUT_SECONDS: past this the engine is cancelled.
