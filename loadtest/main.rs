@@ -60,6 +60,10 @@ struct Args {
     /// Bound on each request.
     #[arg(long, value_parser = humantime::parse_duration, default_value = "300s")]
     timeout: Duration,
+    /// Keep this many sync requests (same operation and complexity) running during each run, to
+    /// saturate the engine.
+    #[arg(long, default_value_t = 0)]
+    background_sync: usize,
     /// Write the results as JSON (versioned schema) to this file.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -122,6 +126,7 @@ fn main() -> ExitCode {
         warmup: args.warmup,
         callback_timeout: args.callback_timeout,
         request_timeout: args.timeout,
+        background_sync: args.background_sync,
         progress: !args.quiet,
     };
     let runtime = match tokio::runtime::Runtime::new() {

@@ -14,6 +14,7 @@ use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::http::{HeaderName, HeaderValue, Method, header};
 use axum::middleware::{self, Next};
 use axum::response::Response;
+use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -62,8 +63,8 @@ impl App {
         let db = db::connect(&config.database_path).await?;
         let metrics = Arc::new(Metrics::new());
         let engine_threads = config.max_sync_concurrency + config.num_workers;
-        let pool =
-            EnginePool::new(engine_threads, config.engine_nice, metrics.clone()).context("starting the engine pool")?;
+        let pool = EnginePool::new(engine_threads, config.engine_priority, metrics.clone())
+            .context("starting the engine pool")?;
         let executor = Executor {
             pool: Arc::new(pool),
             db: db.clone(),
@@ -157,6 +158,12 @@ impl App {
             tracing::info!("shutting down: no new connections or jobs; finishing the work in hand");
             stop_on_signal.cancel();
         };
+        // Small answers go out at once rather than waiting on Nagle's algorithm.
+        let listener = listener.tap_io(|tcp| {
+            if let Err(e) = tcp.set_nodelay(true) {
+                tracing::debug!(error = %e, "could not set TCP_NODELAY");
+            }
+        });
         axum::serve(listener, service)
             .with_graceful_shutdown(signal)
             .await
@@ -287,7 +294,7 @@ async fn track_http(
 /// Periodic upkeep: forget idle rate-limit entries and expired idempotency keys.
 async fn housekeeping(
     rate_limiter: Arc<ClientRateLimiter>,
-    db: sqlx::SqlitePool,
+    db: crate::db::Db,
     idempotency_ttl: Duration,
     stop: CancellationToken,
 ) {

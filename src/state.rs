@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use sqlx::SqlitePool;
+use crate::db::Db;
 use tokio::sync::Semaphore;
 
 use crate::callback::Deliveries;
@@ -17,7 +17,7 @@ pub struct AppState {
     /// Settings, validated once at start.
     pub config: Arc<Config>,
     /// The one connection pool; SQLite serialises writers itself.
-    pub db: SqlitePool,
+    pub db: Db,
     /// MAX_SYNC_CONCURRENCY slots: a sync request that cannot take one at once gets 503 instead
     /// of queueing invisibly inside the server.
     pub sync_slots: Arc<Semaphore>,

@@ -14,8 +14,8 @@ pub use signing::{BadSecret, SigningKey};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::db::Db;
 use anyhow::Context;
-use sqlx::SqlitePool;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -35,7 +35,7 @@ pub struct Deliveries {
 }
 
 struct Inner {
-    db: SqlitePool,
+    db: Db,
     /// Redirects off, proxies off, the URL policy applied to every resolved address.
     client: reqwest::Client,
     /// Checked again before each attempt: IP-literal URLs bypass the resolver.
@@ -53,7 +53,7 @@ struct Inner {
 impl Deliveries {
     pub fn new(
         config: &Config,
-        db: SqlitePool,
+        db: Db,
         metrics: Arc<Metrics>,
         tasks: TaskTracker,
         stop: CancellationToken,

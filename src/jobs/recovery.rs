@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use sqlx::SqlitePool;
+use crate::db::Db;
 use tokio_util::task::TaskTracker;
 
 use super::JobQueue;
@@ -14,7 +14,7 @@ use crate::metrics::Metrics;
 /// found. The queue is fed by a task that waits for room, so a backlog larger than the queue
 /// drains as workers free slots (new submissions meanwhile get an honest 429).
 pub async fn recover_unfinished(
-    db: &SqlitePool,
+    db: &Db,
     queue: &JobQueue,
     metrics: &Arc<Metrics>,
     tracker: &TaskTracker,

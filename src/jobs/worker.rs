@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use sqlx::SqlitePool;
+use crate::db::Db;
 use tokio::sync::{Mutex, mpsc};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -25,7 +25,7 @@ pub struct WorkerContext {
     /// Runs the engine off the async threads and stores the outcome.
     pub executor: Executor,
     /// Where jobs are read and moved to `processing`.
-    pub db: SqlitePool,
+    pub db: Db,
     pub metrics: Arc<Metrics>,
     /// Where finished jobs with a `callback_url` go; the worker never waits for them.
     pub deliveries: Deliveries,

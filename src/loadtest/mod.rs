@@ -3,6 +3,7 @@
 //! `/async`, HDR histograms, callback matching through the demo receiver, `/metrics` sampling,
 //! and text, JSON and HTML reports. The binary only parses flags and calls [`execute`].
 
+pub mod background;
 pub mod callbacks;
 pub mod html;
 pub mod report;
@@ -58,6 +59,8 @@ pub struct Settings {
     pub callback_timeout: Duration,
     /// Bound on each request.
     pub request_timeout: Duration,
+    /// Keep this many sync requests running beside every measured run (0 for none).
+    pub background_sync: usize,
     pub progress: bool,
 }
 
@@ -120,7 +123,21 @@ pub async fn execute(
             callback_timeout: settings.callback_timeout,
             progress: settings.progress,
         };
-        runs.push(run::run(&spec).await);
+        let background = match settings.background_sync {
+            0 => None,
+            n => {
+                let body = axum::body::Bytes::from(
+                    serde_json::json!({"payload": {"operation": settings.operation.as_str(), "complexity": settings.complexity}}).to_string(),
+                );
+                let shoot = target::post_json(client.clone(), format!("{base_url}/sync"), body);
+                Some(background::Background::start(n, shoot, &client, &base_url).await)
+            }
+        };
+        let mut report = run::run(&spec).await;
+        if let Some(background) = background {
+            report.background_sync = Some(background.stop().await);
+        }
+        runs.push(report);
     }
     drop(receiver);
     drop(spawned);

@@ -3,6 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::background::BackgroundLoad;
 use super::callbacks::CallbackCounts;
 use super::sampler::ServerSample;
 use super::stats::{Outcomes, Summary, TimelinePoint};
@@ -71,6 +72,9 @@ pub struct RunReport {
     pub completion_curve: Vec<(f64, f64)>,
     /// The server's queue, workers and sync slots during the run.
     pub server_samples: Vec<ServerSample>,
+    /// `--background-sync`: the sync load kept running beside this run.
+    #[serde(default)]
+    pub background_sync: Option<BackgroundLoad>,
 }
 
 impl RunReport {

@@ -231,6 +231,7 @@ fn build_report(
         uncorrected_curve: c.uncorrected.percentile_curve(),
         completion_curve: matcher.completion.percentile_curve(),
         server_samples,
+        background_sync: None,
     }
 }
 

@@ -117,21 +117,18 @@ async fn closed_loop(plan: &Plan, shoot: Shoot, finished: mpsc::UnboundedSender<
 }
 
 async fn open_loop(plan: &Plan, rate: f64, shoot: Shoot, finished: mpsc::UnboundedSender<Finished>, start: Instant) {
-    let interval = Duration::from_secs_f64(1.0 / rate.max(f64::MIN_POSITIVE));
-    let warmup_requests = (plan.warmup.as_secs_f64() * rate).ceil() as u64;
+    // Send times come from a dedicated thread with a precise sleep: the async timer wheel has a
+    // 1 ms resolution, which would make every request up to 1 ms late and inflate the corrected
+    // latencies by the tool's own error.
+    let (due_tx, mut due_rx) = mpsc::unbounded_channel::<(Instant, bool)>();
+    let schedule = (plan.clone(), start.into_std());
+    std::thread::Builder::new()
+        .name("loadtest-clock".into())
+        .spawn(move || send_times(&schedule.0, rate, schedule.1, &due_tx))
+        .ok();
     let concurrency = plan.concurrency.max(1);
     let slots = Arc::new(Semaphore::new(concurrency));
-    for i in 0u64.. {
-        let due = start + interval.mul_f64(i as f64);
-        let measured = i >= warmup_requests;
-        let over = match plan.measure_end(start) {
-            Some(end) => due >= end,
-            None => i >= warmup_requests + plan.requests,
-        };
-        if over {
-            break;
-        }
-        tokio::time::sleep_until(due).await;
+    while let Some((due, measured)) = due_rx.recv().await {
         let Ok(permit) = slots.clone().acquire_owned().await else {
             break;
         };
@@ -151,4 +148,27 @@ async fn open_loop(plan: &Plan, rate: f64, shoot: Shoot, finished: mpsc::Unbound
     }
     // Every request holds a slot until it has reported: taking them all means all are done.
     let _ = slots.acquire_many(u32::try_from(concurrency).unwrap_or(u32::MAX)).await;
+}
+
+/// Emits `(due, measured)` for every request of an open-loop plan, each at its due time.
+fn send_times(plan: &Plan, rate: f64, start: std::time::Instant, due_tx: &mpsc::UnboundedSender<(Instant, bool)>) {
+    let interval = Duration::from_secs_f64(1.0 / rate.max(f64::MIN_POSITIVE));
+    let warmup_requests = (plan.warmup.as_secs_f64() * rate).ceil() as u64;
+    for i in 0u64.. {
+        let due = start + interval.mul_f64(i as f64);
+        let over = match plan.duration {
+            Some(d) => due >= start + plan.warmup + d,
+            None => i >= warmup_requests + plan.requests,
+        };
+        if over {
+            break;
+        }
+        let now = std::time::Instant::now();
+        if due > now {
+            std::thread::sleep(due - now);
+        }
+        if due_tx.send((Instant::from_std(due), i >= warmup_requests)).is_err() {
+            break;
+        }
+    }
 }

@@ -84,6 +84,14 @@ pub fn render_run(run: &RunReport) -> String {
         summary_row(&mut out, "completion (callback)", c);
     }
     let _ = writeln!(out, "  answers                {}", outcomes_line(&run.outcomes));
+    if let Some(bg) = &run.background_sync {
+        let _ = writeln!(
+            out,
+            "  background sync load   {} in flight: {}",
+            bg.concurrency,
+            outcomes_line(&bg.outcomes)
+        );
+    }
     if let Some(cb) = &run.callbacks {
         let _ = writeln!(
             out,

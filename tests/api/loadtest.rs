@@ -62,8 +62,9 @@ async fn closed_loop_keeps_exactly_the_concurrency_in_flight_as_a_sliding_window
                     seen.push(in_flight);
                     seen.len()
                 };
-                // Uneven durations: a batch sender would be caught waiting for its slowest.
-                tokio::time::sleep(Duration::from_millis(2 + (arrivals as u64 * 7) % 13)).await;
+                // Uneven durations, long beside scheduling hiccups: a batch sender would be caught
+                // waiting for its slowest.
+                tokio::time::sleep(Duration::from_millis(20 + (arrivals as u64 * 7) % 41)).await;
                 c.now.fetch_sub(1, Ordering::SeqCst);
                 "ok"
             }
@@ -90,8 +91,10 @@ async fn closed_loop_keeps_exactly_the_concurrency_in_flight_as_a_sliding_window
     // After the ramp-up, each new request replaces one that just ended: the server always has
     // the full window (a batch sender would let it drain to 1 between batches).
     let after_ramp = &seen[concurrency..seen.len() - concurrency];
+    // A batch sender drains to 1 between batches: half its arrivals would be this low. A busy
+    // test machine may delay a replacement now and then, hence a small allowance.
     let low = after_ramp.iter().filter(|&&n| n <= concurrency / 2).count();
-    assert_eq!(low, 0, "the window drained: {seen:?}");
+    assert!(low <= 5, "the window drained {low} times: {seen:?}");
 }
 
 #[tokio::test]
