@@ -206,6 +206,13 @@ fn parse_retry_after(value: &str) -> Option<Duration> {
 mod tests {
     use super::*;
 
+    #[tokio::test]
+    async fn only_the_first_kilobyte_of_an_answer_is_read() {
+        let huge = "x".repeat(1_000_000);
+        let response = reqwest::Response::from(axum::http::Response::new(huge));
+        assert_eq!(read_capped(response).await.len(), MAX_ANSWER_BYTES);
+    }
+
     #[test]
     fn retry_after_takes_seconds_or_an_http_date() {
         assert_eq!(parse_retry_after("120"), Some(Duration::from_secs(120)));

@@ -184,3 +184,22 @@ impl Drop for BusyGuard {
         self.0.workers_busy.dec();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_worker_task_that_dies_lowers_the_alive_count() {
+        let alive = Arc::new(AtomicUsize::new(2));
+        let (healthy, dying) = (AliveGuard(alive.clone()), AliveGuard(alive.clone()));
+        let crash = tokio::spawn(async move {
+            let _alive = dying;
+            panic!("a bug in a worker");
+        });
+        assert!(crash.await.is_err(), "the task panicked");
+        assert_eq!(alive.load(Ordering::SeqCst), 1, "/healthz now sees 1 of 2 workers");
+        drop(healthy);
+        assert_eq!(alive.load(Ordering::SeqCst), 0);
+    }
+}

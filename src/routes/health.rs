@@ -56,6 +56,16 @@ pub struct Unhealthy {
     pub queue_size: usize,
 }
 
+/// What an unhealthy answer says went wrong.
+fn problem_detail(database_ok: bool, workers: &WorkerHealth) -> String {
+    let dead_worker = workers.alive < workers.total;
+    match (database_ok, dead_worker) {
+        (false, true) => "the database does not answer and a worker has stopped".to_owned(),
+        (false, false) => "the database does not answer".to_owned(),
+        _ => format!("{} of {} workers are running", workers.alive, workers.total),
+    }
+}
+
 /// Health check
 ///
 /// 200 when the database answers and every worker is running; otherwise a 503 problem that
@@ -94,16 +104,11 @@ pub async fn health(State(state): State<AppState>) -> Response {
         })
         .into_response();
     }
-    let detail = match (database_ok, workers_ok) {
-        (false, false) => "the database does not answer and a worker has stopped".to_owned(),
-        (false, true) => "the database does not answer".to_owned(),
-        _ => format!("{} of {} workers are running", workers.alive, workers.total),
-    };
     let body = Unhealthy {
         kind: "urn:sync-async:problem:unhealthy",
         title: "Service Unavailable",
         status: 503,
-        detail,
+        detail: problem_detail(database_ok, &workers),
         timestamp,
         database,
         workers,
@@ -115,4 +120,21 @@ pub async fn health(State(state): State<AppState>) -> Response {
         Json(body),
     )
         .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unhealthy_answer_names_what_failed() {
+        let all = WorkerHealth { alive: 5, total: 5 };
+        let one_dead = WorkerHealth { alive: 4, total: 5 };
+        assert_eq!(problem_detail(false, &all), "the database does not answer");
+        assert_eq!(problem_detail(true, &one_dead), "4 of 5 workers are running");
+        assert_eq!(
+            problem_detail(false, &one_dead),
+            "the database does not answer and a worker has stopped"
+        );
+    }
 }

@@ -81,17 +81,9 @@ async fn a_receiver_that_verifies_signatures_rejects_a_wrong_secret_with_401() {
     })
     .await;
 
-    let (_, accepted) = app
-        .submit_async(&json!({"payload": quick_payload(), "callback_url": receiver.url()}))
-        .await;
+    let id = app.submit_with_callback(&receiver.url()).await;
 
-    let record = app
-        .wait_for(
-            accepted["request_id"].as_str().expect("id"),
-            "/delivery/status",
-            "failed",
-        )
-        .await;
+    let record = app.wait_for(&id, "/delivery/status", "failed").await;
     assert_eq!(record["delivery"]["last_status_code"], 401);
     assert_eq!(receiver.totals().rejected_signature, 1);
     assert_eq!(receiver.totals().accepted, 0);
@@ -107,13 +99,10 @@ async fn a_receiver_that_fails_twice_then_succeeds_gets_three_recorded_attempts(
     })
     .await;
 
-    let (_, accepted) = app
-        .submit_async(&json!({"payload": quick_payload(), "callback_url": receiver.url()}))
-        .await;
-    let id = accepted["request_id"].as_str().expect("id");
+    let id = app.submit_with_callback(&receiver.url()).await;
 
     assert_eq!(receiver.next().await.webhook_id, id);
-    let record = app.wait_for(id, "/delivery/status", "delivered").await;
+    let record = app.wait_for(&id, "/delivery/status", "delivered").await;
     assert_eq!(record["delivery"]["attempts"], 3);
     let attempts = app.get_json(&format!("/requests/{id}/attempts")).await;
     let summary: Vec<(Value, Value, Value)> = attempts
@@ -149,12 +138,9 @@ async fn a_receiver_that_always_fails_ends_failed_and_redeliver_starts_a_new_rou
         ..ReceiverOptions::default()
     })
     .await;
-    let (_, accepted) = app
-        .submit_async(&json!({"payload": quick_payload(), "callback_url": receiver.url()}))
-        .await;
-    let id = accepted["request_id"].as_str().expect("id");
+    let id = app.submit_with_callback(&receiver.url()).await;
 
-    let failed = app.wait_for(id, "/delivery/status", "failed").await;
+    let failed = app.wait_for(&id, "/delivery/status", "failed").await;
     assert_eq!(failed["delivery"]["attempts"], 3);
     assert_eq!(failed["delivery"]["last_status_code"], 500);
     assert!(
@@ -174,7 +160,7 @@ async fn a_receiver_that_always_fails_ends_failed_and_redeliver_starts_a_new_rou
     assert_eq!(response.status(), 202);
 
     assert_eq!(receiver.next().await.webhook_id, id);
-    let delivered = app.wait_for(id, "/delivery/status", "delivered").await;
+    let delivered = app.wait_for(&id, "/delivery/status", "delivered").await;
     assert_eq!(
         delivered["delivery"]["attempts"], 4,
         "attempt numbers continue across rounds"
@@ -235,17 +221,9 @@ async fn a_410_stops_retrying_after_one_attempt() {
         ..ReceiverOptions::default()
     })
     .await;
-    let (_, accepted) = app
-        .submit_async(&json!({"payload": quick_payload(), "callback_url": receiver.url()}))
-        .await;
+    let id = app.submit_with_callback(&receiver.url()).await;
 
-    let record = app
-        .wait_for(
-            accepted["request_id"].as_str().expect("id"),
-            "/delivery/status",
-            "failed",
-        )
-        .await;
+    let record = app.wait_for(&id, "/delivery/status", "failed").await;
 
     assert_eq!(record["delivery"]["attempts"], 1);
     assert_eq!(record["delivery"]["last_status_code"], 410);
@@ -261,12 +239,9 @@ async fn a_redirect_is_not_followed_and_fails_the_delivery() {
         ..ReceiverOptions::default()
     })
     .await;
-    let (_, accepted) = app
-        .submit_async(&json!({"payload": quick_payload(), "callback_url": receiver.url()}))
-        .await;
-    let id = accepted["request_id"].as_str().expect("id");
+    let id = app.submit_with_callback(&receiver.url()).await;
 
-    let record = app.wait_for(id, "/delivery/status", "failed").await;
+    let record = app.wait_for(&id, "/delivery/status", "failed").await;
 
     assert_eq!(record["delivery"]["attempts"], 1);
     let attempts = app.get_json(&format!("/requests/{id}/attempts")).await;
@@ -286,13 +261,10 @@ async fn a_receiver_retry_after_is_honoured_within_the_cap() {
         ..ReceiverOptions::default()
     };
     let mut receiver = TestReceiver::start(options).await;
-    let (_, accepted) = app
-        .submit_async(&json!({"payload": quick_payload(), "callback_url": receiver.url()}))
-        .await;
-    let id = accepted["request_id"].as_str().expect("id");
+    let id = app.submit_with_callback(&receiver.url()).await;
 
     assert_eq!(receiver.next().await.webhook_id, id);
-    app.wait_for(id, "/delivery/status", "delivered").await;
+    app.wait_for(&id, "/delivery/status", "delivered").await;
 
     let attempts = app.get_json(&format!("/requests/{id}/attempts")).await;
     let at = |i: usize| {
@@ -320,12 +292,9 @@ async fn a_receiver_slower_than_the_callback_timeout_gets_timeout_attempts() {
         ..ReceiverOptions::default()
     })
     .await;
-    let (_, accepted) = app
-        .submit_async(&json!({"payload": quick_payload(), "callback_url": slow.url()}))
-        .await;
-    let id = accepted["request_id"].as_str().expect("id");
+    let id = app.submit_with_callback(&slow.url()).await;
 
-    let record = app.wait_for(id, "/delivery/status", "failed").await;
+    let record = app.wait_for(&id, "/delivery/status", "failed").await;
 
     assert_eq!(record["delivery"]["attempts"], 2, "a timeout is retried");
     let attempts = app.get_json(&format!("/requests/{id}/attempts")).await;
@@ -418,7 +387,6 @@ async fn a_name_that_resolves_to_loopback_is_refused_when_it_is_resolved() {
         .submit_async(&json!({"payload": quick_payload(), "callback_url": "http://ip6-localhost:9/cb"}))
         .await;
     assert_eq!(status, 202);
-
     let id = accepted["request_id"].as_str().expect("id");
     app.wait_for(id, "/delivery/status", "failed").await;
 

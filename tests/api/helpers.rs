@@ -110,6 +110,15 @@ impl TestApp {
         (status, response.json().await.expect("JSON body"))
     }
 
+    /// Submits quick async work with `callback_url`; returns the request id.
+    pub async fn submit_with_callback(&self, callback_url: &str) -> String {
+        let (status, accepted) = self
+            .submit_async(&serde_json::json!({"payload": quick_payload(), "callback_url": callback_url}))
+            .await;
+        assert_eq!(status, 202, "{accepted}");
+        accepted["request_id"].as_str().expect("request_id").to_owned()
+    }
+
     /// Polls `/requests/{id}` until `field` (a JSON pointer) equals `expected`; returns the record.
     pub async fn wait_for(&self, id: &str, field: &str, expected: &str) -> Value {
         let path = format!("/requests/{id}");
@@ -173,6 +182,18 @@ pub async fn problem(response: reqwest::Response) -> (u16, Value) {
     );
     assert!(body["detail"].as_str().is_some_and(|d| !d.is_empty()), "{body}");
     (status, body)
+}
+
+/// GETs `url` and parses the JSON answer.
+pub async fn fetch_json(client: &reqwest::Client, url: &str) -> Value {
+    client
+        .get(url)
+        .send()
+        .await
+        .expect("sent")
+        .json()
+        .await
+        .expect("JSON body")
 }
 
 /// Fast work for tests that only need a request to exist.

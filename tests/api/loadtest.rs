@@ -15,6 +15,8 @@ use sync_async::loadtest::runner::Plan;
 use sync_async::loadtest::target;
 use tokio::net::TcpListener;
 
+use crate::helpers::fetch_json;
+
 const LOADTEST: &str = env!("CARGO_BIN_EXE_loadtest");
 const CALLBACK_SERVER: &str = env!("CARGO_BIN_EXE_callback-server");
 
@@ -364,14 +366,7 @@ async fn the_callback_server_counts_callbacks_and_rejects_bad_signatures() {
     );
     let printed = lines.next_line().await.expect("reads").expect("a line");
     assert!(printed.starts_with("req-1 done") && printed.contains("29"), "{printed}");
-    let stats: Value = client
-        .get(format!("{base}/stats"))
-        .send()
-        .await
-        .expect("sent")
-        .json()
-        .await
-        .expect("json");
+    let stats: Value = fetch_json(&client, &format!("{base}/stats")).await;
     assert_eq!(
         (stats["accepted"].clone(), stats["rejected_signature"].clone()),
         (json!(1), json!(2))

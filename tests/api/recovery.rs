@@ -6,7 +6,7 @@ use std::collections::HashSet;
 use serde_json::{Value, json};
 use sync_async::receiver::ReceiverOptions;
 
-use crate::helpers::{TestReceiver, kill_hard, start_server, terminate, wait_until};
+use crate::helpers::{TestReceiver, fetch_json, kill_hard, start_server, terminate, wait_until};
 
 async fn submit(client: &reqwest::Client, addr: &str, body: &Value) -> String {
     let response = client
@@ -29,14 +29,7 @@ async fn unfinished_rows(db: &std::path::Path) -> i64 {
 }
 
 async fn record(client: &reqwest::Client, addr: &str, id: &str) -> Value {
-    client
-        .get(format!("http://{addr}/requests/{id}"))
-        .send()
-        .await
-        .expect("sent")
-        .json()
-        .await
-        .expect("json")
+    fetch_json(client, &format!("http://{addr}/requests/{id}")).await
 }
 
 #[tokio::test]
@@ -72,14 +65,7 @@ async fn a_kill_9_mid_work_loses_no_accepted_job_and_no_callback() {
         let stored = record(&client, &addr, id).await;
         assert_eq!(stored["status"], "done", "{stored}");
     }
-    let metrics: Value = client
-        .get(format!("http://{addr}/metrics"))
-        .send()
-        .await
-        .expect("sent")
-        .json()
-        .await
-        .expect("json");
+    let metrics: Value = fetch_json(&client, &format!("http://{addr}/metrics")).await;
     assert!(
         metrics["queue"]["recovered"].as_u64().is_some_and(|n| n >= 1),
         "{metrics}"

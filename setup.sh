@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# A convenience, not a requirement: `cargo run --release` and `cargo test` do all the setup on
+# their own (the data directory, the database and its migrations are created on first start).
+# This script checks the toolchain, creates a .env you can edit, and builds the three binaries.
+set -euo pipefail
+cd "$(dirname "$0")"
+
+if ! command -v cargo >/dev/null 2>&1; then
+  echo "cargo is not installed: get Rust from https://rustup.rs, then run this again." >&2
+  exit 1
+fi
+
+if [ ! -f .env ]; then
+  cp .env.example .env
+  echo "Created .env from .env.example (every line is a default; edit what you need)."
+fi
+
+mkdir -p data
+cargo build --release --bins
+
+cat <<'DONE'
+
+Built. Next:
+  cargo run --release                                  # the server on http://localhost:8000 (docs at /docs)
+  cargo run --release --bin callback-server            # a callback receiver on :9000
+  cargo run --release --bin loadtest -- --mode compare # sync against async, with an HTML report
+  cargo test                                           # the test suite
+DONE
