@@ -398,14 +398,13 @@ fn push_filter(q: &mut QueryBuilder<Sqlite>, filter: &ListFilter) {
     }
 }
 
-/// Counts by mode and status and the mean engine time, in one pass.
+/// Counts by mode and status and the mean engine time, from the running totals that triggers
+/// keep in `request_stats` (eight rows, however many requests are stored).
 pub async fn summary(db: &Db) -> Result<Summary, sqlx::Error> {
-    let rows: Vec<(Mode, Status, i64, Option<f64>, i64)> = sqlx::query_as(
-        "SELECT mode, status, COUNT(*), SUM(execution_time_ms), COUNT(execution_time_ms) \
-         FROM requests GROUP BY mode, status",
-    )
-    .fetch_all(db.readers())
-    .await?;
+    let rows: Vec<(Mode, Status, i64, Option<f64>, i64)> =
+        sqlx::query_as("SELECT mode, status, count, execution_ms_sum, execution_ms_count FROM request_stats")
+            .fetch_all(db.readers())
+            .await?;
     let mut summary = Summary::default();
     for m in Mode::ALL {
         summary.by_mode.insert(m.as_str(), 0);
