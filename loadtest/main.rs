@@ -15,7 +15,8 @@ use sync_async::loadtest::{self, Mode, Settings, Thresholds};
 #[derive(Parser)]
 #[command(version, about = "Load-tests the sync and async APIs and compares them")]
 struct Args {
-    /// sync, async, or compare (sync then async with the same settings).
+    /// sync, async, compare (sync then async with the same settings), or healthz (GET /healthz
+    /// only, to measure the tool itself against other load testers).
     #[arg(long, value_enum, default_value_t = ModeArg::Compare)]
     mode: ModeArg,
     /// Measured requests (ignored with --duration).
@@ -86,6 +87,7 @@ enum ModeArg {
     Sync,
     Async,
     Compare,
+    Healthz,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -107,6 +109,7 @@ fn main() -> ExitCode {
             ModeArg::Sync => Mode::Sync,
             ModeArg::Async => Mode::Async,
             ModeArg::Compare => Mode::Compare,
+            ModeArg::Healthz => Mode::Health,
         },
         url: if args.spawn_server { None } else { args.url.clone() },
         requests: args.requests,

@@ -198,7 +198,7 @@ impl Executor {
             result,
             error: error.as_deref(),
             completed_at: &db::timestamp(chrono::Utc::now()),
-            execution_time_ms: elapsed.map(|d| d.as_secs_f64() * 1e3),
+            execution_time_ms: elapsed.map(|d| as_millis(*d)),
         };
         db::retry_transient("storing a run's outcome", || {
             db::requests::complete(&self.db, id, &completion)
@@ -206,6 +206,11 @@ impl Executor {
         .await?;
         Ok(outcome)
     }
+}
+
+/// Milliseconds with microsecond precision (no float noise such as 1390.9897369999999).
+pub fn as_millis(d: Duration) -> f64 {
+    d.as_micros() as f64 / 1e3
 }
 
 /// The `error` stored for a run that did not finish.

@@ -34,6 +34,8 @@ pub enum Mode {
     Async,
     /// Sync, then async, with the same settings.
     Compare,
+    /// `GET /healthz` only: measures the tool itself, for comparing it with other load testers.
+    Health,
 }
 
 /// The tool's settings, as the flags give them.
@@ -96,7 +98,7 @@ pub async fn execute(
         (None, None) => unreachable!("a server was spawned when no URL was given"),
     };
     let client = target::http_client(settings.concurrency, settings.request_timeout)?;
-    let needs_receiver = settings.mode != Mode::Sync && !settings.no_callback;
+    let needs_receiver = matches!(settings.mode, Mode::Async | Mode::Compare) && !settings.no_callback;
     let receiver = match needs_receiver {
         true => Some(start_receiver(settings, spawned.is_some()).await?),
         false => None,
@@ -106,6 +108,7 @@ pub async fn execute(
         Mode::Sync => &[RunMode::Sync],
         Mode::Async => &[RunMode::Async],
         Mode::Compare => &[RunMode::Sync, RunMode::Async],
+        Mode::Health => &[RunMode::Health],
     };
     let mut runs = Vec::new();
     for &mode in modes {

@@ -25,6 +25,8 @@ use crate::receiver::Receiver;
 pub enum RunMode {
     Sync,
     Async,
+    /// `GET /healthz`: the cheapest request, for measuring the tool itself (against oha).
+    Health,
 }
 
 impl RunMode {
@@ -32,6 +34,7 @@ impl RunMode {
         match self {
             Self::Sync => "sync",
             Self::Async => "async",
+            Self::Health => "healthz",
         }
     }
 }
@@ -57,12 +60,19 @@ pub struct RunSpec {
 
 /// Runs one mode and reports it.
 pub async fn run(spec: &RunSpec) -> RunReport {
-    let body = request_body(spec);
-    let path = match spec.mode {
-        RunMode::Sync => "/sync",
-        RunMode::Async => "/async",
+    let shoot = match spec.mode {
+        RunMode::Sync => target::post_json(
+            spec.client.clone(),
+            format!("{}/sync", spec.base_url),
+            request_body(spec),
+        ),
+        RunMode::Async => target::post_json(
+            spec.client.clone(),
+            format!("{}/async", spec.base_url),
+            request_body(spec),
+        ),
+        RunMode::Health => target::get(spec.client.clone(), format!("{}/healthz", spec.base_url)),
     };
-    let shoot = target::post_json(spec.client.clone(), format!("{}{path}", spec.base_url), body);
     let mut callbacks = spec.callbacks.as_ref().map(|(receiver, _)| receiver.subscribe());
     collect(spec, shoot, callbacks.as_mut()).await
 }

@@ -94,7 +94,7 @@ pub async fn run_sync(state: &AppState, request: SyncRequest, client: ClientIp) 
             status: Status::Done,
             result,
             error: None,
-            execution_time_ms: elapsed.as_secs_f64() * 1e3,
+            execution_time_ms: crate::execution::as_millis(elapsed),
         }),
         Outcome::TimedOut { .. } => Err(ApiError::Timeout {
             request_id: id,

@@ -104,3 +104,31 @@ async fn a_request_record_has_every_field_and_never_the_client_ip() {
     assert!(record.get("client_ip").is_none());
     assert_eq!(record["payload"], quick_payload());
 }
+
+#[tokio::test]
+async fn metrics_totals_follow_inserts_and_status_changes() {
+    let app = spawn_app().await;
+    let id = seed(&app, Mode::Async, Status::Processing, "2026-01-01T00:00:01.000Z").await;
+    seed(&app, Mode::Sync, Status::Done, "2026-01-01T00:00:02.000Z").await;
+    let before = app.metrics().await;
+    assert_eq!(before["by_status"]["processing"], 1);
+
+    let outcome = serde_json::json!({"n": 1});
+    let done = requests::Completion {
+        status: Status::Done,
+        result: Some(&outcome),
+        error: None,
+        completed_at: "2026-01-01T00:00:03.000Z",
+        execution_time_ms: Some(40.0),
+    };
+    requests::complete(&app.state.db, &id, &done).await.expect("complete");
+
+    let after = app.metrics().await;
+    assert_eq!(after["total_requests"], 2);
+    assert_eq!(
+        after["by_status"],
+        json!({"pending": 0, "processing": 0, "done": 2, "failed": 0})
+    );
+    assert_eq!(after["by_mode"], json!({"sync": 1, "async": 1}));
+    assert_eq!(after["avg_execution_time_ms"], 40.0, "only the timed done row counts");
+}
