@@ -274,10 +274,11 @@ fn draw(series: &[Series], axes: &Axes) -> Result<String, String> {
     let (y_lo, y_hi) = all.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), p| {
         (lo.min(p.1), hi.max(p.1))
     });
+    // Headroom above the data keeps the legend (top left) clear of the lines.
     let (y_min, y_max) = if axes.log_ms {
-        (y_lo.floor(), y_hi.ceil().max(y_lo.floor() + 1.0))
+        (y_lo.floor(), y_hi.ceil().max(y_lo.floor() + 1.0) + 2.0)
     } else {
-        (0.0, (y_hi * 1.1).max(1.0))
+        (0.0, (y_hi * 1.5).max(1.0))
     };
     let mut svg = String::new();
     {
