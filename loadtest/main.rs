@@ -50,16 +50,16 @@ struct Args {
     #[arg(long)]
     rate: Option<f64>,
     /// Measure for this long (such as 30s or 2m) instead of --requests.
-    #[arg(long, value_parser = humantime::parse_duration)]
+    #[arg(long, value_parser = bounded_duration)]
     duration: Option<Duration>,
     /// Send for this long first and leave it out of the figures.
-    #[arg(long, value_parser = humantime::parse_duration, default_value = "0s")]
+    #[arg(long, value_parser = bounded_duration, default_value = "0s")]
     warmup: Duration,
     /// How long to wait for outstanding callbacks after the last acknowledgement.
-    #[arg(long, value_parser = humantime::parse_duration, default_value = "120s")]
+    #[arg(long, value_parser = bounded_duration, default_value = "120s")]
     callback_timeout: Duration,
     /// Bound on each request.
-    #[arg(long, value_parser = humantime::parse_duration, default_value = "300s")]
+    #[arg(long, value_parser = bounded_duration, default_value = "300s")]
     timeout: Duration,
     /// Keep this many sync requests (same operation and complexity) running during each run, to
     /// saturate the engine.
@@ -98,10 +98,45 @@ enum OperationArg {
     Transform,
 }
 
+/// The longest duration any flag takes: a week.
+const MAX_FLAG_DURATION: Duration = Duration::from_secs(7 * 24 * 3600);
+/// The highest open-loop rate: beyond this the clock, not the server, would be measured.
+const MAX_RATE: f64 = 1_000_000.0;
+
+fn bounded_duration(raw: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(raw).map_err(|e| e.to_string())?;
+    if d > MAX_FLAG_DURATION {
+        return Err("at most a week (7d)".to_owned());
+    }
+    Ok(d)
+}
+
+/// Flag combinations clap cannot check alone; a message means exit code 2.
+fn check_flags(args: &Args) -> Result<(), String> {
+    if args.rate.is_some_and(|r| !(r > 0.0 && r <= MAX_RATE)) {
+        return Err(format!(
+            "--rate must be above 0 and at most {MAX_RATE} requests per second"
+        ));
+    }
+    if args.max_error_rate.is_some_and(|r| !(0.0..=1.0).contains(&r)) {
+        return Err("--max-error-rate takes a share from 0 to 1".to_owned());
+    }
+    if args.max_p99_ms.is_some_and(|ms| !(ms >= 0.0 && ms.is_finite())) {
+        return Err("--max-p99-ms takes a number of milliseconds".to_owned());
+    }
+    if args.callback_host.parse::<std::net::IpAddr>().is_err() {
+        return Err(format!(
+            "--callback-host must be an IP address such as 127.0.0.1, not {}",
+            args.callback_host
+        ));
+    }
+    Ok(())
+}
+
 fn main() -> ExitCode {
     let args = Args::parse();
-    if args.rate.is_some_and(|r| !(r > 0.0 && r.is_finite())) {
-        eprintln!("loadtest: --rate must be a positive number of requests per second");
+    if let Err(why) = check_flags(&args) {
+        eprintln!("loadtest: {why}");
         return ExitCode::from(2);
     }
     let settings = Settings {
@@ -139,8 +174,8 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let report = match runtime.block_on(loadtest::execute(&settings, || Ok(Config::from_env()?))) {
-        Ok(report) => report,
+    let (report, spawned_server) = match runtime.block_on(loadtest::execute(&settings, || Ok(Config::from_env()?))) {
+        Ok(done) => done,
         Err(e) => {
             eprintln!("loadtest: {e:#}");
             return ExitCode::FAILURE;
@@ -163,6 +198,8 @@ fn main() -> ExitCode {
     for v in &verdicts {
         println!("{}", v.line);
     }
+    // The report is out: now the spawned server may take its time to stop.
+    drop(spawned_server);
     let missing = loadtest::missing_callbacks(&report);
     if missing > 0 {
         eprintln!("loadtest: {missing} callbacks never arrived");

@@ -221,7 +221,7 @@ impl Receiver {
         let timestamp: i64 = header_str(headers, "webhook-timestamp")
             .and_then(|t| t.parse().ok())
             .ok_or("missing or malformed webhook-timestamp")?;
-        let skew = (chrono::Utc::now().timestamp() - timestamp).unsigned_abs();
+        let skew = chrono::Utc::now().timestamp().abs_diff(timestamp);
         if skew > self.shared.options.timestamp_tolerance.as_secs() {
             return Err("webhook-timestamp is too far from now");
         }

@@ -10,7 +10,6 @@ use super::stats::{Latency, Timeline};
 
 /// expected, received, missing, duplicated and unknown callbacks.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct CallbackCounts {
     /// Measured requests acknowledged with 202.
     pub expected: u64,
@@ -38,6 +37,8 @@ pub struct CallbackMatcher {
     pub timeline: Timeline,
     counts: CallbackCounts,
     start: Instant,
+    /// When the latest measured callback arrived: the end of the completion window.
+    last_arrival: Option<Instant>,
 }
 
 impl CallbackMatcher {
@@ -50,6 +51,7 @@ impl CallbackMatcher {
             timeline: Timeline::default(),
             counts: CallbackCounts::default(),
             start,
+            last_arrival: None,
         }
     }
 
@@ -83,10 +85,15 @@ impl CallbackMatcher {
     fn matched(&mut self, due: Instant, at: Instant, measured: bool) {
         if measured {
             self.counts.received += 1;
+            self.last_arrival = Some(self.last_arrival.map_or(at, |last| last.max(at)));
             let latency = at.saturating_duration_since(due);
             self.completion.record(latency);
             self.timeline.record(at.saturating_duration_since(self.start), latency);
         }
+    }
+
+    pub fn last_arrival(&self) -> Option<Instant> {
+        self.last_arrival
     }
 
     /// Measured callbacks still expected.

@@ -84,10 +84,12 @@ pub struct Verdict {
 }
 
 /// Runs what `settings` asks for, starting a server first if there is no URL.
+/// Returns the report, and the spawned server (if any), which the caller drops once the report
+/// is out: stopping the server waits for its workers, and the reader should not.
 pub async fn execute(
     settings: &Settings,
     server_config: impl FnOnce() -> anyhow::Result<Config>,
-) -> anyhow::Result<LoadtestReport> {
+) -> anyhow::Result<(LoadtestReport, Option<server::SpawnedServer>)> {
     let spawned = match &settings.url {
         Some(_) => None,
         None => Some(server::SpawnedServer::start(server_config()?).context("starting the in-process server")?),
@@ -143,15 +145,15 @@ pub async fn execute(
         runs.push(report);
     }
     drop(receiver);
-    drop(spawned);
-    Ok(LoadtestReport {
+    let report = LoadtestReport {
         schema_version: SCHEMA_VERSION,
         tool: concat!("sync-async loadtest ", env!("CARGO_PKG_VERSION")).to_owned(),
         started_at,
         target: base_url,
         spawned_server: settings.url.is_none(),
         runs,
-    })
+    };
+    Ok((report, spawned))
 }
 
 fn plan(settings: &Settings) -> Plan {
@@ -200,10 +202,17 @@ pub fn judge(report: &LoadtestReport, thresholds: &Thresholds) -> Vec<Verdict> {
     for run in &report.runs {
         if let Some(max) = thresholds.max_p99_ms {
             let p99 = run.latency.p99_ms;
-            verdicts.push(verdict(
-                p99 <= max,
-                format!("{} p99 {} <= {}", run.mode, text::ms(p99), text::ms(max)),
-            ));
+            verdicts.push(match run.latency.count {
+                // With no successful request there is no latency to pass.
+                0 => verdict(
+                    false,
+                    format!("{} p99 <= {}: no request succeeded", run.mode, text::ms(max)),
+                ),
+                _ => verdict(
+                    p99 <= max,
+                    format!("{} p99 {} <= {}", run.mode, text::ms(p99), text::ms(max)),
+                ),
+            });
         }
         if let Some(max) = thresholds.max_error_rate {
             let rate = run.error_rate();
@@ -231,4 +240,66 @@ pub fn missing_callbacks(report: &LoadtestReport) -> u64 {
         .filter_map(|r: &RunReport| r.callbacks)
         .map(|c| c.missing)
         .sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use report::RunReport;
+
+    fn run_with(latency_count: u64, p99_ms: f64, errors: u64) -> RunReport {
+        let json = serde_json::json!({
+            "mode": "sync", "operation": "hash", "complexity": 1, "concurrency": 1, "loop_kind": "closed",
+            "requests": latency_count + errors, "warmup_s": 0.0, "duration_s": 1.0, "throughput_rps": 1.0,
+            "achieved_rps": 1.0, "offered_rps": null,
+            "latency": {"count": latency_count, "min_ms": 0.0, "mean_ms": 0.0, "p50_ms": 0.0, "p90_ms": 0.0,
+                "p95_ms": 0.0, "p99_ms": p99_ms, "p999_ms": 0.0, "max_ms": 0.0},
+            "latency_uncorrected": null, "server_execution": null, "completion": null,
+            "completion_throughput_rps": null,
+            "outcomes": {"statuses": {"200": latency_count, "503": errors}, "transport_errors": {}},
+            "callbacks": null, "timeline": [], "completion_timeline": [], "latency_curve": [],
+            "uncorrected_curve": [], "completion_curve": [], "server_samples": []
+        });
+        serde_json::from_value(json).expect("a run report")
+    }
+
+    fn report(run: RunReport) -> LoadtestReport {
+        LoadtestReport {
+            schema_version: SCHEMA_VERSION,
+            tool: "test".into(),
+            started_at: "now".into(),
+            target: "http://x".into(),
+            spawned_server: false,
+            runs: vec![run],
+        }
+    }
+
+    #[test]
+    fn thresholds_pass_and_fail_on_the_measured_figures() {
+        let t = Thresholds {
+            max_p99_ms: Some(50.0),
+            max_error_rate: Some(0.1),
+        };
+        let good = judge(&report(run_with(100, 20.0, 0)), &t);
+        assert!(good.iter().all(|v| v.passed), "{good:?}");
+        let slow_and_failing = judge(&report(run_with(100, 80.0, 50)), &t);
+        assert!(slow_and_failing.iter().all(|v| !v.passed), "{slow_and_failing:?}");
+    }
+
+    #[test]
+    fn a_p99_threshold_fails_when_nothing_succeeded() {
+        let verdicts = judge(
+            &report(run_with(0, 0.0, 10)),
+            &Thresholds {
+                max_p99_ms: Some(50.0),
+                max_error_rate: None,
+            },
+        );
+        assert!(!verdicts[0].passed);
+        assert!(
+            verdicts[0].line.contains("no request succeeded"),
+            "{}",
+            verdicts[0].line
+        );
+    }
 }

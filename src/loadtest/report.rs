@@ -8,12 +8,12 @@ use super::callbacks::CallbackCounts;
 use super::sampler::ServerSample;
 use super::stats::{Outcomes, Summary, TimelinePoint};
 
-/// Bumped whenever a field changes meaning or disappears; additions keep it.
+/// Bumped whenever a field changes meaning or disappears; additions keep it (readers ignore
+/// fields they do not know, and `tests/api/snapshots` pins the fields of this version).
 pub const SCHEMA_VERSION: u32 = 1;
 
 /// A whole invocation: one run, or two for `--mode compare`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct LoadtestReport {
     pub schema_version: u32,
     /// `sync-async loadtest <version>`.
@@ -29,7 +29,6 @@ pub struct LoadtestReport {
 
 /// One mode run.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct RunReport {
     /// `sync` or `async`.
     pub mode: String,
@@ -75,6 +74,10 @@ pub struct RunReport {
     /// `--background-sync`: the sync load kept running beside this run.
     #[serde(default)]
     pub background_sync: Option<BackgroundLoad>,
+    /// Answers that were not 2xx (and transport errors), per second: what the latency timeline
+    /// leaves out.
+    #[serde(default)]
+    pub refused_per_second: Vec<u64>,
 }
 
 impl RunReport {

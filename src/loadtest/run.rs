@@ -95,6 +95,8 @@ struct Collected {
     timeline: Timeline,
     measured: u64,
     last_done: Option<Instant>,
+    /// Non-2xx answers and transport errors per second, for the throughput chart.
+    refused_per_second: Vec<u64>,
 }
 
 /// Drives `shoot` per the plan and collects: exported for tests that aim the tool at their own
@@ -106,16 +108,16 @@ pub async fn collect(
 ) -> RunReport {
     let start = Instant::now();
     let stop_sampling = CancellationToken::new();
+    let measure_start = start + spec.plan.warmup;
     let sampler = tokio::spawn(sampler::sample(
         spec.client.clone(),
         spec.base_url.clone(),
-        start,
+        measure_start,
         stop_sampling.clone(),
     ));
     let (tx, mut rx) = mpsc::unbounded_channel::<Finished>();
     let plan = spec.plan.clone();
     let driver = tokio::spawn(async move { runner::drive(&plan, shoot, tx).await });
-    let measure_start = start + spec.plan.warmup;
     let progress = Progress::new(spec);
     let mut matcher = CallbackMatcher::new(measure_start);
     let mut c = Collected {
@@ -126,6 +128,7 @@ pub async fn collect(
         timeline: Timeline::default(),
         measured: 0,
         last_done: None,
+        refused_per_second: Vec::new(),
     };
     loop {
         tokio::select! {
@@ -133,7 +136,7 @@ pub async fn collect(
                 Some(f) => record(spec, &mut c, &mut matcher, &progress, measure_start, f),
                 None => break,
             },
-            Some(received) = next_callback(&mut callbacks) => matcher.arrived(received.webhook_id, received.arrived.into()),
+            Some(received) = next_callback(&mut callbacks) => matcher.arrived(callback_id(&received), received.arrived.into()),
         }
     }
     let _ = driver.await;
@@ -143,13 +146,27 @@ pub async fn collect(
         while matcher.outstanding() > 0 {
             tokio::select! {
                 () = tokio::time::sleep_until(deadline) => break,
-                Some(received) = next_callback(&mut callbacks) => matcher.arrived(received.webhook_id, received.arrived.into()),
+                Some(received) = next_callback(&mut callbacks) => matcher.arrived(callback_id(&received), received.arrived.into()),
             }
         }
     }
     stop_sampling.cancel();
     let server_samples = sampler.await.unwrap_or_default();
     build_report(spec, c, matcher, measure_start, server_samples)
+}
+
+/// The id a callback answers: its `webhook-id` header, or the `request_id` in its body.
+fn callback_id(received: &crate::receiver::Received) -> String {
+    if received.webhook_id.is_empty() {
+        received
+            .body
+            .get("request_id")
+            .and_then(serde_json::Value::as_str)
+            .unwrap_or("")
+            .to_owned()
+    } else {
+        received.webhook_id.clone()
+    }
 }
 
 async fn next_callback(
@@ -186,9 +203,17 @@ fn record(
         (Some(status), _) => c.outcomes.record_status(status),
         (None, kind) => c.outcomes.record_error(kind.unwrap_or("other")),
     }
+    if let Some(problem) = &f.shot.problem_type {
+        c.outcomes.record_problem(problem);
+    }
     let latency = f.done.saturating_duration_since(f.due);
     progress.tick(ok.then_some(latency));
     if !ok {
+        let second = f.done.saturating_duration_since(measure_start).as_secs() as usize;
+        if c.refused_per_second.len() <= second {
+            c.refused_per_second.resize(second + 1, 0);
+        }
+        c.refused_per_second[second] += 1;
         return;
     }
     c.latency.record(latency);
@@ -197,8 +222,12 @@ fn record(
     if spec.plan.rate.is_some() {
         c.uncorrected.record(f.done.saturating_duration_since(f.sent));
     }
-    if let Some(ms) = f.shot.server_ms {
-        c.server_ms.record(Duration::from_secs_f64(ms.max(0.0) / 1e3));
+    if let Some(server) = f
+        .shot
+        .server_ms
+        .and_then(|ms| Duration::try_from_secs_f64(ms / 1e3).ok())
+    {
+        c.server_ms.record(server);
     }
 }
 
@@ -214,7 +243,9 @@ fn build_report(
         .map_or(0.0, |d| d.saturating_duration_since(measure_start).as_secs_f64());
     let per_second = |n: u64, secs: f64| if secs > 0.0 { n as f64 / secs } else { 0.0 };
     let with_callbacks = spec.mode == RunMode::Async && spec.callbacks.is_some();
-    let completion_window = matcher.timeline.points().last().map_or(0.0, |p| (p.second + 1) as f64);
+    let completion_window = matcher
+        .last_arrival()
+        .map_or(0.0, |at| at.saturating_duration_since(measure_start).as_secs_f64());
     let open = spec.plan.rate.is_some();
     RunReport {
         mode: spec.mode.as_str().to_owned(),
@@ -242,6 +273,7 @@ fn build_report(
         completion_curve: matcher.completion.percentile_curve(),
         server_samples,
         background_sync: None,
+        refused_per_second: c.refused_per_second,
     }
 }
 
@@ -292,5 +324,36 @@ impl Progress {
 
     fn finish(&self) {
         self.bar.finish_and_clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn received(webhook_id: &str, body: serde_json::Value) -> crate::receiver::Received {
+        crate::receiver::Received {
+            webhook_id: webhook_id.to_owned(),
+            status: None,
+            body,
+            raw_body: Bytes::new(),
+            headers: Default::default(),
+            verified: false,
+            duplicate: false,
+            received_at: String::new(),
+            arrived: std::time::Instant::now(),
+        }
+    }
+
+    #[test]
+    fn callbacks_are_matched_by_webhook_id_or_else_by_request_id() {
+        assert_eq!(
+            callback_id(&received("from-header", json!({"request_id": "from-body"}))),
+            "from-header"
+        );
+        assert_eq!(
+            callback_id(&received("", json!({"request_id": "from-body"}))),
+            "from-body"
+        );
     }
 }

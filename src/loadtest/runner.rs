@@ -24,6 +24,8 @@ pub struct Shot {
     pub request_id: Option<String>,
     /// The server-reported `execution_time_ms`, when it had one.
     pub server_ms: Option<f64>,
+    /// The problem `type` of an error answer (`urn:sync-async:problem:queue-full`).
+    pub problem_type: Option<String>,
 }
 
 /// A request maker: called once per request.
@@ -59,11 +61,13 @@ pub struct Finished {
 
 impl Plan {
     fn warmup_end(&self, start: Instant) -> Instant {
-        start + self.warmup
+        start.checked_add(self.warmup).unwrap_or(start)
     }
 
+    /// When a `--duration` run stops sending; `None` for a request-count run.
     fn measure_end(&self, start: Instant) -> Option<Instant> {
-        self.duration.map(|d| start + self.warmup + d)
+        self.duration
+            .and_then(|d| start.checked_add(self.warmup.saturating_add(d)))
     }
 }
 
@@ -119,19 +123,26 @@ async fn closed_loop(plan: &Plan, shoot: Shoot, finished: mpsc::UnboundedSender<
 async fn open_loop(plan: &Plan, rate: f64, shoot: Shoot, finished: mpsc::UnboundedSender<Finished>, start: Instant) {
     // Send times come from a dedicated thread with a precise sleep: the async timer wheel has a
     // 1 ms resolution, which would make every request up to 1 ms late and inflate the corrected
-    // latencies by the tool's own error.
-    let (due_tx, mut due_rx) = mpsc::unbounded_channel::<(Instant, bool)>();
+    // latencies by the tool's own error. The channel holds one send time, so when every slot is
+    // busy the clock waits too: memory stays flat, and each request keeps its intended time.
+    let (due_tx, mut due_rx) = mpsc::channel::<(Instant, bool)>(1);
     let schedule = (plan.clone(), start.into_std());
     std::thread::Builder::new()
         .name("loadtest-clock".into())
         .spawn(move || send_times(&schedule.0, rate, schedule.1, &due_tx))
         .ok();
+    let end = plan.measure_end(start);
     let concurrency = plan.concurrency.max(1);
     let slots = Arc::new(Semaphore::new(concurrency));
     while let Some((due, measured)) = due_rx.recv().await {
         let Ok(permit) = slots.clone().acquire_owned().await else {
             break;
         };
+        if end.is_some_and(|end| Instant::now() >= end) {
+            // Requests still due at the end of the measurement are not sent: the shortfall
+            // shows as achieved against offered rate.
+            break;
+        }
         let (shoot, finished) = (shoot.clone(), finished.clone());
         tokio::spawn(async move {
             let sent = Instant::now();
@@ -146,19 +157,30 @@ async fn open_loop(plan: &Plan, rate: f64, shoot: Shoot, finished: mpsc::Unbound
             drop(permit);
         });
     }
+    drop(due_rx);
     // Every request holds a slot until it has reported: taking them all means all are done.
     let _ = slots.acquire_many(u32::try_from(concurrency).unwrap_or(u32::MAX)).await;
 }
 
 /// Emits `(due, measured)` for every request of an open-loop plan, each at its due time.
-fn send_times(plan: &Plan, rate: f64, start: std::time::Instant, due_tx: &mpsc::UnboundedSender<(Instant, bool)>) {
-    let interval = Duration::from_secs_f64(1.0 / rate.max(f64::MIN_POSITIVE));
+fn send_times(plan: &Plan, rate: f64, start: std::time::Instant, due_tx: &mpsc::Sender<(Instant, bool)>) {
+    let rate = rate.max(f64::MIN_POSITIVE);
     let warmup_requests = (plan.warmup.as_secs_f64() * rate).ceil() as u64;
+    let end = plan
+        .duration
+        .and_then(|d| start.checked_add(plan.warmup.saturating_add(d)));
     for i in 0u64.. {
-        let due = start + interval.mul_f64(i as f64);
-        let over = match plan.duration {
-            Some(d) => due >= start + plan.warmup + d,
-            None => i >= warmup_requests + plan.requests,
+        // From the index, not by adding an interval: no drift, and no interval that rounds to 0.
+        let Some(due) = Duration::try_from_secs_f64(i as f64 / rate)
+            .ok()
+            .and_then(|o| start.checked_add(o))
+        else {
+            break;
+        };
+        let over = match (plan.duration, end) {
+            (Some(_), Some(end)) => due >= end,
+            (Some(_), None) => false,
+            (None, _) => i >= warmup_requests + plan.requests,
         };
         if over {
             break;
@@ -167,7 +189,10 @@ fn send_times(plan: &Plan, rate: f64, start: std::time::Instant, due_tx: &mpsc::
         if due > now {
             std::thread::sleep(due - now);
         }
-        if due_tx.send((Instant::from_std(due), i >= warmup_requests)).is_err() {
+        if due_tx
+            .blocking_send((Instant::from_std(due), i >= warmup_requests))
+            .is_err()
+        {
             break;
         }
     }

@@ -12,7 +12,6 @@ use tokio_util::sync::CancellationToken;
 pub const SAMPLE_EVERY: Duration = Duration::from_millis(250);
 
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct ServerSample {
     /// Seconds since the run started.
     pub t_s: f64,

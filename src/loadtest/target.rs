@@ -24,6 +24,9 @@ pub fn http_client(concurrency: usize, timeout: Duration) -> reqwest::Result<req
 struct Answer {
     request_id: Option<String>,
     execution_time_ms: Option<f64>,
+    /// An error answer's problem type: it tells a full queue from a rate limit.
+    #[serde(rename = "type")]
+    problem_type: Option<String>,
 }
 
 /// POSTs `body` (already serialised JSON) to `url` once per call.
@@ -50,7 +53,8 @@ pub fn post_json(client: reqwest::Client, url: String, body: Bytes) -> Shoot {
                         status: Some(status),
                         error_kind: None,
                         request_id: answer.as_ref().and_then(|a| a.request_id.clone()),
-                        server_ms: answer.and_then(|a| a.execution_time_ms),
+                        server_ms: answer.as_ref().and_then(|a| a.execution_time_ms),
+                        problem_type: answer.and_then(|a| a.problem_type),
                     }
                 }
                 Err(e) => Shot {

@@ -111,9 +111,10 @@ pub fn render_run(run: &RunReport) -> String {
 
 /// The original README's "Performance Comparison" table, with the values this run measured.
 pub fn render_comparison(sync: &RunReport, asynchronous: &RunReport) -> String {
-    let backpressure = |o: &Outcomes, status: u16, name: &str| {
-        let n = o.statuses.get(&status).copied().unwrap_or(0);
-        format!("{n} x {status} {name}")
+    let refused = |o: &Outcomes, kind: &str, what: &str| format!("{} x {what}", o.problem_count(kind));
+    let rate_limited = |o: &Outcomes| match o.problem_count("rate-limited") {
+        0 => String::new(),
+        n => format!(" (and {n} x 429 rate limit)"),
     };
     let delivery = match (&asynchronous.completion, &asynchronous.callbacks) {
         (Some(c), Some(cb)) => format!(
@@ -159,8 +160,16 @@ pub fn render_comparison(sync: &RunReport, asynchronous: &RunReport) -> String {
         ),
         (
             "Backpressure",
-            backpressure(&sync.outcomes, 503, "busy"),
-            backpressure(&asynchronous.outcomes, 429, "queue full"),
+            format!(
+                "{}{}",
+                refused(&sync.outcomes, "sync-saturated", "503 busy"),
+                rate_limited(&sync.outcomes)
+            ),
+            format!(
+                "{}{}",
+                refused(&asynchronous.outcomes, "queue-full", "429 queue full"),
+                rate_limited(&asynchronous.outcomes)
+            ),
         ),
         (
             "Errors (non-2xx or transport)",
@@ -194,6 +203,7 @@ pub fn render(report: &LoadtestReport) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::loadtest::stats::Summary;
 
     #[test]
     fn milliseconds_read_well_at_every_scale() {
@@ -201,6 +211,34 @@ mod tests {
         assert_eq!(ms(12.34), "12.3 ms");
         assert_eq!(ms(567.8), "568 ms");
         assert_eq!(ms(12_345.0), "12.3 s");
+    }
+
+    #[test]
+    fn backpressure_tells_a_full_queue_from_a_rate_limit() {
+        let mut run: RunReport = serde_json::from_value(serde_json::json!({
+            "mode": "async", "operation": "hash", "complexity": 1, "concurrency": 1, "loop_kind": "closed",
+            "requests": 3, "warmup_s": 0.0, "duration_s": 1.0, "throughput_rps": 1.0, "achieved_rps": 3.0,
+            "offered_rps": null, "latency": Summary::default(), "latency_uncorrected": null,
+            "server_execution": null, "completion": null, "completion_throughput_rps": null,
+            "outcomes": Outcomes::default(), "callbacks": null, "timeline": [], "completion_timeline": [],
+            "latency_curve": [], "uncorrected_curve": [], "completion_curve": [], "server_samples": []
+        }))
+        .expect("a run report");
+        for problem in ["queue-full", "queue-full", "rate-limited"] {
+            run.outcomes.record_status(429);
+            run.outcomes
+                .record_problem(&format!("urn:sync-async:problem:{problem}"));
+        }
+        let sync = RunReport {
+            mode: "sync".into(),
+            outcomes: Outcomes::default(),
+            ..run.clone()
+        };
+        let table = render_comparison(&sync, &run);
+        assert!(
+            table.contains("| Backpressure | 0 x 503 busy | 2 x 429 queue full (and 1 x 429 rate limit) |"),
+            "{table}"
+        );
     }
 
     #[test]

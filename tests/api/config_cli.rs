@@ -8,6 +8,8 @@ use crate::helpers::{BIN, start_server, terminate};
 #[test]
 fn a_bad_setting_stops_the_start_with_one_line_naming_the_key() {
     let output = Command::new(BIN)
+        // Away from the project root: a developer's .env must not change what is tested.
+        .current_dir(std::env::temp_dir())
         .env_clear()
         .env("MAX_QUEUE_SIZE", "lots")
         .output()

@@ -251,6 +251,8 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_sync-async");
 /// its first JSON log line that says "listening".
 pub fn start_server(env: &[(&str, String)]) -> (Child, String) {
     let mut child = Command::new(BIN)
+        // Away from the project root: a developer's .env must not change what is tested.
+        .current_dir(std::env::temp_dir())
         .env_clear()
         .env("PORT", "0")
         .env("HOST", "127.0.0.1")

@@ -181,6 +181,8 @@ async fn a_dropped_callback_is_reported_missing_with_a_nonzero_exit() {
     let base = forgetful_async_service().await;
 
     let output = tokio::process::Command::new(LOADTEST)
+        // Away from the project root: a developer's .env must not change what is tested.
+        .current_dir(std::env::temp_dir())
         .args([
             "--mode",
             "async",
@@ -211,6 +213,8 @@ async fn json_output_parses_into_its_versioned_schema() {
     let json_path = dir.path().join("out.json");
 
     let output = tokio::process::Command::new(LOADTEST)
+        // Away from the project root: a developer's .env must not change what is tested.
+        .current_dir(std::env::temp_dir())
         .env_clear()
         .args([
             "--mode",
@@ -234,6 +238,14 @@ async fn json_output_parses_into_its_versioned_schema() {
     assert!(String::from_utf8_lossy(&output.stdout).contains("PASS sync error rate"));
     let raw = std::fs::read_to_string(&json_path).expect("written");
     let report: LoadtestReport = serde_json::from_str(&raw).expect("matches the schema");
+    // The fields of schema version 1, pinned: a change here must bump SCHEMA_VERSION or be a
+    // pure addition.
+    let mut fields = std::collections::BTreeSet::new();
+    field_paths(&serde_json::from_str(&raw).expect("json"), "", &mut fields);
+    insta::assert_snapshot!(
+        "loadtest_json_schema_v1",
+        fields.into_iter().collect::<Vec<_>>().join("\n")
+    );
     assert_eq!(report.schema_version, SCHEMA_VERSION);
     assert!(report.spawned_server);
     let run = &report.runs[0];
@@ -248,6 +260,8 @@ async fn json_output_parses_into_its_versioned_schema() {
 #[tokio::test]
 async fn a_failed_threshold_exits_with_3() {
     let output = tokio::process::Command::new(LOADTEST)
+        // Away from the project root: a developer's .env must not change what is tested.
+        .current_dir(std::env::temp_dir())
         .env_clear()
         .args([
             "--mode",
@@ -274,6 +288,8 @@ async fn compare_mode_runs_end_to_end_and_writes_an_html_report_with_svg() {
     let html_path = dir.path().join("report.html");
 
     let output = tokio::process::Command::new(LOADTEST)
+        // Away from the project root: a developer's .env must not change what is tested.
+        .current_dir(std::env::temp_dir())
         .env_clear()
         .args([
             "--mode",
@@ -315,6 +331,8 @@ async fn the_callback_server_counts_callbacks_and_rejects_bad_signatures() {
 
     let secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
     let mut child = tokio::process::Command::new(CALLBACK_SERVER)
+        // Away from the project root: a developer's .env must not change what is tested.
+        .current_dir(std::env::temp_dir())
         .args(["--port", "0", "--secret", secret])
         .stdout(Stdio::piped())
         .kill_on_drop(true)
@@ -380,5 +398,72 @@ async fn the_callback_server_counts_callbacks_and_rejects_bad_signatures() {
             .expect("sent")
             .status(),
         200
+    );
+}
+
+/// Every field path of a JSON document (`runs[].latency.p99_ms`); the keys of maps keyed by
+/// data (status codes, error kinds) collapse to `*`.
+fn field_paths(value: &Value, prefix: &str, out: &mut std::collections::BTreeSet<String>) {
+    match value {
+        Value::Object(map) => {
+            let keyed_by_data = ["statuses", "transport_errors", "problems"]
+                .iter()
+                .any(|k| prefix.ends_with(k));
+            for (key, child) in map {
+                let name = if keyed_by_data { "*" } else { key.as_str() };
+                let path = if prefix.is_empty() {
+                    name.to_owned()
+                } else {
+                    format!("{prefix}.{name}")
+                };
+                out.insert(path.clone());
+                field_paths(child, &path, out);
+            }
+        }
+        Value::Array(items) => {
+            for item in items {
+                field_paths(item, &format!("{prefix}[]"), out);
+            }
+        }
+        _ => {}
+    }
+}
+
+#[tokio::test]
+async fn an_overloaded_open_loop_run_stops_at_its_duration() {
+    let base = serve(Router::new().route(
+        "/work",
+        get(|| async {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            "slow"
+        }),
+    ))
+    .await;
+    // 1000 requests/s offered, 2 connections, 200 ms per answer: at most ~10 answers a second.
+    let plan = Plan {
+        requests: 0,
+        duration: Some(Duration::from_millis(300)),
+        warmup: Duration::ZERO,
+        concurrency: 2,
+        rate: Some(1000.0),
+    };
+    let spec = spec(&base, plan);
+
+    let report = run::collect(&spec, target::get(spec.client.clone(), format!("{base}/work")), None).await;
+
+    assert!(
+        report.requests <= 6,
+        "{} requests: the backlog was sent after the end",
+        report.requests
+    );
+    assert!(
+        report.duration_s < 1.0,
+        "the run ended {} s after it began measuring",
+        report.duration_s
+    );
+    assert!(
+        report.achieved_rps < 100.0,
+        "achieved {} of 1000 offered",
+        report.achieved_rps
     );
 }

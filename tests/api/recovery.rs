@@ -206,6 +206,8 @@ async fn a_second_server_on_the_same_database_refuses_to_start() {
     let (first, _) = start_server(&[("DATABASE_PATH", db.clone())]);
 
     let output = std::process::Command::new(crate::helpers::BIN)
+        // Away from the project root: a developer's .env must not change what is tested.
+        .current_dir(std::env::temp_dir())
         .env_clear()
         .env("PORT", "0")
         .env("HOST", "127.0.0.1")
