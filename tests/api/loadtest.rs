@@ -20,6 +20,14 @@ use crate::helpers::fetch_json;
 const LOADTEST: &str = env!("CARGO_BIN_EXE_loadtest");
 const CALLBACK_SERVER: &str = env!("CARGO_BIN_EXE_callback-server");
 
+/// The load tester, with an empty environment and away from the project root, so that a
+/// developer's `.env` cannot change what is tested.
+fn loadtest_command() -> tokio::process::Command {
+    let mut command = tokio::process::Command::new(LOADTEST);
+    command.current_dir(std::env::temp_dir()).env_clear();
+    command
+}
+
 /// Serves `router` on a free loopback port; returns its base URL.
 async fn serve(router: Router) -> String {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
@@ -180,9 +188,7 @@ async fn forgetful_async_service() -> String {
 async fn a_dropped_callback_is_reported_missing_with_a_nonzero_exit() {
     let base = forgetful_async_service().await;
 
-    let output = tokio::process::Command::new(LOADTEST)
-        // Away from the project root: a developer's .env must not change what is tested.
-        .current_dir(std::env::temp_dir())
+    let output = loadtest_command()
         .args([
             "--mode",
             "async",
@@ -212,10 +218,7 @@ async fn json_output_parses_into_its_versioned_schema() {
     let dir = tempfile::tempdir().expect("temp dir");
     let json_path = dir.path().join("out.json");
 
-    let output = tokio::process::Command::new(LOADTEST)
-        // Away from the project root: a developer's .env must not change what is tested.
-        .current_dir(std::env::temp_dir())
-        .env_clear()
+    let output = loadtest_command()
         .args([
             "--mode",
             "sync",
@@ -259,10 +262,7 @@ async fn json_output_parses_into_its_versioned_schema() {
 
 #[tokio::test]
 async fn a_failed_threshold_exits_with_3() {
-    let output = tokio::process::Command::new(LOADTEST)
-        // Away from the project root: a developer's .env must not change what is tested.
-        .current_dir(std::env::temp_dir())
-        .env_clear()
+    let output = loadtest_command()
         .args([
             "--mode",
             "sync",
@@ -287,10 +287,7 @@ async fn compare_mode_runs_end_to_end_and_writes_an_html_report_with_svg() {
     let dir = tempfile::tempdir().expect("temp dir");
     let html_path = dir.path().join("report.html");
 
-    let output = tokio::process::Command::new(LOADTEST)
-        // Away from the project root: a developer's .env must not change what is tested.
-        .current_dir(std::env::temp_dir())
-        .env_clear()
+    let output = loadtest_command()
         .args([
             "--mode",
             "compare",
