@@ -71,6 +71,17 @@ pub enum DeliveryStatus {
     Failed,
 }
 
+impl DeliveryStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Delivering => "delivering",
+            Self::Delivered => "delivered",
+            Self::Failed => "failed",
+        }
+    }
+}
+
 /// The callback side of a request, present when it has a `callback_url`.
 #[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
 pub struct Delivery {

@@ -96,7 +96,7 @@ pub async fn get_request(
     db::requests::get(&state.db, &id)
         .await?
         .map(Json)
-        .ok_or_else(|| ApiError::NotFound(format!("no request with id {id}")))
+        .ok_or_else(|| not_found(&id))
 }
 
 /// A redelivery that was started.
@@ -128,7 +128,7 @@ pub async fn list_attempts(
     ApiPath(id): ApiPath<String>,
 ) -> Result<Json<Vec<Attempt>>, ApiError> {
     if db::requests::get(&state.db, &id).await?.is_none() {
-        return Err(ApiError::NotFound(format!("no request with id {id}")));
+        return Err(not_found(&id));
     }
     Ok(Json(db::callbacks::attempts(&state.db, &id).await?))
 }
@@ -162,18 +162,18 @@ pub async fn redeliver(
                 message: "A new delivery round has started".to_owned(),
             }),
         )),
-        Err(RedeliverRefusal::NotFound) => Err(ApiError::NotFound(format!("no request with id {id}"))),
+        Err(RedeliverRefusal::NotFound) => Err(not_found(&id)),
         Err(RedeliverRefusal::NotFailed(_, false)) => Err(ApiError::Conflict(
             "this request has no callback_url to deliver to".to_owned(),
         )),
         Err(RedeliverRefusal::NotFailed(status, true)) => Err(ApiError::Conflict(format!(
             "only a failed delivery can be redelivered; this one is {}",
-            status.map_or("waiting for the job to finish", |s| match s {
-                DeliveryStatus::Pending => "pending",
-                DeliveryStatus::Delivering => "delivering",
-                DeliveryStatus::Delivered => "delivered",
-                DeliveryStatus::Failed => "failed",
-            })
+            status.map_or("waiting for the job to finish", DeliveryStatus::as_str)
         ))),
     }
+}
+
+/// The 404 of every route under `/requests/{id}`.
+fn not_found(id: &str) -> ApiError {
+    ApiError::NotFound(format!("no request with id {id}"))
 }

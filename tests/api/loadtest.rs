@@ -32,7 +32,8 @@ fn loadtest_command() -> tokio::process::Command {
 async fn serve(router: Router) -> String {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
-    tokio::spawn(async move { axum::serve(listener, router).await });
+    let service = router.into_make_service_with_connect_info::<std::net::SocketAddr>();
+    tokio::spawn(async move { axum::serve(listener, service).await });
     format!("http://{addr}")
 }
 
@@ -55,6 +56,8 @@ fn spec(base_url: &str, plan: Plan) -> RunSpec {
 struct InFlight {
     now: AtomicUsize,
     seen_at_arrival: std::sync::Mutex<Vec<usize>>,
+    /// The client ports requests came from: one per connection.
+    peers: std::sync::Mutex<std::collections::HashSet<std::net::SocketAddr>>,
 }
 
 #[tokio::test]
@@ -63,22 +66,25 @@ async fn closed_loop_keeps_exactly_the_concurrency_in_flight_as_a_sliding_window
     let handler_counter = counter.clone();
     let base = serve(Router::new().route(
         "/work",
-        get(move || {
-            let c = handler_counter.clone();
-            async move {
-                let in_flight = c.now.fetch_add(1, Ordering::SeqCst) + 1;
-                let arrivals = {
-                    let mut seen = c.seen_at_arrival.lock().expect("lock");
-                    seen.push(in_flight);
-                    seen.len()
-                };
-                // Uneven durations, long beside scheduling hiccups: a batch sender would be caught
-                // waiting for its slowest.
-                tokio::time::sleep(Duration::from_millis(20 + (arrivals as u64 * 7) % 41)).await;
-                c.now.fetch_sub(1, Ordering::SeqCst);
-                "ok"
-            }
-        }),
+        get(
+            move |axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<std::net::SocketAddr>| {
+                let c = handler_counter.clone();
+                async move {
+                    c.peers.lock().expect("lock").insert(peer);
+                    let in_flight = c.now.fetch_add(1, Ordering::SeqCst) + 1;
+                    let arrivals = {
+                        let mut seen = c.seen_at_arrival.lock().expect("lock");
+                        seen.push(in_flight);
+                        seen.len()
+                    };
+                    // Uneven durations, long beside scheduling hiccups: a batch sender would be caught
+                    // waiting for its slowest.
+                    tokio::time::sleep(Duration::from_millis(20 + (arrivals as u64 * 7) % 41)).await;
+                    c.now.fetch_sub(1, Ordering::SeqCst);
+                    "ok"
+                }
+            },
+        ),
     ))
     .await;
     let concurrency = 8;
@@ -105,6 +111,12 @@ async fn closed_loop_keeps_exactly_the_concurrency_in_flight_as_a_sliding_window
     // test machine may delay a replacement now and then, hence a small allowance.
     let low = after_ramp.iter().filter(|&&n| n <= concurrency / 2).count();
     assert!(low <= 5, "the window drained {low} times: {seen:?}");
+    // 200 requests over 8 kept-alive connections, not a connection per request.
+    let connections = counter.peers.lock().expect("lock").len();
+    assert!(
+        connections <= concurrency,
+        "{connections} connections for {concurrency} in flight"
+    );
 }
 
 #[tokio::test]
@@ -314,6 +326,19 @@ async fn compare_mode_runs_end_to_end_and_writes_an_html_report_with_svg() {
     assert!(stdout.contains("expected 8, received 8, missing 0"), "{stdout}");
     let html = std::fs::read_to_string(&html_path).expect("written");
     assert!(html.contains("<svg") && html.contains("</svg>"), "no chart");
+    for section in [
+        "Latency distribution",
+        "Latency over time",
+        "Throughput over time",
+        "Server during the async run",
+    ] {
+        assert!(html.contains(section), "the report has no {section} chart");
+    }
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        !stderr.contains('█') && !stderr.contains('░'),
+        "a progress bar was drawn on a pipe: {stderr}"
+    );
     assert!(html.contains("Sync against async"));
     assert!(
         !html.contains("<script") && !html.contains("https://"),

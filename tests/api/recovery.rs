@@ -100,6 +100,15 @@ async fn a_kill_9_while_a_retry_is_waiting_resumes_the_delivery_after_restart() 
         stored["delivery"]["attempts"] == 1 && stored["delivery"]["status"] == "pending"
     })
     .await;
+    let waiting = record(&client, &addr, &id).await;
+    assert!(
+        waiting["delivery"]["next_attempt_at"].is_string(),
+        "a pending retry shows when it is due: {waiting}"
+    );
+    assert_eq!(
+        waiting["delivery"]["last_status_code"], 500,
+        "the receiver's simulated failure"
+    );
 
     kill_hard(&mut first);
     let (second, addr) = start_server(&[("DATABASE_PATH", db), ("CALLBACK_RETRY_UNIT_MS", "1".to_owned())]);
@@ -111,6 +120,11 @@ async fn a_kill_9_while_a_retry_is_waiting_resumes_the_delivery_after_restart() 
     .await;
     let stored = record(&client, &addr, &id).await;
     assert_eq!(stored["delivery"]["attempts"], 2);
+    assert_eq!(
+        stored["delivery"]["next_attempt_at"],
+        Value::Null,
+        "nothing is due once delivered"
+    );
     terminate(&second);
 }
 
