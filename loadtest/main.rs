@@ -65,6 +65,17 @@ struct Args {
     /// saturate the engine.
     #[arg(long, default_value_t = 0)]
     background_sync: usize,
+    /// `payload.data` for every request, as a JSON object, such as '{"n": 1}' for tiny prime
+    /// jobs.
+    #[arg(long, value_parser = json_object)]
+    data: Option<serde_json::Value>,
+    /// Answer this share of callbacks (0 to 1) with a 500, so the server retries them.
+    #[arg(long, default_value_t = 0.0)]
+    callback_fail_rate: f64,
+    /// After the report, print the server's database, WAL and memory size at this interval
+    /// (such as 10s), read from its /metrics during the run: a soak test.
+    #[arg(long, value_parser = bounded_duration)]
+    soak_every: Option<Duration>,
     /// Write the results as JSON (versioned schema) to this file.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -98,6 +109,15 @@ enum OperationArg {
     Transform,
 }
 
+/// `--data`: a JSON object.
+fn json_object(raw: &str) -> Result<serde_json::Value, String> {
+    match serde_json::from_str::<serde_json::Value>(raw) {
+        Ok(value) if value.is_object() => Ok(value),
+        Ok(_) => Err("expected a JSON object such as '{\"n\": 1}'".to_owned()),
+        Err(e) => Err(format!("not JSON: {e}")),
+    }
+}
+
 /// The longest duration any flag takes: a week.
 const MAX_FLAG_DURATION: Duration = Duration::from_secs(7 * 24 * 3600);
 /// The highest open-loop rate: beyond this the clock, not the server, would be measured.
@@ -116,6 +136,12 @@ fn check_flags(args: &Args) -> Result<(), String> {
     if args.rate.is_some_and(|r| !(r > 0.0 && r <= MAX_RATE)) {
         return Err(format!(
             "--rate must be above 0 and at most {MAX_RATE} requests per second"
+        ));
+    }
+    if !(0.0..=1.0).contains(&args.callback_fail_rate) {
+        return Err(format!(
+            "--callback-fail-rate must be from 0 to 1, got {}",
+            args.callback_fail_rate
         ));
     }
     if args.max_error_rate.is_some_and(|r| !(0.0..=1.0).contains(&r)) {
@@ -166,6 +192,8 @@ fn main() -> ExitCode {
         request_timeout: args.timeout,
         background_sync: args.background_sync,
         progress: !args.quiet,
+        data: args.data.clone(),
+        callback_fail_rate: args.callback_fail_rate,
     };
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
@@ -183,6 +211,11 @@ fn main() -> ExitCode {
     };
     if !args.quiet {
         print!("{}", loadtest::text::render(&report));
+    }
+    if let Some(every) = args.soak_every {
+        for run in &report.runs {
+            print!("\n{}", loadtest::text::render_soak(run, every));
+        }
     }
     if let Err(e) = write_files(&args, &report) {
         eprintln!("loadtest: {e:#}");

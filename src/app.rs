@@ -60,7 +60,7 @@ impl App {
             .await
             .with_context(|| format!("binding {addr}"))?;
         let instance_lock = lock_instance(&config.database_path)?;
-        let db = db::connect(&config.database_path).await?;
+        let db = db::connect_with_wal_limit(&config.database_path, config.sqlite_wal_limit_bytes()).await?;
         let metrics = Arc::new(Metrics::new());
         let engine_threads = config.max_sync_concurrency + config.num_workers;
         let pool = EnginePool::new(engine_threads, config.engine_priority, metrics.clone())

@@ -57,6 +57,8 @@ pub struct Config {
     pub port: u16,
     /// The SQLite file; its directory is created on first start.
     pub database_path: PathBuf,
+    /// The bound on the SQLite WAL file, in MiB: checkpoints keep it below this under load.
+    pub sqlite_wal_limit_mb: u64,
     /// Sync requests computed at once; one more gets 503.
     pub max_sync_concurrency: usize,
     /// After this the engine is cancelled: 504 for sync, `failed` for async.
@@ -145,6 +147,7 @@ impl Config {
             host: env.parse("HOST", "0.0.0.0", "an IP address such as 0.0.0.0 or 127.0.0.1")?,
             port: env.parse("PORT", "8000", "a port number from 0 to 65535")?,
             database_path: PathBuf::from(env.string("DATABASE_PATH", "./data/requests.db")),
+            sqlite_wal_limit_mb: env.parse("SQLITE_WAL_LIMIT_MB", "64", "a whole number of MiB from 1 to 65536")?,
             max_sync_concurrency: env.count("MAX_SYNC_CONCURRENCY", 10)?,
             work_timeout: env.seconds("WORK_TIMEOUT_SECONDS", "30")?,
             num_workers: env.count("NUM_WORKERS", 5)?,
@@ -177,7 +180,12 @@ impl Config {
 
     /// Bounds that need more than one value or a range check after parsing.
     fn check_ranges(&self, env: &Lookup<'_>) -> Result<(), ConfigError> {
-        let checks: [(&'static str, bool, &str); 8] = [
+        let checks: [(&'static str, bool, &str); 9] = [
+            (
+                "SQLITE_WAL_LIMIT_MB",
+                (1..=65_536).contains(&self.sqlite_wal_limit_mb),
+                "a whole number of MiB from 1 to 65536",
+            ),
             (
                 "CALLBACK_MAX_RETRY_AFTER_SECONDS",
                 self.callback_max_retry_after <= Duration::from_secs(86_400),
@@ -228,6 +236,11 @@ impl Config {
             Some((key, _, expected)) => Err(env.error(key, expected)),
             None => Ok(()),
         }
+    }
+
+    /// The WAL bound in bytes.
+    pub fn sqlite_wal_limit_bytes(&self) -> u64 {
+        self.sqlite_wal_limit_mb * 1024 * 1024
     }
 
     /// The largest accepted request body, in bytes.

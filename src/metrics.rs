@@ -9,6 +9,7 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 use crate::db::requests::Summary;
+use crate::db::wal::WalFigures;
 use crate::engine::Operation;
 
 /// HTTP latency buckets: 0.5 ms to about 33 s, doubling.
@@ -135,6 +136,22 @@ pub struct Metrics {
     pub rate_limited: Counter,
     /// Stored requests by mode and status (set from the database when read).
     pub stored_requests: Family<StoredLabels, Gauge>,
+    /// The database file's size in bytes (set when read).
+    pub database_bytes: Gauge,
+    /// The WAL file's size in bytes (set when read).
+    pub wal_bytes: Gauge,
+    /// The bound the WAL is kept under.
+    pub wal_limit_bytes: Gauge,
+    /// Completed WAL checkpoints by kind (set when read, from the store's counts).
+    pub wal_checkpoints: Family<CheckpointLabels, Gauge>,
+    /// This process's resident memory in bytes (set when read).
+    pub resident_memory_bytes: Gauge,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CheckpointLabels {
+    /// `passive`, `restart`, `truncate`, or `restart_busy` (a RESTART that found readers).
+    pub kind: &'static str,
 }
 
 impl Default for Metrics {
@@ -164,6 +181,11 @@ impl Metrics {
             callbacks: Family::default(),
             rate_limited: Counter::default(),
             stored_requests: Family::default(),
+            database_bytes: Gauge::default(),
+            wal_bytes: Gauge::default(),
+            wal_limit_bytes: Gauge::default(),
+            wal_checkpoints: Family::default(),
+            resident_memory_bytes: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register("http_requests", "HTTP requests answered", m.http_requests.clone());
@@ -219,6 +241,23 @@ impl Metrics {
             "Stored requests by mode and status",
             m.stored_requests.clone(),
         );
+        registry.register("database_bytes", "Size of the database file", m.database_bytes.clone());
+        registry.register("wal_bytes", "Size of the SQLite WAL file", m.wal_bytes.clone());
+        registry.register(
+            "wal_limit_bytes",
+            "The bound the SQLite WAL is kept under",
+            m.wal_limit_bytes.clone(),
+        );
+        registry.register(
+            "wal_checkpoints",
+            "SQLite WAL checkpoints by kind",
+            m.wal_checkpoints.clone(),
+        );
+        registry.register(
+            "process_resident_memory_bytes",
+            "Resident memory of this process",
+            m.resident_memory_bytes.clone(),
+        );
         Self { registry, ..m }
     }
 
@@ -273,6 +312,25 @@ impl Metrics {
             };
             self.stored_requests.get_or_create(&labels).set(count);
         }
+    }
+
+    /// Copies the storage sizes and this process's memory into gauges.
+    pub fn set_storage(&self, wal: &WalFigures, resident_memory_bytes: u64) {
+        let gauge = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+        self.database_bytes.set(gauge(wal.database_bytes));
+        self.wal_bytes.set(gauge(wal.wal_bytes));
+        self.wal_limit_bytes.set(gauge(wal.wal_limit_bytes));
+        for (kind, count) in [
+            ("passive", wal.passive_checkpoints),
+            ("restart", wal.restart_checkpoints),
+            ("truncate", wal.truncate_checkpoints),
+            ("restart_busy", wal.restart_busy),
+        ] {
+            self.wal_checkpoints
+                .get_or_create(&CheckpointLabels { kind })
+                .set(gauge(count));
+        }
+        self.resident_memory_bytes.set(gauge(resident_memory_bytes));
     }
 
     /// The registry in OpenMetrics text form.

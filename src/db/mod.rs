@@ -6,8 +6,10 @@ pub mod callbacks;
 mod group_commit;
 pub mod idempotency;
 pub mod requests;
+pub mod wal;
 
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -19,8 +21,6 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 /// Read-only connections; WAL lets them all read beside the writer.
 const READERS: u32 = 6;
-/// How often the WAL is checkpointed into the database file.
-const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
 
 /// The database handles.
 ///
@@ -35,6 +35,10 @@ pub struct Db {
     readers: SqlitePool,
     /// Concurrent inserts of new requests share one commit.
     group_commit: group_commit::GroupCommit,
+    /// Copies the WAL into the database file in the background; closed before the writer.
+    checkpointer: SqlitePool,
+    /// Keeps the WAL within its bound and reports the file sizes.
+    wal: Arc<wal::WalMonitor>,
 }
 
 impl Db {
@@ -48,18 +52,33 @@ impl Db {
         &self.readers
     }
 
+    /// The WAL's bound, sizes and checkpoint counts.
+    pub fn wal(&self) -> &wal::WalMonitor {
+        &self.wal
+    }
+
+    /// Closes every connection, emptying the WAL on the way out: readers and the checkpointer
+    /// first, so that the writer's TRUNCATE checkpoint has nobody to wait for.
     pub async fn close(&self) {
-        self.writer.close().await;
         self.readers.close().await;
+        self.checkpointer.close().await;
+        self.wal.truncate(&self.writer).await;
+        self.writer.close().await;
     }
 }
 
-/// Opens (creating if needed) the database at `path` and brings its schema up to date.
+/// Opens (creating if needed) the database at `path` and brings its schema up to date, with the
+/// default WAL bound.
+pub async fn connect(path: &Path) -> anyhow::Result<Db> {
+    connect_with_wal_limit(path, wal::DEFAULT_LIMIT_BYTES).await
+}
+
+/// Opens the database at `path`, keeping its WAL file under `wal_limit_bytes` (see `wal`).
 ///
 /// `synchronous = NORMAL` makes each commit durable against a crash or `kill -9` of this process
 /// (the WAL is written before the commit returns); only an OS crash or power cut can lose the
 /// last commits, which is the usual WAL trade-off.
-pub async fn connect(path: &Path) -> anyhow::Result<Db> {
+pub async fn connect_with_wal_limit(path: &Path, wal_limit_bytes: u64) -> anyhow::Result<Db> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).with_context(|| format!("creating the data directory {}", dir.display()))?;
     }
@@ -69,14 +88,28 @@ pub async fn connect(path: &Path) -> anyhow::Result<Db> {
         .journal_mode(SqliteJournalMode::Wal)
         .synchronous(SqliteSynchronous::Normal)
         .busy_timeout(BUSY_TIMEOUT)
-        .foreign_keys(true);
+        .foreign_keys(true)
+        // A file that ever grew past the bound is cut back to it when the log starts over.
+        .pragma("journal_size_limit", wal_limit_bytes.to_string());
     let opening = || format!("opening the database {}", path.display());
+    let wal = Arc::new(wal::WalMonitor::new(path, wal_limit_bytes));
+    let hook = wal.clone();
     let writer = SqlitePoolOptions::new()
         .test_before_acquire(false)
         .max_connections(1)
         .min_connections(1)
-        // The writer never checkpoints (which would stall the writes queued behind it while it
-        // copies pages and syncs the file); a separate connection does, in the background.
+        .after_release(move |conn, _| {
+            let wal = hook.clone();
+            Box::pin(async move {
+                if let Err(e) = wal.after_write(conn).await {
+                    tracing::debug!(error = %e, "WAL restart checkpoint failed; tried again after the next write");
+                }
+                Ok(true)
+            })
+        })
+        // The writer never checkpoints on its own (SQLite's autocheckpoint would stall the writes
+        // queued behind it while it copies pages); a separate connection copies in the
+        // background, and the writer only rewinds the log (see `wal`).
         .connect_with(options.clone().pragma("wal_autocheckpoint", "0"))
         .await
         .with_context(opening)?;
@@ -96,29 +129,17 @@ pub async fn connect(path: &Path) -> anyhow::Result<Db> {
         .connect_with(options.clone())
         .await
         .with_context(opening)?;
-    tokio::spawn(checkpoint_loop(checkpointer, writer.clone()));
+    let loop_wal = wal.clone();
+    let (loop_checkpointer, loop_writer) = (checkpointer.clone(), writer.clone());
+    tokio::spawn(async move { loop_wal.run(loop_checkpointer, loop_writer).await });
     let group_commit = group_commit::GroupCommit::start(writer.clone());
     Ok(Db {
         writer,
         readers,
         group_commit,
+        checkpointer,
+        wal,
     })
-}
-
-/// Copies committed WAL frames into the database file every second, without waiting for
-/// readers or blocking the writer (a PASSIVE checkpoint). Stops when the writer is closed.
-async fn checkpoint_loop(checkpointer: SqlitePool, writer: SqlitePool) {
-    let mut tick = tokio::time::interval(CHECKPOINT_EVERY);
-    while !writer.is_closed() {
-        tick.tick().await;
-        if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
-            .execute(&checkpointer)
-            .await
-        {
-            tracing::debug!(error = %e, "WAL checkpoint skipped");
-        }
-    }
-    checkpointer.close().await;
 }
 
 /// Answers when the database can run a query: the health check.

@@ -64,6 +64,10 @@ pub struct Settings {
     /// Keep this many sync requests running beside every measured run (0 for none).
     pub background_sync: usize,
     pub progress: bool,
+    /// `payload.data` for every request (`--data`), such as `{"n": 1}` for tiny prime jobs.
+    pub data: Option<serde_json::Value>,
+    /// The share of callbacks the tool's receiver answers with a 500 (`--callback-fail-rate`).
+    pub callback_fail_rate: f64,
 }
 
 /// The callback port used against an external server when none is given.
@@ -119,6 +123,7 @@ pub async fn execute(
             base_url: base_url.clone(),
             operation: settings.operation,
             complexity: settings.complexity,
+            data: settings.data.clone(),
             plan: plan(settings),
             client: client.clone(),
             callbacks: receiver
@@ -131,9 +136,8 @@ pub async fn execute(
         let background = match settings.background_sync {
             0 => None,
             n => {
-                let body = axum::body::Bytes::from(
-                    serde_json::json!({"payload": {"operation": settings.operation.as_str(), "complexity": settings.complexity}}).to_string(),
-                );
+                let payload = run::payload(settings.operation, settings.complexity, settings.data.as_ref());
+                let body = axum::body::Bytes::from(serde_json::json!({ "payload": payload }).to_string());
                 let shoot = target::post_json(client.clone(), format!("{base_url}/sync"), body);
                 Some(background::Background::start(n, shoot, &client, &base_url).await)
             }
@@ -180,6 +184,7 @@ async fn start_receiver(
         .with_context(|| format!("--callback-host {} is not an IP address", settings.callback_host))?;
     let receiver = Receiver::new(ReceiverOptions {
         quiet: true,
+        fail_rate: settings.callback_fail_rate,
         ..ReceiverOptions::default()
     });
     let running = receiver

@@ -46,6 +46,8 @@ pub struct RunSpec {
     pub base_url: String,
     pub operation: Operation,
     pub complexity: u8,
+    /// `payload.data`, when the run asks for specific data.
+    pub data: Option<serde_json::Value>,
     pub plan: Plan,
     /// The client all requests share (its pool is sized to the concurrency).
     pub client: reqwest::Client,
@@ -77,8 +79,16 @@ pub async fn run(spec: &RunSpec) -> RunReport {
     collect(spec, shoot, callbacks.as_mut()).await
 }
 
+/// The work payload every request of a run carries.
+pub fn payload(operation: Operation, complexity: u8, data: Option<&serde_json::Value>) -> serde_json::Value {
+    match data {
+        Some(data) => json!({"operation": operation.as_str(), "complexity": complexity, "data": data}),
+        None => json!({"operation": operation.as_str(), "complexity": complexity}),
+    }
+}
+
 fn request_body(spec: &RunSpec) -> Bytes {
-    let payload = json!({"operation": spec.operation.as_str(), "complexity": spec.complexity});
+    let payload = payload(spec.operation, spec.complexity, spec.data.as_ref());
     let body = match (&spec.mode, &spec.callbacks) {
         (RunMode::Async, Some((_, url))) => json!({"payload": payload, "callback_url": url}),
         _ => json!({"payload": payload}),

@@ -18,6 +18,14 @@ pub struct ServerSample {
     pub queue_size: u64,
     pub workers_busy: u64,
     pub sync_in_flight: u64,
+    /// The server's database file, WAL file and resident memory, in bytes (absent from
+    /// servers that do not report them).
+    #[serde(default)]
+    pub database_bytes: Option<u64>,
+    #[serde(default)]
+    pub wal_bytes: Option<u64>,
+    #[serde(default)]
+    pub rss_bytes: Option<u64>,
 }
 
 /// Reads `{base_url}/metrics` until `stop` fires. Samples that fail (the server is not a
@@ -48,6 +56,9 @@ pub async fn sample(
             queue_size: get("/queue/size"),
             workers_busy: get("/workers/busy"),
             sync_in_flight: get("/sync/in_flight"),
+            database_bytes: m.pointer("/storage/database_bytes").and_then(Value::as_u64),
+            wal_bytes: m.pointer("/storage/wal_bytes").and_then(Value::as_u64),
+            rss_bytes: m.pointer("/process/resident_memory_bytes").and_then(Value::as_u64),
         });
     }
     samples

@@ -184,6 +184,35 @@ pub fn render_comparison(sync: &RunReport, asynchronous: &RunReport) -> String {
     out
 }
 
+/// The server's storage and memory at every `every` of a run (`--soak-every`): one row per
+/// interval, from the first `/metrics` sample at or after each mark.
+pub fn render_soak(run: &RunReport, every: std::time::Duration) -> String {
+    let mb = |bytes: Option<u64>| bytes.map_or_else(|| "-".to_owned(), |b| format!("{:.1}", b as f64 / 1_048_576.0));
+    let mut out = format!(
+        "Server during the {} run, every {} s\n| t (s) | database (MiB) | WAL (MiB) | RSS (MiB) | queue |\n|---:|---:|---:|---:|---:|\n",
+        run.mode,
+        every.as_secs_f64()
+    );
+    let step = every.as_secs_f64().max(0.001);
+    let mut next_mark = 0.0;
+    for sample in &run.server_samples {
+        if sample.t_s + 1e-9 < next_mark {
+            continue;
+        }
+        let _ = writeln!(
+            out,
+            "| {:.0} | {} | {} | {} | {} |",
+            sample.t_s,
+            mb(sample.database_bytes),
+            mb(sample.wal_bytes),
+            mb(sample.rss_bytes),
+            sample.queue_size
+        );
+        next_mark = (sample.t_s / step).floor() * step + step;
+    }
+    out
+}
+
 /// Everything, as printed at the end of a run.
 pub fn render(report: &LoadtestReport) -> String {
     let mut out = String::new();
@@ -237,6 +266,43 @@ mod tests {
         let table = render_comparison(&sync, &run);
         assert!(
             table.contains("| Backpressure | 0 x 503 busy | 2 x 429 queue full (and 1 x 429 rate limit) |"),
+            "{table}"
+        );
+    }
+
+    #[test]
+    fn the_soak_table_has_one_row_per_interval() {
+        let sample = |t_s: f64, wal: u64| crate::loadtest::sampler::ServerSample {
+            t_s,
+            queue_size: 0,
+            workers_busy: 0,
+            sync_in_flight: 0,
+            database_bytes: Some(10 * 1_048_576),
+            wal_bytes: Some(wal),
+            rss_bytes: None,
+        };
+        let run: RunReport = serde_json::from_value(serde_json::json!({
+            "mode": "async", "operation": "hash", "complexity": 1, "concurrency": 1, "loop_kind": "closed",
+            "requests": 0, "warmup_s": 0.0, "duration_s": 30.0, "throughput_rps": 0.0, "achieved_rps": 0.0,
+            "offered_rps": null, "latency": Summary::default(), "latency_uncorrected": null,
+            "server_execution": null, "completion": null, "completion_throughput_rps": null,
+            "outcomes": Outcomes::default(), "callbacks": null, "timeline": [], "completion_timeline": [],
+            "latency_curve": [], "uncorrected_curve": [], "completion_curve": [],
+            "server_samples": [sample(0.1, 0), sample(4.0, 1), sample(10.2, 3 * 1_048_576), sample(19.9, 0), sample(20.1, 0)]
+        }))
+        .expect("a run report");
+        let table = render_soak(&run, std::time::Duration::from_secs(10));
+        let rows: Vec<&str> = table
+            .lines()
+            .filter(|l| l.starts_with("| ") && !l.starts_with("| t"))
+            .collect();
+        assert_eq!(
+            rows,
+            vec![
+                "| 0 | 10.0 | 0.0 | - | 0 |",
+                "| 10 | 10.0 | 3.0 | - | 0 |",
+                "| 20 | 10.0 | 0.0 | - | 0 |"
+            ],
             "{table}"
         );
     }

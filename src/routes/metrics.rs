@@ -45,6 +45,29 @@ pub struct MetricsReport {
     pub callbacks: CallbackFigures,
     /// Requests refused by the per-IP rate limit since start.
     pub rate_limited: u64,
+    pub storage: StorageFigures,
+    pub process: ProcessFigures,
+}
+
+/// The database on disk.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct StorageFigures {
+    /// The SQLite database file, in bytes.
+    pub database_bytes: u64,
+    /// The SQLite write-ahead log, in bytes: kept under `wal_limit_bytes`, and emptied a few
+    /// seconds after writes stop.
+    pub wal_bytes: u64,
+    /// SQLITE_WAL_LIMIT_MB in bytes.
+    pub wal_limit_bytes: u64,
+    /// The largest the WAL has been after a write since start.
+    pub wal_peak_bytes: u64,
+}
+
+/// This server process.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ProcessFigures {
+    /// Resident memory (RSS), in bytes; 0 where the platform does not tell.
+    pub resident_memory_bytes: u64,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -98,6 +121,9 @@ async fn report(state: &AppState) -> Result<MetricsReport, ApiError> {
     let summary = db::requests::summary(&state.db).await?;
     let m = &state.metrics;
     m.set_stored(&summary);
+    let wal = state.db.wal().figures();
+    let resident_memory_bytes = memory_stats::memory_stats().map_or(0, |s| s.physical_mem as u64);
+    m.set_storage(&wal, resident_memory_bytes);
     m.queue_depth.set(state.queue.depth() as i64);
     m.sync_in_flight.set(state.sync_in_flight() as i64);
     Ok(MetricsReport {
@@ -130,6 +156,13 @@ async fn report(state: &AppState) -> Result<MetricsReport, ApiError> {
             failed: m.callbacks(CallbackOutcome::Failed),
         },
         rate_limited: m.rate_limited.get(),
+        storage: StorageFigures {
+            database_bytes: wal.database_bytes,
+            wal_bytes: wal.wal_bytes,
+            wal_limit_bytes: wal.wal_limit_bytes,
+            wal_peak_bytes: wal.wal_peak_bytes,
+        },
+        process: ProcessFigures { resident_memory_bytes },
     })
 }
 

@@ -43,6 +43,7 @@ fn spec(base_url: &str, plan: Plan) -> RunSpec {
         base_url: base_url.to_owned(),
         operation: Operation::Hash,
         complexity: 1,
+        data: None,
         client: target::http_client(plan.concurrency, Duration::from_secs(30)).expect("client"),
         plan,
         callbacks: None,

@@ -12,4 +12,5 @@ mod observability;
 mod rate_limit;
 mod recovery;
 mod requests;
+mod storage;
 mod sync;
