@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use axum::Router;
-use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::extract::{DefaultBodyLimit, FromRef, MatchedPath, Request, State};
 use axum::http::{HeaderName, HeaderValue, Method, header};
 use axum::middleware::{self, Next};
 use axum::response::Response;
@@ -25,12 +25,13 @@ use tower_http::trace::{DefaultOnRequest, DefaultOnResponse, TraceLayer};
 use tracing::Level;
 
 use crate::callback::Deliveries;
+use crate::client_ip::ClientIpSource;
 use crate::config::{Config, CorsOrigins};
 use crate::db;
 use crate::execution::{EnginePool, Executor};
 use crate::jobs::{self, JobQueue, WorkerContext, WorkerPool};
 use crate::metrics::{Metrics, RouteLabels};
-use crate::rate_limit::{self, ClientRateLimiter};
+use crate::rate_limit::{self, ClientRateLimiter, RateLimit};
 use crate::routes;
 use crate::state::AppState;
 
@@ -207,7 +208,14 @@ pub fn router(state: AppState) -> Router {
     let x_request_id = HeaderName::from_static("x-request-id");
     routes::router()
         .layer(DefaultBodyLimit::max(state.config.max_payload_bytes()))
-        .layer(middleware::from_fn_with_state(state.clone(), rate_limit::enforce))
+        .layer(middleware::from_fn_with_state(
+            RateLimit {
+                limiter: state.rate_limiter.clone(),
+                client_ip: ClientIpSource::from_ref(&state),
+                refused: state.metrics.rate_limited.clone(),
+            },
+            rate_limit::enforce,
+        ))
         .layer(middleware::from_fn_with_state(state.metrics.clone(), track_http))
         .layer(cors(&state.config))
         .layer(PropagateRequestIdLayer::new(x_request_id.clone()))

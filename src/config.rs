@@ -7,6 +7,8 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::signing::SigningKey;
+
 /// A setting that could not be used; its `Display` is the one line printed before exiting.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("invalid {key}={value:?}: expected {expected}")]
@@ -82,8 +84,9 @@ pub struct Config {
     pub callback_max_retry_after: Duration,
     /// Callback attempts in flight at once, across all jobs.
     pub max_concurrent_deliveries: usize,
-    /// `whsec_...`: when set, callbacks carry a Standard Webhooks signature.
-    pub callback_signing_secret: Option<String>,
+    /// CALLBACK_SIGNING_SECRET (`whsec_...`), decoded: when set, callbacks carry a Standard
+    /// Webhooks signature.
+    pub callback_signing_key: Option<SigningKey>,
     /// Burst per client IP.
     pub rate_limit_requests: u32,
     /// The burst refills evenly over this window.
@@ -159,7 +162,7 @@ impl Config {
             callback_retry_unit: env.millis("CALLBACK_RETRY_UNIT_MS", "1000")?,
             callback_max_retry_after: env.seconds("CALLBACK_MAX_RETRY_AFTER_SECONDS", "300")?,
             max_concurrent_deliveries: env.count("MAX_CONCURRENT_DELIVERIES", 20)?,
-            callback_signing_secret: env.optional("CALLBACK_SIGNING_SECRET"),
+            callback_signing_key: env.signing_key("CALLBACK_SIGNING_SECRET")?,
             rate_limit_requests: env.parse("RATE_LIMIT_REQUESTS", "100", "a whole number of at least 1")?,
             rate_limit_window: env.seconds("RATE_LIMIT_WINDOW_SECONDS", "60")?,
             trust_forwarded_for: env.flag("TRUST_FORWARDED_FOR", false)?,
@@ -180,7 +183,7 @@ impl Config {
 
     /// Bounds that need more than one value or a range check after parsing.
     fn check_ranges(&self, env: &Lookup<'_>) -> Result<(), ConfigError> {
-        let checks: [(&'static str, bool, &str); 9] = [
+        let checks: [(&'static str, bool, &str); 8] = [
             (
                 "SQLITE_WAL_LIMIT_MB",
                 (1..=65_536).contains(&self.sqlite_wal_limit_mb),
@@ -198,13 +201,6 @@ impl Config {
                     CorsOrigins::List(origins) => origins.iter().all(|o| is_origin(o)),
                 },
                 "* or a list of origins such as http://localhost:3000 (scheme, host and port only)",
-            ),
-            (
-                "CALLBACK_SIGNING_SECRET",
-                self.callback_signing_secret
-                    .as_deref()
-                    .is_none_or(|s| crate::callback::SigningKey::parse(s).is_ok()),
-                "`whsec_` followed by base64",
             ),
             (
                 "MAX_CALLBACK_RETRIES",
@@ -309,6 +305,13 @@ impl Lookup<'_> {
             return Err(self.error(key, expected));
         }
         Ok(Duration::from_millis(ms))
+    }
+
+    /// A Standard Webhooks secret, decoded once here.
+    fn signing_key(&self, key: &'static str) -> Result<Option<SigningKey>, ConfigError> {
+        self.optional(key)
+            .map(|secret| SigningKey::parse(&secret).map_err(|_| self.error(key, "`whsec_` followed by base64")))
+            .transpose()
     }
 
     fn flag(&self, key: &'static str, default: bool) -> Result<bool, ConfigError> {

@@ -13,9 +13,10 @@ use tokio::sync::OwnedSemaphorePermit;
 
 use crate::config::EnginePriority;
 use crate::db;
-use crate::db::requests::{Completion, Mode, Status};
+use crate::db::requests::Completion;
 use crate::engine::{self, CancelToken, Operation, Work};
 use crate::metrics::{Metrics, RunOutcome};
+use crate::model::{Mode, Status};
 
 /// How one engine run ended.
 #[derive(Debug, Clone, PartialEq)]
@@ -209,7 +210,7 @@ impl Executor {
 }
 
 /// Milliseconds with microsecond precision (no float noise such as 1390.9897369999999).
-pub fn as_millis(d: Duration) -> f64 {
+pub(crate) fn as_millis(d: Duration) -> f64 {
     d.as_micros() as f64 / 1e3
 }
 

@@ -1,32 +1,38 @@
 //! Request extractors whose rejections are `ApiError`s, so even a malformed request gets a
 //! problem+json answer: `ApiJson` (415/400/413/422 with a JSON pointer), `ApiQuery` (422) and
-//! `ClientIp` (the address the rate limiter keyed the request by).
-
-use std::net::{IpAddr, SocketAddr};
+//! `ApiPath` (404).
 
 use axum::body::Bytes;
-use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Request};
-use axum::http::{HeaderMap, StatusCode, header, request::Parts};
+use axum::extract::{FromRef, FromRequest, FromRequestParts, Request};
+use axum::http::{HeaderMap, StatusCode, header};
 use serde::de::DeserializeOwned;
 use serde_path_to_error::Segment;
 
 use crate::error::{ApiError, FieldError};
-use crate::state::AppState;
 
 /// A JSON body. Unlike `axum::Json`, a body that parses but does not fit the schema gets a 422
 /// that points at the offending field (`/payload/complexity`).
-pub struct ApiJson<T>(pub T);
+pub(crate) struct ApiJson<T>(pub T);
 
-impl<T: DeserializeOwned> FromRequest<AppState> for ApiJson<T> {
+/// The body limit, for the 413's message (the `DefaultBodyLimit` layer enforces it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct BodyLimitKb(pub usize);
+
+impl<S, T> FromRequest<S> for ApiJson<T>
+where
+    S: Send + Sync,
+    T: DeserializeOwned,
+    BodyLimitKb: FromRef<S>,
+{
     type Rejection = ApiError;
 
-    async fn from_request(req: Request, state: &AppState) -> Result<Self, ApiError> {
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
         if !is_json(req.headers()) {
             return Err(ApiError::UnsupportedMediaType(
                 "expected a body with `Content-Type: application/json`".to_owned(),
             ));
         }
-        let limit_kb = state.config.max_payload_size_kb;
+        let BodyLimitKb(limit_kb) = BodyLimitKb::from_ref(state);
         let bytes = Bytes::from_request(req, state).await.map_err(|rejection| {
             if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
                 ApiError::PayloadTooLarge { limit_kb }
@@ -39,7 +45,7 @@ impl<T: DeserializeOwned> FromRequest<AppState> for ApiJson<T> {
 }
 
 /// Parses `bytes` as `T`: syntax errors are 400, schema errors 422 with a pointer.
-pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+pub(crate) fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     let mut de = serde_json::Deserializer::from_slice(bytes);
     let value = serde_path_to_error::deserialize(&mut de).map_err(|err| {
         let pointer = pointer(err.path());
@@ -90,44 +96,12 @@ fn is_json(headers: &HeaderMap) -> bool {
 /// A query string; a value that does not parse (an unknown `status`) is a 422.
 #[derive(FromRequestParts)]
 #[from_request(via(axum::extract::Query), rejection(ApiError))]
-pub struct ApiQuery<T>(pub T);
+pub(crate) struct ApiQuery<T>(pub T);
 
 /// A path parameter; one that does not decode is a 404 like any unknown path.
 #[derive(FromRequestParts)]
 #[from_request(via(axum::extract::Path), rejection(ApiError))]
-pub struct ApiPath<T>(pub T);
-
-/// The client address requests are attributed to: the TCP peer, or, when TRUST_FORWARDED_FOR
-/// is on, the last `X-Forwarded-For` entry. The last entry is the one the trusted proxy added;
-/// earlier entries are whatever the client chose to send.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ClientIp(pub IpAddr);
-
-impl ClientIp {
-    /// Resolves the client address of a request.
-    pub fn resolve(headers: &HeaderMap, peer: Option<SocketAddr>, trust_forwarded_for: bool) -> Self {
-        let forwarded = trust_forwarded_for
-            .then(|| headers.get_all("x-forwarded-for").iter().next_back())
-            .flatten()
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.rsplit(',').next())
-            .and_then(|last| last.trim().parse::<IpAddr>().ok());
-        let peer = peer.map(|addr| addr.ip().to_canonical());
-        Self(forwarded.or(peer).unwrap_or(IpAddr::from([0, 0, 0, 0])))
-    }
-}
-
-impl FromRequestParts<AppState> for ClientIp {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        if let Some(ip) = parts.extensions.get::<ClientIp>() {
-            return Ok(*ip);
-        }
-        let peer = parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|c| c.0);
-        Ok(Self::resolve(&parts.headers, peer, state.config.trust_forwarded_for))
-    }
-}
+pub(crate) struct ApiPath<T>(pub T);
 
 #[cfg(test)]
 mod tests {
@@ -182,20 +156,5 @@ mod tests {
             headers.insert(header::CONTENT_TYPE, value.parse().expect("header"));
             assert_eq!(is_json(&headers), ok, "{value}");
         }
-    }
-
-    #[test]
-    fn forwarded_for_is_used_only_when_trusted_and_only_its_last_entry() {
-        let mut headers = HeaderMap::new();
-        headers.insert("x-forwarded-for", "1.2.3.4, 203.0.113.7".parse().expect("header"));
-        let peer: SocketAddr = "[::ffff:127.0.0.1]:4000".parse().expect("addr");
-        assert_eq!(
-            ClientIp::resolve(&headers, Some(peer), false).0.to_string(),
-            "127.0.0.1"
-        );
-        assert_eq!(
-            ClientIp::resolve(&headers, Some(peer), true).0.to_string(),
-            "203.0.113.7"
-        );
     }
 }

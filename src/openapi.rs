@@ -26,11 +26,12 @@ use crate::error::{FieldError, Problem};
     ),
     components(schemas(Problem, FieldError, CallbackBody))
 )]
-pub struct ApiDoc;
+pub(crate) struct ApiDoc;
 
 /// The 400 of an endpoint that takes a JSON body.
 #[derive(IntoResponses)]
-pub enum MalformedJson {
+#[expect(dead_code, reason = "only documents responses in the OpenAPI document")]
+pub(crate) enum MalformedJson {
     /// The body is not well-formed JSON.
     #[response(status = 400, content_type = "application/problem+json", example = json!({
         "type": "urn:sync-async:problem:bad-request", "title": "Bad Request", "status": 400,
@@ -40,7 +41,8 @@ pub enum MalformedJson {
 
 /// The errors every JSON body can get besides a 400.
 #[derive(IntoResponses)]
-pub enum PayloadErrors {
+#[expect(dead_code, reason = "only documents responses in the OpenAPI document")]
+pub(crate) enum PayloadErrors {
     /// The body is larger than MAX_PAYLOAD_SIZE_KB.
     #[response(status = 413, content_type = "application/problem+json")]
     TooLarge(Problem),
@@ -57,7 +59,8 @@ pub enum PayloadErrors {
 
 /// The per-client rate limit.
 #[derive(IntoResponses)]
-pub enum RateLimited {
+#[expect(dead_code, reason = "only documents responses in the OpenAPI document")]
+pub(crate) enum RateLimited {
     /// This client used its burst of RATE_LIMIT_REQUESTS; retry after `Retry-After` seconds.
     #[response(status = 429, content_type = "application/problem+json", headers(
         ("Retry-After" = u64, description = "Seconds until a request is allowed again (at least 1)"),

@@ -5,6 +5,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::num::NonZeroU32;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::{ConnectInfo, Request, State};
@@ -16,9 +17,10 @@ use governor::middleware::StateInformationMiddleware;
 use governor::state::keyed::DefaultKeyedStateStore;
 use governor::{Quota, RateLimiter};
 
+use prometheus_client::metrics::counter::Counter;
+
+use crate::client_ip::ClientIpSource;
 use crate::error::ApiError;
-use crate::extract::ClientIp;
-use crate::state::AppState;
 
 /// Paths that never count against the limit.
 const EXEMPT_PATHS: [&str; 1] = ["/healthz"];
@@ -94,16 +96,26 @@ fn limit_key(ip: IpAddr) -> IpAddr {
     }
 }
 
+/// What the middleware needs, and nothing else.
+#[derive(Clone)]
+pub(crate) struct RateLimit {
+    pub limiter: Arc<ClientRateLimiter>,
+    /// How to tell the client's address.
+    pub client_ip: ClientIpSource,
+    /// Counts refusals (`sync_async_rate_limited` in the metrics).
+    pub refused: Counter,
+}
+
 /// The middleware: resolves the client IP once (handlers read it from the extensions), then
 /// lets the request through or answers 429.
-pub async fn enforce(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
+pub(crate) async fn enforce(State(rate_limit): State<RateLimit>, mut req: Request, next: Next) -> Response {
     let peer = req.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0);
-    let client = ClientIp::resolve(req.headers(), peer, state.config.trust_forwarded_for);
+    let client = rate_limit.client_ip.resolve(req.headers(), peer);
     req.extensions_mut().insert(client);
     if EXEMPT_PATHS.contains(&req.uri().path()) {
         return next.run(req).await;
     }
-    let limiter = &state.rate_limiter;
+    let limiter = &rate_limit.limiter;
     match limiter.check(client.0) {
         Decision::Allowed { remaining } => {
             let mut response = next.run(req).await;
@@ -119,7 +131,7 @@ pub async fn enforce(State(state): State<AppState>, mut req: Request, next: Next
             response
         }
         Decision::Refused { retry_after_secs } => {
-            state.metrics.rate_limited.inc();
+            rate_limit.refused.inc();
             ApiError::RateLimited {
                 retry_after_secs,
                 limit: limiter.limit(),

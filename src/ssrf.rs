@@ -12,7 +12,7 @@ use url::{Host, Url};
 use crate::config::Config;
 
 /// The longest callback URL accepted.
-pub const MAX_URL_LEN: usize = 2_048;
+pub(crate) const MAX_URL_LEN: usize = 2_048;
 
 /// IPv4 ranges refused when BLOCK_PRIVATE_IPS is on: "this network", private, shared (CGNAT),
 /// link-local, IETF protocol assignments, benchmarking, multicast and reserved (with broadcast).
@@ -46,7 +46,7 @@ static LOOPBACK_V4: LazyLock<Ipv4Net> = LazyLock::new(|| Ipv4Net::new(Ipv4Addr::
 
 /// Why a callback URL or address was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum Refusal {
+pub(crate) enum Refusal {
     #[error("it is not a valid absolute URL ({0})")]
     Unparseable(String),
     #[error("it is longer than {MAX_URL_LEN} characters")]
@@ -67,7 +67,7 @@ pub enum Refusal {
 
 /// The policy, built once from the config.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct UrlPolicy {
+pub(crate) struct UrlPolicy {
     /// ALLOWED_CALLBACK_SCHEMES, lower case.
     pub allowed_schemes: Vec<String>,
     /// BLOCK_PRIVATE_IPS: refuse private, link-local, shared, multicast and reserved ranges.
@@ -77,7 +77,7 @@ pub struct UrlPolicy {
 }
 
 impl UrlPolicy {
-    pub fn from_config(config: &Config) -> Self {
+    pub(crate) fn from_config(config: &Config) -> Self {
         Self {
             allowed_schemes: config.allowed_callback_schemes.clone(),
             block_private_ips: config.block_private_ips,
@@ -87,7 +87,7 @@ impl UrlPolicy {
 
     /// Checks a callback URL as submitted. A domain name passes here; its addresses are checked
     /// when it is resolved for delivery.
-    pub fn check_url(&self, raw: &str) -> Result<Url, Refusal> {
+    pub(crate) fn check_url(&self, raw: &str) -> Result<Url, Refusal> {
         if raw.len() > MAX_URL_LEN {
             return Err(Refusal::TooLong);
         }
@@ -112,7 +112,7 @@ impl UrlPolicy {
     }
 
     /// Refuses `localhost` and `*.localhost` (which resolve to loopback by definition).
-    pub fn check_name(&self, name: &str) -> Result<(), Refusal> {
+    pub(crate) fn check_name(&self, name: &str) -> Result<(), Refusal> {
         let name = name.trim_end_matches('.').to_ascii_lowercase();
         if self.block_localhost && (name == "localhost" || name.ends_with(".localhost")) {
             return Err(Refusal::Localhost(name));
@@ -121,7 +121,7 @@ impl UrlPolicy {
     }
 
     /// Checks one address, judging embedded IPv4 addresses by the IPv4 address inside.
-    pub fn check_ip(&self, ip: IpAddr) -> Result<(), Refusal> {
+    pub(crate) fn check_ip(&self, ip: IpAddr) -> Result<(), Refusal> {
         let judged = embedded_ipv4(ip).map_or(ip, IpAddr::V4);
         if self.block_localhost && is_loopback(judged) {
             return Err(Refusal::Localhost(ip.to_string()));
@@ -171,12 +171,12 @@ fn embedded_ipv4(ip: IpAddr) -> Option<Ipv4Addr> {
 /// address it returns breaks the policy. Checking at connect time, not only at submission,
 /// defends against a name that resolved to a public address then and to 127.0.0.1 now.
 #[derive(Debug, Clone)]
-pub struct PolicyResolver {
+pub(crate) struct PolicyResolver {
     policy: Arc<UrlPolicy>,
 }
 
 impl PolicyResolver {
-    pub fn new(policy: Arc<UrlPolicy>) -> Self {
+    pub(crate) fn new(policy: Arc<UrlPolicy>) -> Self {
         Self { policy }
     }
 }

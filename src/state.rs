@@ -2,8 +2,12 @@
 
 use std::sync::Arc;
 
-use crate::db::Db;
+use axum::extract::FromRef;
 use tokio::sync::Semaphore;
+
+use crate::client_ip::ClientIpSource;
+use crate::db::Db;
+use crate::extract::BodyLimitKb;
 
 use crate::callback::Deliveries;
 use crate::config::Config;
@@ -33,6 +37,20 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// The per-client-IP limiter.
     pub rate_limiter: Arc<ClientRateLimiter>,
+}
+
+impl FromRef<AppState> for ClientIpSource {
+    fn from_ref(state: &AppState) -> Self {
+        ClientIpSource {
+            trust_forwarded_for: state.config.trust_forwarded_for,
+        }
+    }
+}
+
+impl FromRef<AppState> for BodyLimitKb {
+    fn from_ref(state: &AppState) -> Self {
+        BodyLimitKb(state.config.max_payload_size_kb)
+    }
 }
 
 impl AppState {

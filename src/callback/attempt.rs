@@ -10,8 +10,8 @@ use serde_json::Value;
 use utoipa::ToSchema;
 
 use super::retry::AttemptResult;
-use super::signing::SigningKey;
-use crate::db::requests::Status;
+use crate::model::Status;
+use crate::signing::SigningKey;
 use crate::ssrf::{Refusal, UrlPolicy};
 
 /// How much of a receiver's answer is read (for the error message); the rest is dropped.
@@ -21,7 +21,7 @@ const MAX_ERROR_CHARS: usize = 300;
 
 /// The JSON body POSTed to `callback_url`.
 #[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
-pub struct CallbackBody {
+pub(crate) struct CallbackBody {
     pub request_id: String,
     /// `done` or `failed`.
     pub status: Status,
@@ -37,7 +37,7 @@ pub struct CallbackBody {
 
 /// What an attempt did, ready to store and to feed the retry policy.
 #[derive(Debug, Clone, PartialEq)]
-pub struct AttemptReport {
+pub(crate) struct AttemptReport {
     pub result: AttemptResult,
     pub status_code: Option<u16>,
     /// `None` on success.
@@ -48,7 +48,7 @@ pub struct AttemptReport {
 
 /// Builds the HTTP client used for every callback: redirects off, proxies off, the policy
 /// enforced on every resolved address, and CALLBACK_TIMEOUT_SECONDS over the whole exchange.
-pub fn build_client(policy: std::sync::Arc<UrlPolicy>, timeout: Duration) -> reqwest::Result<reqwest::Client> {
+pub(crate) fn build_client(policy: std::sync::Arc<UrlPolicy>, timeout: Duration) -> reqwest::Result<reqwest::Client> {
     reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .no_proxy()
@@ -60,7 +60,7 @@ pub fn build_client(policy: std::sync::Arc<UrlPolicy>, timeout: Duration) -> req
 }
 
 /// Makes one attempt. `id` is the request id, sent as `webhook-id` on every attempt.
-pub async fn attempt(
+pub(super) async fn attempt(
     client: &reqwest::Client,
     policy: &UrlPolicy,
     signing_key: Option<&SigningKey>,
@@ -191,15 +191,17 @@ async fn read_capped(mut response: reqwest::Response) -> String {
     String::from_utf8_lossy(&buf).trim().to_owned()
 }
 
-/// `Retry-After` as delay-seconds or an HTTP date.
+/// `Retry-After` as delay-seconds or an HTTP date (IMF-fixdate, RFC 850 or asctime).
 fn parse_retry_after(value: &str) -> Option<Duration> {
     let value = value.trim();
     if let Ok(secs) = value.parse::<u64>() {
         return Some(Duration::from_secs(secs));
     }
-    let date = chrono::DateTime::parse_from_rfc2822(value).ok()?;
-    let wait = date.with_timezone(&chrono::Utc) - chrono::Utc::now();
-    Some(wait.to_std().unwrap_or(Duration::ZERO))
+    let date = httpdate::parse_http_date(value).ok()?;
+    Some(
+        date.duration_since(std::time::SystemTime::now())
+            .unwrap_or(Duration::ZERO),
+    )
 }
 
 #[cfg(test)]
@@ -222,9 +224,16 @@ mod tests {
             Some(Duration::ZERO),
             "a past date means now"
         );
-        let future = (chrono::Utc::now() + chrono::Duration::seconds(90)).to_rfc2822();
+        let future = httpdate::fmt_http_date(std::time::SystemTime::now() + Duration::from_secs(90));
         let parsed = parse_retry_after(&future).expect("date");
         assert!((85..=90).contains(&parsed.as_secs()), "{parsed:?}");
         assert_eq!(parse_retry_after("soon"), None);
+    }
+
+    #[test]
+    fn retry_after_reads_the_obsolete_http_date_forms_too() {
+        for past in ["Sunday, 06-Nov-94 08:49:37 GMT", "Sun Nov  6 08:49:37 1994"] {
+            assert_eq!(parse_retry_after(past), Some(Duration::ZERO), "{past}");
+        }
     }
 }

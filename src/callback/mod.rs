@@ -5,11 +5,9 @@
 
 mod attempt;
 mod retry;
-mod signing;
 
-pub use attempt::{AttemptReport, CallbackBody, build_client};
-pub use retry::{AttemptResult, Decision, GiveUpReason, RetryPolicy};
-pub use signing::{BadSecret, SigningKey};
+pub(crate) use attempt::{CallbackBody, build_client};
+pub(crate) use retry::{Decision, RetryPolicy};
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,9 +21,10 @@ use tracing::Instrument;
 
 use crate::config::Config;
 use crate::db;
-use crate::db::callbacks::{AfterAttempt, Attempt, DueDelivery, RedeliverRefusal};
-use crate::db::requests::DeliveryStatus;
+use crate::db::callbacks::{AfterAttempt, AttemptRow, DueDelivery, RedeliverRefusal};
 use crate::metrics::{CallbackOutcome, Metrics};
+use crate::model::DeliveryStatus;
+use crate::signing::SigningKey;
 use crate::ssrf::UrlPolicy;
 
 /// The delivery scheduler, shared by the workers, the redeliver route and startup recovery.
@@ -60,11 +59,7 @@ impl Deliveries {
     ) -> anyhow::Result<Self> {
         let policy = Arc::new(UrlPolicy::from_config(config));
         let client = build_client(policy.clone(), config.callback_timeout).context("building the callback client")?;
-        let signing_key = config
-            .callback_signing_secret
-            .as_deref()
-            .map(SigningKey::parse)
-            .transpose()?;
+        let signing_key = config.callback_signing_key.clone();
         let retry = RetryPolicy {
             max_retries: config.max_callback_retries,
             backoff_base: config.retry_backoff_base,
@@ -186,7 +181,7 @@ async fn attempt_once(inner: &Inner, id: &str) -> anyhow::Result<bool> {
         Decision::RetryAfter(_) => (DeliveryStatus::Pending, CallbackOutcome::Retried),
         Decision::GiveUp(_) => (DeliveryStatus::Failed, CallbackOutcome::Failed),
     };
-    let attempt = Attempt {
+    let attempt = AttemptRow {
         number,
         attempted_at,
         duration_ms: report.duration.as_secs_f64() * 1e3,

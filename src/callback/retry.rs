@@ -5,11 +5,11 @@
 use std::time::Duration;
 
 /// The longest wait between two attempts.
-pub const MAX_BACKOFF: Duration = Duration::from_secs(24 * 3600);
+pub(super) const MAX_BACKOFF: Duration = Duration::from_secs(24 * 3600);
 
 /// What one delivery attempt got back.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum AttemptResult {
+pub(crate) enum AttemptResult {
     /// The receiver answered with this status (redirects included: they are never followed).
     Status { code: u16, retry_after: Option<Duration> },
     /// No answer within CALLBACK_TIMEOUT_SECONDS.
@@ -22,14 +22,14 @@ pub enum AttemptResult {
 
 /// What to do next.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Decision {
+pub(crate) enum Decision {
     Delivered,
     RetryAfter(Duration),
     GiveUp(GiveUpReason),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum GiveUpReason {
+pub(crate) enum GiveUpReason {
     /// 410: the receiver says this callback is gone for good.
     Gone,
     /// 3xx: redirects are not followed (they could point anywhere, the policy included).
@@ -43,7 +43,7 @@ pub enum GiveUpReason {
 }
 
 impl GiveUpReason {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Self::Gone => "the receiver answered 410 Gone",
             Self::Redirect => "the receiver answered with a redirect, which is not followed",
@@ -56,7 +56,7 @@ impl GiveUpReason {
 
 /// The knobs, from the config.
 #[derive(Debug, Clone, PartialEq)]
-pub struct RetryPolicy {
+pub(crate) struct RetryPolicy {
     /// Retries after the first attempt: a delivery makes at most `1 + max_retries` attempts.
     pub max_retries: u32,
     /// Retry n waits `base^n` units.
@@ -70,7 +70,7 @@ impl RetryPolicy {
     /// `attempts` counts the attempts of this delivery so far, the one just made included.
     /// `jitter` is a number in [0, 1): the delay is scaled by 0.75 to 1.25 so that many
     /// deliveries failing together do not retry together.
-    pub fn decide(&self, result: &AttemptResult, attempts: u32, jitter: f64) -> Decision {
+    pub(crate) fn decide(&self, result: &AttemptResult, attempts: u32, jitter: f64) -> Decision {
         let retry_after = match result {
             AttemptResult::Status { code: 200..=299, .. } => return Decision::Delivered,
             AttemptResult::Status { code: 410, .. } => return Decision::GiveUp(GiveUpReason::Gone),
@@ -93,7 +93,7 @@ impl RetryPolicy {
 
     /// The wait before retry `n` (1 for the first retry): `base^n` units, times 0.75 to 1.25,
     /// never more than `MAX_BACKOFF` (large bases and retry counts would overflow otherwise).
-    pub fn backoff(&self, n: u32, jitter: f64) -> Duration {
+    pub(crate) fn backoff(&self, n: u32, jitter: f64) -> Duration {
         let factor = 0.75 + 0.5 * jitter.clamp(0.0, 1.0);
         let secs = self.unit.as_secs_f64() * self.backoff_base.powi(n.min(64) as i32) * factor;
         Duration::try_from_secs_f64(secs)

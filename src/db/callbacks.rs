@@ -1,20 +1,18 @@
 //! Callback delivery state (the delivery columns of `requests`) and the `callback_attempts` log.
 
-use serde::Serialize;
 use serde_json::Value;
 use sqlx::Transaction;
 use sqlx::types::Json;
 
 use super::Db;
-use utoipa::ToSchema;
-
-use super::requests::{DeliveryStatus, Status};
+use crate::model::{DeliveryStatus, Status};
 
 /// Everything one delivery attempt needs, read fresh before each attempt.
 #[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
 pub struct DueDelivery {
     pub id: String,
     pub callback_url: String,
+    #[sqlx(try_from = "String")]
     pub delivery_status: DeliveryStatus,
     /// RFC 3339 UTC; `None` means now.
     pub next_attempt_at: Option<String>,
@@ -22,6 +20,7 @@ pub struct DueDelivery {
     pub attempts: i64,
     /// `attempts` when the current round began.
     pub delivery_round_start: i64,
+    #[sqlx(try_from = "String")]
     pub status: Status,
     pub result: Option<Json<Value>>,
     pub error: Option<String>,
@@ -29,19 +28,18 @@ pub struct DueDelivery {
     pub completed_at: Option<String>,
 }
 
-/// One attempt, as stored and as `GET /requests/{id}/attempts` shows it.
-#[derive(Debug, Clone, PartialEq, Serialize, ToSchema, sqlx::FromRow)]
-pub struct Attempt {
+/// One delivery attempt, as stored.
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
+pub struct AttemptRow {
     /// 1, 2, 3... across every round.
     pub number: i64,
     /// RFC 3339 UTC.
     pub attempted_at: String,
     pub duration_ms: f64,
-    /// The receiver's HTTP status; null when no answer came back.
+    /// NULL when no HTTP answer came back.
     pub status_code: Option<i64>,
-    /// Null on success; otherwise `timeout`, `connect`, `http_status`, `redirect` or `refused`.
+    /// NULL on success; otherwise `timeout`, `connect`, `http_status`, `redirect` or `refused`.
     pub error_class: Option<String>,
-    /// A short description of the failure.
     pub error: Option<String>,
 }
 
@@ -73,7 +71,12 @@ pub async fn mark_delivering(db: &Db, id: &str) -> Result<(), sqlx::Error> {
 }
 
 /// Stores an attempt and the delivery's next state in one transaction.
-pub async fn record_attempt(db: &Db, id: &str, attempt: &Attempt, next: &AfterAttempt<'_>) -> Result<(), sqlx::Error> {
+pub async fn record_attempt(
+    db: &Db,
+    id: &str,
+    attempt: &AttemptRow,
+    next: &AfterAttempt<'_>,
+) -> Result<(), sqlx::Error> {
     let mut tx: Transaction<'_, sqlx::Sqlite> = db.writer().begin().await?;
     sqlx::query(
         "INSERT INTO callback_attempts (request_id, number, attempted_at, duration_ms, status_code, error_class, error) \
@@ -95,7 +98,7 @@ pub async fn record_attempt(db: &Db, id: &str, attempt: &Attempt, next: &AfterAt
     .bind(attempt.number)
     .bind(attempt.status_code)
     .bind(&attempt.error)
-    .bind(next.delivery_status)
+    .bind(next.delivery_status.as_str())
     .bind(next.next_attempt_at)
     .bind(id)
     .execute(&mut *tx)
@@ -104,7 +107,7 @@ pub async fn record_attempt(db: &Db, id: &str, attempt: &Attempt, next: &AfterAt
 }
 
 /// Every attempt for a request, oldest first.
-pub async fn attempts(db: &Db, id: &str) -> Result<Vec<Attempt>, sqlx::Error> {
+pub async fn attempts(db: &Db, id: &str) -> Result<Vec<AttemptRow>, sqlx::Error> {
     sqlx::query_as(
         "SELECT number, attempted_at, duration_ms, status_code, error_class, error FROM callback_attempts \
          WHERE request_id = ? ORDER BY number",
@@ -144,13 +147,13 @@ pub async fn restart_failed(db: &Db, id: &str, now: &str) -> Result<Result<(), R
     if done.rows_affected() == 1 {
         return Ok(Ok(()));
     }
-    let state: Option<(Option<DeliveryStatus>, bool)> =
+    let state: Option<(Option<String>, bool)> =
         sqlx::query_as("SELECT delivery_status, callback_url IS NOT NULL FROM requests WHERE id = ?")
             .bind(id)
             .fetch_optional(db.readers())
             .await?;
     Ok(Err(match state {
         None => RedeliverRefusal::NotFound,
-        Some((status, has_callback)) => RedeliverRefusal::NotFailed(status, has_callback),
+        Some((status, has_callback)) => RedeliverRefusal::NotFailed(status.and_then(|s| s.parse().ok()), has_callback),
     }))
 }

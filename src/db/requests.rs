@@ -2,176 +2,50 @@
 
 use std::collections::BTreeMap;
 
-use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sqlx::types::Json;
 use sqlx::{QueryBuilder, Sqlite, SqliteExecutor};
+use strum::VariantArray;
 
 use super::Db;
-use utoipa::{IntoParams, ToSchema};
+use crate::model::{DeliveryStatus, Mode, Status};
 
-/// Which API a request came through.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema, sqlx::Type)]
-#[serde(rename_all = "lowercase")]
-#[sqlx(type_name = "TEXT", rename_all = "lowercase")]
-pub enum Mode {
-    Sync,
-    Async,
-}
-
-/// Where a request's work stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema, sqlx::Type)]
-#[serde(rename_all = "lowercase")]
-#[sqlx(type_name = "TEXT", rename_all = "lowercase")]
-pub enum Status {
-    /// Stored and queued; no worker has started it.
-    Pending,
-    /// The engine is running it.
-    Processing,
-    /// Finished with a result.
-    Done,
-    /// Finished without a result (timeout, cancellation, engine failure).
-    Failed,
-}
-
-impl Mode {
-    pub const ALL: [Mode; 2] = [Mode::Sync, Mode::Async];
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Sync => "sync",
-            Self::Async => "async",
-        }
-    }
-}
-
-impl Status {
-    pub const ALL: [Status; 4] = [Status::Pending, Status::Processing, Status::Done, Status::Failed];
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Pending => "pending",
-            Self::Processing => "processing",
-            Self::Done => "done",
-            Self::Failed => "failed",
-        }
-    }
-}
-
-/// Where a callback delivery stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema, sqlx::Type)]
-#[serde(rename_all = "lowercase")]
-#[sqlx(type_name = "TEXT", rename_all = "lowercase")]
-pub enum DeliveryStatus {
-    /// Waiting for the job to finish, or for `next_attempt_at`.
-    Pending,
-    /// An attempt is in flight.
-    Delivering,
-    /// The receiver answered 2xx.
-    Delivered,
-    /// Given up: retries used, 410, a redirect, another 4xx, or a refused address.
-    Failed,
-}
-
-impl DeliveryStatus {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Pending => "pending",
-            Self::Delivering => "delivering",
-            Self::Delivered => "delivered",
-            Self::Failed => "failed",
-        }
-    }
-}
-
-/// The callback side of a request, present when it has a `callback_url`.
-#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
-pub struct Delivery {
-    pub status: DeliveryStatus,
-    /// Attempts made, over every round.
-    pub attempts: i64,
-    /// HTTP status of the last attempt, if it got an answer.
-    pub last_status_code: Option<i64>,
-    pub last_error: Option<String>,
-    /// When the next attempt is due (RFC 3339 UTC), while `pending`.
-    pub next_attempt_at: Option<String>,
-}
-
-/// A stored request as the API shows it (the client IP is kept out on purpose).
-#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
-pub struct RequestRecord {
-    #[schema(example = "0193a1b2-7c3d-7e4f-8a9b-0c1d2e3f4a5b")]
-    pub request_id: String,
+/// A stored request, as `get` and `list` read it.
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
+pub struct RequestRow {
+    pub id: String,
+    #[sqlx(try_from = "String")]
     pub mode: Mode,
+    #[sqlx(try_from = "String")]
     pub status: Status,
-    /// The work payload as submitted.
-    #[schema(value_type = Object, example = json!({"operation": "hash", "complexity": 5}))]
-    pub payload: Value,
-    /// The engine's result, once `done`.
-    #[schema(value_type = Option<Object>)]
-    pub result: Option<Value>,
-    /// Why the work failed, once `failed`.
+    pub payload: Json<Value>,
+    pub result: Option<Json<Value>>,
     pub error: Option<String>,
     pub callback_url: Option<String>,
-    /// RFC 3339 UTC.
-    #[schema(example = "2026-11-27T10:11:54.123Z")]
     pub created_at: String,
     pub started_at: Option<String>,
     pub completed_at: Option<String>,
-    /// Engine time only, without time spent queued.
     pub execution_time_ms: Option<f64>,
-    /// Callback delivery attempts made so far (also in `delivery`).
+    /// Callback delivery attempts made, over every round.
     pub attempts: i64,
-    /// The last callback delivery error (also in `delivery`).
+    /// The last callback delivery error.
     pub last_error: Option<String>,
-    /// The callback delivery; null when the request has no `callback_url`.
-    pub delivery: Option<Delivery>,
+    /// NULL when there is no callback, or before the job finished.
+    pub delivery_status: Option<String>,
+    pub next_attempt_at: Option<String>,
+    pub last_status_code: Option<i64>,
 }
 
-/// The row behind a `RequestRecord`.
-#[derive(sqlx::FromRow)]
-struct RequestRow {
-    id: String,
-    mode: Mode,
-    status: Status,
-    payload: Json<Value>,
-    result: Option<Json<Value>>,
-    error: Option<String>,
-    callback_url: Option<String>,
-    created_at: String,
-    started_at: Option<String>,
-    completed_at: Option<String>,
-    execution_time_ms: Option<f64>,
-    attempts: i64,
-    last_error: Option<String>,
-    delivery_status: Option<DeliveryStatus>,
-    next_attempt_at: Option<String>,
-    last_status_code: Option<i64>,
-}
-
-impl From<RequestRow> for RequestRecord {
-    fn from(row: RequestRow) -> Self {
-        let delivery = row.callback_url.as_ref().map(|_| Delivery {
-            status: row.delivery_status.unwrap_or(DeliveryStatus::Pending),
-            attempts: row.attempts,
-            last_status_code: row.last_status_code,
-            last_error: row.last_error.clone(),
-            next_attempt_at: row.next_attempt_at.clone(),
-        });
-        Self {
-            request_id: row.id,
-            mode: row.mode,
-            status: row.status,
-            payload: row.payload.0,
-            result: row.result.map(|r| r.0),
-            error: row.error,
-            callback_url: row.callback_url,
-            created_at: row.created_at,
-            started_at: row.started_at,
-            completed_at: row.completed_at,
-            execution_time_ms: row.execution_time_ms,
-            attempts: row.attempts,
-            last_error: row.last_error,
-            delivery,
-        }
+impl RequestRow {
+    /// Where the callback delivery stands, if there is a callback: before the job has
+    /// finished, it is pending.
+    pub fn delivery(&self) -> Option<DeliveryStatus> {
+        self.callback_url.as_ref().map(|_| {
+            self.delivery_status
+                .as_deref()
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(DeliveryStatus::Pending)
+        })
     }
 }
 
@@ -254,21 +128,13 @@ pub struct Completion<'a> {
     pub execution_time_ms: Option<f64>,
 }
 
-/// `GET /requests` filters.
-#[derive(Debug, Clone, Default, Deserialize, IntoParams)]
-#[into_params(parameter_in = Query)]
-#[serde(deny_unknown_fields)]
-pub struct ListFilter {
-    /// Only requests of this mode.
+/// Which requests `list` returns.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ListQuery {
     pub mode: Option<Mode>,
-    /// Only requests in this status.
     pub status: Option<Status>,
-    /// Page size, 1 to 100 (default 50).
-    #[param(minimum = 1, maximum = 100, default = 50)]
-    pub limit: Option<u32>,
-    /// Rows to skip (default 0).
-    #[param(minimum = 0, default = 0)]
-    pub offset: Option<u32>,
+    pub limit: u32,
+    pub offset: u32,
 }
 
 /// Aggregates for `/metrics`.
@@ -295,9 +161,9 @@ pub(super) async fn insert_many(db: impl SqliteExecutor<'_>, rows: &[NewRequest<
     );
     q.push_values(rows, |mut b, row| {
         b.push_bind(row.id)
-            .push_bind(row.mode)
+            .push_bind(row.mode.as_str())
             .push_bind(row.payload.to_string())
-            .push_bind(row.status)
+            .push_bind(row.status.as_str())
             .push_bind(row.callback_url)
             .push_bind(row.created_at)
             .push_bind(row.started_at)
@@ -313,9 +179,9 @@ pub(super) async fn insert_in(db: impl SqliteExecutor<'_>, row: &NewRequest<'_>)
          VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
     )
     .bind(row.id)
-    .bind(row.mode)
+    .bind(row.mode.as_str())
     .bind(row.payload.to_string())
-    .bind(row.status)
+    .bind(row.status.as_str())
     .bind(row.callback_url)
     .bind(row.created_at)
     .bind(row.started_at)
@@ -349,7 +215,7 @@ pub async fn complete(db: &Db, id: &str, c: &Completion<'_>) -> Result<(), sqlx:
          next_attempt_at = CASE WHEN callback_url IS NULL THEN NULL ELSE ? END \
          WHERE id = ? AND status = 'processing'",
     )
-    .bind(c.status)
+    .bind(c.status.as_str())
     .bind(c.result.map(Value::to_string))
     .bind(c.error)
     .bind(c.completed_at)
@@ -371,20 +237,14 @@ pub async fn job(db: &Db, id: &str) -> Result<Option<StoredJob>, sqlx::Error> {
     Ok(row.map(|(Json(payload), callback_url)| StoredJob { payload, callback_url }))
 }
 
-pub async fn get(db: &Db, id: &str) -> Result<Option<RequestRecord>, sqlx::Error> {
+pub async fn get(db: &Db, id: &str) -> Result<Option<RequestRow>, sqlx::Error> {
     let mut q = QueryBuilder::<Sqlite>::new(format!("SELECT {RECORD_COLUMNS} FROM requests WHERE id = "));
     q.push_bind(id);
-    let row: Option<RequestRow> = q.build_query_as().fetch_optional(db.readers()).await?;
-    Ok(row.map(RequestRecord::from))
+    q.build_query_as().fetch_optional(db.readers()).await
 }
 
 /// One page of requests, newest first, and the total that match the filter.
-pub async fn list(
-    db: &Db,
-    filter: &ListFilter,
-    limit: u32,
-    offset: u32,
-) -> Result<(i64, Vec<RequestRecord>), sqlx::Error> {
+pub async fn list(db: &Db, filter: &ListQuery) -> Result<(i64, Vec<RequestRow>), sqlx::Error> {
     let mut count = QueryBuilder::<Sqlite>::new("SELECT COUNT(*) FROM requests");
     push_filter(&mut count, filter);
     let total: i64 = count.build_query_scalar().fetch_one(db.readers()).await?;
@@ -392,37 +252,41 @@ pub async fn list(
     let mut page = QueryBuilder::<Sqlite>::new(format!("SELECT {RECORD_COLUMNS} FROM requests"));
     push_filter(&mut page, filter);
     page.push(" ORDER BY created_at DESC, id DESC LIMIT ")
-        .push_bind(i64::from(limit));
-    page.push(" OFFSET ").push_bind(i64::from(offset));
-    let rows: Vec<RequestRow> = page.build_query_as().fetch_all(db.readers()).await?;
-    Ok((total, rows.into_iter().map(RequestRecord::from).collect()))
+        .push_bind(i64::from(filter.limit));
+    page.push(" OFFSET ").push_bind(i64::from(filter.offset));
+    let rows = page.build_query_as().fetch_all(db.readers()).await?;
+    Ok((total, rows))
 }
 
-fn push_filter(q: &mut QueryBuilder<Sqlite>, filter: &ListFilter) {
+fn push_filter(q: &mut QueryBuilder<Sqlite>, filter: &ListQuery) {
     let mut sep = " WHERE ";
     if let Some(mode) = filter.mode {
-        q.push(sep).push("mode = ").push_bind(mode);
+        q.push(sep).push("mode = ").push_bind(mode.as_str());
         sep = " AND ";
     }
     if let Some(status) = filter.status {
-        q.push(sep).push("status = ").push_bind(status);
+        q.push(sep).push("status = ").push_bind(status.as_str());
     }
 }
 
 /// Counts by mode and status and the mean engine time, from the running totals that triggers
 /// keep in `request_stats` (eight rows, however many requests are stored).
 pub async fn summary(db: &Db) -> Result<Summary, sqlx::Error> {
-    let rows: Vec<(Mode, Status, i64, Option<f64>, i64)> =
+    let stored: Vec<(String, String, i64, Option<f64>, i64)> =
         sqlx::query_as("SELECT mode, status, count, execution_ms_sum, execution_ms_count FROM request_stats")
             .fetch_all(db.readers())
             .await?;
+    let rows: Vec<(Mode, Status, i64, Option<f64>, i64)> = stored
+        .into_iter()
+        .filter_map(|(m, s, count, sum, timed)| Some((m.parse().ok()?, s.parse().ok()?, count, sum, timed)))
+        .collect();
     let mut summary = Summary::default();
-    for m in Mode::ALL {
+    for &m in Mode::VARIANTS {
         summary.by_mode.insert(m.as_str(), 0);
     }
-    for s in Status::ALL {
+    for &s in Status::VARIANTS {
         summary.by_status.insert(s.as_str(), 0);
-        for m in Mode::ALL {
+        for &m in Mode::VARIANTS {
             let count = rows.iter().find(|r| r.0 == m && r.1 == s).map_or(0, |r| r.2);
             summary.cells.push((m, s, count));
         }

@@ -32,7 +32,7 @@ const TRANSFORM_NODE_VISITS: [u64; 10] = [
 ];
 
 /// The largest `data.n` a client may ask for: the complexity-10 amount.
-pub const MAX_PRIME_N: u32 = PRIME_N[9] as u32;
+pub(super) const MAX_PRIME_N: u32 = PRIME_N[9] as u32;
 
 /// The documented duration of one operation at `complexity` on the reference machine:
 /// 100 ms at 1, 5 s at 10, growing geometrically in between.

@@ -11,7 +11,7 @@ const CHECK_EVERY: u32 = 4_096;
 pub(super) fn run(input: &str, iterations: u32, cancel: &CancelToken) -> Result<Value, Cancelled> {
     let digest = chained_sha256(input.as_bytes(), iterations, cancel)?;
     Ok(json!({
-        "digest": hex(&digest),
+        "digest": hex::encode(digest),
         "iterations": iterations,
     }))
 }
@@ -28,20 +28,12 @@ fn chained_sha256(input: &[u8], iterations: u32, cancel: &CancelToken) -> Result
     Ok(digest)
 }
 
-fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write;
-    bytes.iter().fold(String::with_capacity(bytes.len() * 2), |mut out, b| {
-        let _ = write!(out, "{b:02x}");
-        out
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn digest_hex(input: &str, iterations: u32) -> String {
-        hex(&chained_sha256(input.as_bytes(), iterations, &CancelToken::new()).expect("not cancelled"))
+        hex::encode(chained_sha256(input.as_bytes(), iterations, &CancelToken::new()).expect("not cancelled"))
     }
 
     #[test]

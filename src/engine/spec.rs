@@ -14,17 +14,17 @@ pub const MAX_MATRIX_SIZE: u32 = 1_024;
 /// The side `matrix` uses when `data.size` is absent.
 const DEFAULT_MATRIX_SIZE: u32 = 256;
 /// Longest `data.input` for `hash`, in bytes.
-pub const MAX_INPUT_BYTES: usize = 1_024;
+pub(super) const MAX_INPUT_BYTES: usize = 1_024;
 /// Most items `data.items` may hold for `transform`.
-pub const MAX_ITEMS: usize = 1_000;
+pub(super) const MAX_ITEMS: usize = 1_000;
 /// Most JSON nodes (containers and leaves) across all of `data.items`.
-pub const MAX_ITEM_NODES: u64 = 10_000;
+pub(super) const MAX_ITEM_NODES: u64 = 10_000;
 /// Deepest nesting inside one item.
-pub const MAX_ITEM_DEPTH: usize = 8;
+pub(super) const MAX_ITEM_DEPTH: usize = 8;
 /// Longest string inside `data.items`, in bytes.
-pub const MAX_ITEM_STRING_BYTES: usize = 1_024;
+pub(super) const MAX_ITEM_STRING_BYTES: usize = 1_024;
 /// Largest magnitude of a number inside `data.items`.
-pub const MAX_ITEM_NUMBER: f64 = 1e15;
+pub(super) const MAX_ITEM_NUMBER: f64 = 1e15;
 
 /// The seed `hash` uses when `data.input` is absent.
 const DEFAULT_HASH_INPUT: &str = "sync-async";

@@ -16,7 +16,7 @@ pub(super) fn run(items: &[Value], rounds: u32, cancel: &CancelToken) -> Result<
     let transformed = transform_rounds(items, rounds, cancel)?;
     let serialized = serde_json::to_vec(&transformed).unwrap_or_default();
     let checksum = Sha256::digest(&serialized);
-    let checksum: String = checksum[..8].iter().map(|b| format!("{b:02x}")).collect();
+    let checksum = hex::encode(&checksum[..8]);
     Ok(json!({
         "rounds": rounds,
         "count": transformed.len(),

@@ -5,6 +5,6 @@ mod queue;
 mod recovery;
 mod worker;
 
-pub use queue::{JobQueue, QueueFull, QueueSlot};
-pub use recovery::recover_unfinished;
-pub use worker::{WorkerContext, WorkerPool};
+pub(crate) use queue::{JobQueue, QueueSlot};
+pub(crate) use recovery::recover_unfinished;
+pub(crate) use worker::{WorkerContext, WorkerPool};

@@ -16,7 +16,7 @@ pub struct QueueFull;
 
 /// A reserved slot: taking it before writing the row means a full queue never leaves a row
 /// behind, and sending on it can never fail for lack of room.
-pub type QueueSlot = mpsc::OwnedPermit<String>;
+pub(crate) type QueueSlot = mpsc::OwnedPermit<String>;
 
 impl JobQueue {
     pub fn new(capacity: usize) -> (Self, mpsc::Receiver<String>) {

@@ -13,7 +13,7 @@ use crate::metrics::Metrics;
 /// Re-queues unfinished async jobs and fails orphaned sync requests. Returns how many jobs were
 /// found. The queue is fed by a task that waits for room, so a backlog larger than the queue
 /// drains as workers free slots (new submissions meanwhile get an honest 429).
-pub async fn recover_unfinished(
+pub(crate) async fn recover_unfinished(
     db: &Db,
     queue: &JobQueue,
     metrics: &Arc<Metrics>,

@@ -14,10 +14,11 @@ use tracing::Instrument;
 
 use crate::callback::Deliveries;
 use crate::db;
-use crate::db::requests::{Completion, Mode, Status};
+use crate::db::requests::Completion;
 use crate::engine::{CancelToken, WorkPayload};
 use crate::execution::{Executor, Outcome};
 use crate::metrics::Metrics;
+use crate::model::{Mode, Status};
 
 /// What a worker needs to run a job and hand it on.
 #[derive(Clone)]

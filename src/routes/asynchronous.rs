@@ -7,13 +7,14 @@ use axum::response::{IntoResponse, Response};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use crate::client_ip::ClientIp;
 use crate::error::{ApiError, Problem};
-use crate::extract::{ApiJson, ClientIp};
+use crate::extract::ApiJson;
 use crate::openapi::PayloadErrors;
 use crate::state::AppState;
 use crate::submission::{self, AsyncAccepted, AsyncRequest, IdempotencyKey};
 
-pub fn router() -> OpenApiRouter<AppState> {
+pub(super) fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new().routes(routes!(submit_async))
 }
 
@@ -53,7 +54,7 @@ pub fn router() -> OpenApiRouter<AppState> {
             headers(("Retry-After" = u64, description = "Seconds to wait (at least 1)"))),
     )
 )]
-pub async fn submit_async(
+pub(super) async fn submit_async(
     State(state): State<AppState>,
     client: ClientIp,
     key: IdempotencyKey,

@@ -17,7 +17,7 @@ use crate::state::AppState;
 /// How long the database has to answer the health check.
 const PING_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
-pub fn router() -> OpenApiRouter<AppState> {
+pub(super) fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new().routes(routes!(health))
 }
 
@@ -25,7 +25,7 @@ pub fn router() -> OpenApiRouter<AppState> {
 #[derive(Debug, Serialize, ToSchema)]
 #[schema(example = json!({"status": "ok", "timestamp": "2026-11-27T10:11:54.123Z", "database": "ok",
     "workers": {"alive": 5, "total": 5}, "queue_size": 0}))]
-pub struct Health {
+pub(super) struct Health {
     /// `ok`, or `unhealthy` (then the answer is a 503).
     pub status: &'static str,
     pub timestamp: String,
@@ -37,14 +37,14 @@ pub struct Health {
 }
 
 #[derive(Debug, Serialize, ToSchema)]
-pub struct WorkerHealth {
+pub(super) struct WorkerHealth {
     pub alive: usize,
     pub total: usize,
 }
 
 /// The 503 form: an RFC 9457 problem that carries the same health fields as extension members.
 #[derive(Debug, Serialize, ToSchema)]
-pub struct Unhealthy {
+pub(super) struct Unhealthy {
     #[serde(rename = "type")]
     pub kind: &'static str,
     pub title: &'static str,
@@ -80,7 +80,7 @@ fn problem_detail(database_ok: bool, workers: &WorkerHealth) -> String {
             content_type = "application/problem+json"),
     )
 )]
-pub async fn health(State(state): State<AppState>) -> Response {
+pub(super) async fn health(State(state): State<AppState>) -> Response {
     // A locked or exhausted pool must not hang the health check: no answer in time is unhealthy.
     let database_ok = matches!(
         tokio::time::timeout(PING_TIMEOUT, db::ping(&state.db)).await,

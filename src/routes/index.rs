@@ -10,13 +10,13 @@ use utoipa_axum::routes;
 use crate::openapi::RateLimited;
 use crate::state::AppState;
 
-pub fn router() -> OpenApiRouter<AppState> {
+pub(super) fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new().routes(routes!(index))
 }
 
 /// A map of the service.
 #[derive(Debug, Serialize, ToSchema)]
-pub struct Index {
+pub(super) struct Index {
     pub name: String,
     pub version: &'static str,
     pub description: &'static str,
@@ -28,7 +28,7 @@ pub struct Index {
 }
 
 #[derive(Debug, Serialize, ToSchema)]
-pub struct EndpointSummary {
+pub(super) struct EndpointSummary {
     pub method: &'static str,
     pub path: &'static str,
     pub description: &'static str,
@@ -68,7 +68,7 @@ const ENDPOINTS: &[(&str, &str, &str)] = &[
     tag = "operations",
     responses((status = 200, description = "The index", body = Index), RateLimited)
 )]
-pub async fn index(State(state): State<AppState>) -> Json<Index> {
+pub(super) async fn index(State(state): State<AppState>) -> Json<Index> {
     Json(Index {
         name: state.config.app_name.clone(),
         version: env!("CARGO_PKG_VERSION"),

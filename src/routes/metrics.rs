@@ -20,7 +20,7 @@ use crate::state::AppState;
 /// The media type Prometheus asks for when it scrapes OpenMetrics.
 const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
-pub fn router() -> OpenApiRouter<AppState> {
+pub(super) fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(metrics_json))
         .routes(routes!(metrics_prometheus))
@@ -28,7 +28,7 @@ pub fn router() -> OpenApiRouter<AppState> {
 
 /// Live figures of the service.
 #[derive(Debug, Serialize, ToSchema)]
-pub struct MetricsReport {
+pub(super) struct MetricsReport {
     /// RFC 3339 UTC.
     pub timestamp: String,
     /// Requests stored, all time.
@@ -51,7 +51,7 @@ pub struct MetricsReport {
 
 /// The database on disk.
 #[derive(Debug, Serialize, ToSchema)]
-pub struct StorageFigures {
+pub(super) struct StorageFigures {
     /// The SQLite database file, in bytes.
     pub database_bytes: u64,
     /// The SQLite write-ahead log, in bytes: kept under `wal_limit_bytes`, and emptied a few
@@ -65,13 +65,13 @@ pub struct StorageFigures {
 
 /// This server process.
 #[derive(Debug, Serialize, ToSchema)]
-pub struct ProcessFigures {
+pub(super) struct ProcessFigures {
     /// Resident memory (RSS), in bytes; 0 where the platform does not tell.
     pub resident_memory_bytes: u64,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
-pub struct QueueFigures {
+pub(super) struct QueueFigures {
     /// Jobs waiting for a worker now.
     pub size: usize,
     /// MAX_QUEUE_SIZE.
@@ -87,7 +87,7 @@ pub struct QueueFigures {
 }
 
 #[derive(Debug, Serialize, ToSchema)]
-pub struct WorkerFigures {
+pub(super) struct WorkerFigures {
     /// NUM_WORKERS.
     pub total: usize,
     /// Worker tasks running (less than `total` means one died).
@@ -97,7 +97,7 @@ pub struct WorkerFigures {
 }
 
 #[derive(Debug, Serialize, ToSchema)]
-pub struct SyncFigures {
+pub(super) struct SyncFigures {
     /// Sync requests holding a slot now.
     pub in_flight: usize,
     /// MAX_SYNC_CONCURRENCY.
@@ -108,7 +108,7 @@ pub struct SyncFigures {
 
 /// Callback outcomes since start.
 #[derive(Debug, Serialize, ToSchema)]
-pub struct CallbackFigures {
+pub(super) struct CallbackFigures {
     /// Deliveries that got a 2xx.
     pub delivered: u64,
     /// Failed attempts followed by a scheduled retry.
@@ -176,7 +176,7 @@ async fn report(state: &AppState) -> Result<MetricsReport, ApiError> {
     tag = "operations",
     responses((status = 200, description = "Current figures", body = MetricsReport), RateLimited)
 )]
-pub async fn metrics_json(State(state): State<AppState>) -> Result<Json<MetricsReport>, ApiError> {
+pub(super) async fn metrics_json(State(state): State<AppState>) -> Result<Json<MetricsReport>, ApiError> {
     report(&state).await.map(Json)
 }
 
@@ -193,7 +193,7 @@ pub async fn metrics_json(State(state): State<AppState>) -> Result<Json<MetricsR
         RateLimited,
     )
 )]
-pub async fn metrics_prometheus(State(state): State<AppState>) -> Result<impl IntoResponse, ApiError> {
+pub(super) async fn metrics_prometheus(State(state): State<AppState>) -> Result<impl IntoResponse, ApiError> {
     report(&state).await?;
     Ok(([(header::CONTENT_TYPE, OPENMETRICS)], state.metrics.encode()))
 }

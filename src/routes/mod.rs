@@ -5,6 +5,7 @@ mod asynchronous;
 mod health;
 mod index;
 mod metrics;
+mod records;
 mod requests;
 mod sync;
 

@@ -9,11 +9,13 @@ use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use super::records::{Attempt, ListFilter, RequestRecord};
 use crate::db;
-use crate::db::callbacks::{Attempt, RedeliverRefusal};
-use crate::db::requests::{DeliveryStatus, ListFilter, RequestRecord};
+use crate::db::callbacks::RedeliverRefusal;
+use crate::db::requests::ListQuery;
 use crate::error::{ApiError, Problem};
 use crate::extract::{ApiPath, ApiQuery};
+use crate::model::DeliveryStatus;
 use crate::openapi::RateLimited;
 use crate::state::AppState;
 
@@ -21,7 +23,7 @@ use crate::state::AppState;
 const DEFAULT_LIMIT: u32 = 50;
 const MAX_LIMIT: u32 = 100;
 
-pub fn router() -> OpenApiRouter<AppState> {
+pub(super) fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(list_requests))
         .routes(routes!(get_request))
@@ -31,7 +33,7 @@ pub fn router() -> OpenApiRouter<AppState> {
 
 /// One page of requests, newest first.
 #[derive(Debug, Serialize, ToSchema)]
-pub struct RequestPage {
+pub(super) struct RequestPage {
     /// How many requests match the filters, over all pages.
     pub total: i64,
     pub limit: u32,
@@ -55,7 +57,7 @@ pub struct RequestPage {
         RateLimited,
     )
 )]
-pub async fn list_requests(
+pub(super) async fn list_requests(
     State(state): State<AppState>,
     ApiQuery(filter): ApiQuery<ListFilter>,
 ) -> Result<Json<RequestPage>, ApiError> {
@@ -66,12 +68,18 @@ pub async fn list_requests(
         )));
     }
     let offset = filter.offset.unwrap_or(0);
-    let (total, requests) = db::requests::list(&state.db, &filter, limit, offset).await?;
+    let query = ListQuery {
+        mode: filter.mode,
+        status: filter.status,
+        limit,
+        offset,
+    };
+    let (total, rows) = db::requests::list(&state.db, &query).await?;
     Ok(Json(RequestPage {
         total,
         limit,
         offset,
-        requests,
+        requests: rows.into_iter().map(RequestRecord::from).collect(),
     }))
 }
 
@@ -89,19 +97,19 @@ pub async fn list_requests(
         RateLimited,
     )
 )]
-pub async fn get_request(
+pub(super) async fn get_request(
     State(state): State<AppState>,
     ApiPath(id): ApiPath<String>,
 ) -> Result<Json<RequestRecord>, ApiError> {
     db::requests::get(&state.db, &id)
         .await?
-        .map(Json)
+        .map(|row| Json(RequestRecord::from(row)))
         .ok_or_else(|| not_found(&id))
 }
 
 /// A redelivery that was started.
 #[derive(Debug, Serialize, ToSchema)]
-pub struct RedeliveryStarted {
+pub(super) struct RedeliveryStarted {
     pub request_id: String,
     /// `pending`: the first attempt of the new round is due now.
     pub delivery_status: DeliveryStatus,
@@ -123,14 +131,15 @@ pub struct RedeliveryStarted {
         RateLimited,
     )
 )]
-pub async fn list_attempts(
+pub(super) async fn list_attempts(
     State(state): State<AppState>,
     ApiPath(id): ApiPath<String>,
 ) -> Result<Json<Vec<Attempt>>, ApiError> {
     if db::requests::get(&state.db, &id).await?.is_none() {
         return Err(not_found(&id));
     }
-    Ok(Json(db::callbacks::attempts(&state.db, &id).await?))
+    let rows = db::callbacks::attempts(&state.db, &id).await?;
+    Ok(Json(rows.into_iter().map(Attempt::from).collect()))
 }
 
 /// Deliver a failed callback again
@@ -149,7 +158,7 @@ pub async fn list_attempts(
         RateLimited,
     )
 )]
-pub async fn redeliver(
+pub(super) async fn redeliver(
     State(state): State<AppState>,
     ApiPath(id): ApiPath<String>,
 ) -> Result<(StatusCode, Json<RedeliveryStarted>), ApiError> {

@@ -5,13 +5,14 @@ use axum::extract::State;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use crate::client_ip::ClientIp;
 use crate::error::ApiError;
-use crate::extract::{ApiJson, ClientIp};
+use crate::extract::ApiJson;
 use crate::openapi::{MalformedJson, PayloadErrors, RateLimited};
 use crate::state::AppState;
 use crate::submission::{self, SyncRequest, SyncResponse};
 
-pub fn router() -> OpenApiRouter<AppState> {
+pub(super) fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new().routes(routes!(submit_sync))
 }
 
@@ -43,7 +44,7 @@ pub fn router() -> OpenApiRouter<AppState> {
             body = crate::error::Problem, content_type = "application/problem+json"),
     )
 )]
-pub async fn submit_sync(
+pub(super) async fn submit_sync(
     State(state): State<AppState>,
     client: ClientIp,
     ApiJson(request): ApiJson<SyncRequest>,

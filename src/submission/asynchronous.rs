@@ -9,12 +9,13 @@ use sha2::{Digest, Sha256};
 use utoipa::ToSchema;
 
 use super::{new_request_id, retry_after_secs};
+use crate::client_ip::ClientIp;
 use crate::db;
 use crate::db::idempotency::KeyClaim;
-use crate::db::requests::{Mode, NewRequest, Status};
+use crate::db::requests::NewRequest;
 use crate::engine::{self, Complexity, WorkPayload};
 use crate::error::ApiError;
-use crate::extract::ClientIp;
+use crate::model::{Mode, Status};
 use crate::ssrf::UrlPolicy;
 use crate::state::AppState;
 
@@ -239,7 +240,7 @@ fn accepted_body(id: String, callback_url: Option<&str>) -> AsyncAccepted {
 /// The SHA-256 of the request as parsed, so that formatting differences do not count.
 fn hash_body(request: &AsyncRequest) -> Result<String, ApiError> {
     let canonical = serde_json::to_vec(request).map_err(ApiError::internal)?;
-    Ok(Sha256::digest(&canonical).iter().map(|b| format!("{b:02x}")).collect())
+    Ok(hex::encode(Sha256::digest(&canonical)))
 }
 
 /// Seconds until a job of `complexity` accepted now is likely done: the jobs ahead of it spread

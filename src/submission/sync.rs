@@ -6,12 +6,13 @@ use serde_json::Value;
 use utoipa::ToSchema;
 
 use super::{new_request_id, retry_after_secs};
+use crate::client_ip::ClientIp;
 use crate::db;
-use crate::db::requests::{Mode, NewRequest, Status};
+use crate::db::requests::NewRequest;
 use crate::engine::{CancelToken, WorkPayload};
 use crate::error::ApiError;
 use crate::execution::Outcome;
-use crate::extract::ClientIp;
+use crate::model::{Mode, Status};
 use crate::state::AppState;
 
 /// `POST /sync` body.

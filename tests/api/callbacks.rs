@@ -5,8 +5,10 @@ use base64::Engine;
 use hmac::{KeyInit, Mac};
 use serde_json::{Value, json};
 use sync_async::Config;
-use sync_async::db::requests::{self, Completion, Mode, NewRequest, Status};
-use sync_async::receiver::ReceiverOptions;
+use sync_async::db::requests::{self, Completion, NewRequest};
+use sync_async::model::{Mode, Status};
+use sync_async::signing::SigningKey;
+use sync_async_loadtest::receiver::ReceiverOptions;
 
 use crate::helpers::{TestReceiver, problem, quick_payload, spawn_app, spawn_app_in, spawn_app_with, test_config};
 
@@ -30,7 +32,7 @@ fn independently_verify(secret: &str, id: &str, timestamp: &str, body: &[u8], he
 
 #[tokio::test]
 async fn a_callback_arrives_with_the_result_and_signed_standard_webhooks_headers() {
-    let app = spawn_app_with(|c| c.callback_signing_secret = Some(SECRET.into())).await;
+    let app = spawn_app_with(|c| c.callback_signing_key = Some(SigningKey::parse(SECRET).expect("secret"))).await;
     let mut receiver = TestReceiver::reliable().await;
 
     let (status, accepted) = app
@@ -70,11 +72,11 @@ async fn a_callback_arrives_with_the_result_and_signed_standard_webhooks_headers
 #[tokio::test]
 async fn a_receiver_that_verifies_signatures_rejects_a_wrong_secret_with_401() {
     let app = spawn_app_with(|c| {
-        c.callback_signing_secret = Some("whsec_c2VjcmV0LW9mLWFub3RoZXItc2VydmljZQ==".into());
+        c.callback_signing_key = Some(SigningKey::parse("whsec_c2VjcmV0LW9mLWFub3RoZXItc2VydmljZQ==").expect("secret"));
         c.max_callback_retries = 0;
     })
     .await;
-    let key = sync_async::callback::SigningKey::parse(SECRET).expect("secret");
+    let key = SigningKey::parse(SECRET).expect("secret");
     let receiver = TestReceiver::start(ReceiverOptions {
         secret: Some(key),
         ..ReceiverOptions::default()

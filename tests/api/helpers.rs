@@ -9,19 +9,19 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use sync_async::receiver::{Received, Receiver, ReceiverOptions, ReceiverTotals, RunningReceiver};
 use sync_async::state::AppState;
 use sync_async::{App, Config};
+use sync_async_loadtest::receiver::{Received, Receiver, ReceiverOptions, ReceiverTotals, RunningReceiver};
 use tempfile::TempDir;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 /// The longest any `wait_until` may take before the test fails: generous, because it only
 /// matters when something is broken.
-pub const PATIENCE: Duration = Duration::from_secs(20);
+pub(crate) const PATIENCE: Duration = Duration::from_secs(20);
 
 /// A running app and a client for it.
-pub struct TestApp {
+pub(crate) struct TestApp {
     pub base_url: String,
     pub client: reqwest::Client,
     pub state: AppState,
@@ -33,7 +33,7 @@ pub struct TestApp {
 
 /// Settings for tests: loopback, port 0, a temp database, a rate limit no test trips by
 /// accident, and a callback backoff unit of a millisecond so retries take no real time.
-pub fn test_config(dir: &TempDir) -> Config {
+pub(crate) fn test_config(dir: &TempDir) -> Config {
     Config {
         host: [127, 0, 0, 1].into(),
         port: 0,
@@ -45,11 +45,11 @@ pub fn test_config(dir: &TempDir) -> Config {
     }
 }
 
-pub async fn spawn_app() -> TestApp {
+pub(crate) async fn spawn_app() -> TestApp {
     spawn_app_with(|_| {}).await
 }
 
-pub async fn spawn_app_with(customise: impl FnOnce(&mut Config)) -> TestApp {
+pub(crate) async fn spawn_app_with(customise: impl FnOnce(&mut Config)) -> TestApp {
     let dir = Arc::new(tempfile::tempdir().expect("temp dir"));
     let mut config = test_config(&dir);
     customise(&mut config);
@@ -57,7 +57,7 @@ pub async fn spawn_app_with(customise: impl FnOnce(&mut Config)) -> TestApp {
 }
 
 /// Starts an app on an existing directory (restart tests reuse the database).
-pub async fn spawn_app_in(dir: Arc<TempDir>, config: Config) -> TestApp {
+pub(crate) async fn spawn_app_in(dir: Arc<TempDir>, config: Config) -> TestApp {
     let db_path = config.database_path.clone();
     let app = App::build(config).await.expect("app builds");
     let base_url = format!("http://{}", app.local_addr());
@@ -78,19 +78,19 @@ pub async fn spawn_app_in(dir: Arc<TempDir>, config: Config) -> TestApp {
 }
 
 impl TestApp {
-    pub fn url(&self, path: &str) -> String {
+    pub(crate) fn url(&self, path: &str) -> String {
         format!("{}{}", self.base_url, path)
     }
 
-    pub async fn get(&self, path: &str) -> reqwest::Response {
+    pub(crate) async fn get(&self, path: &str) -> reqwest::Response {
         self.client.get(self.url(path)).send().await.expect("request sent")
     }
 
-    pub async fn get_json(&self, path: &str) -> Value {
+    pub(crate) async fn get_json(&self, path: &str) -> Value {
         self.get(path).await.json().await.expect("JSON body")
     }
 
-    pub async fn post_json(&self, path: &str, body: &Value) -> reqwest::Response {
+    pub(crate) async fn post_json(&self, path: &str, body: &Value) -> reqwest::Response {
         self.client
             .post(self.url(path))
             .json(body)
@@ -99,19 +99,19 @@ impl TestApp {
             .expect("request sent")
     }
 
-    pub async fn metrics(&self) -> Value {
+    pub(crate) async fn metrics(&self) -> Value {
         self.get_json("/metrics").await
     }
 
     /// POSTs to `/async` and returns the status and the body.
-    pub async fn submit_async(&self, body: &Value) -> (u16, Value) {
+    pub(crate) async fn submit_async(&self, body: &Value) -> (u16, Value) {
         let response = self.post_json("/async", body).await;
         let status = response.status().as_u16();
         (status, response.json().await.expect("JSON body"))
     }
 
     /// Submits quick async work with `callback_url`; returns the request id.
-    pub async fn submit_with_callback(&self, callback_url: &str) -> String {
+    pub(crate) async fn submit_with_callback(&self, callback_url: &str) -> String {
         let (status, accepted) = self
             .submit_async(&serde_json::json!({"payload": quick_payload(), "callback_url": callback_url}))
             .await;
@@ -120,7 +120,7 @@ impl TestApp {
     }
 
     /// Polls `/requests/{id}` until `field` (a JSON pointer) equals `expected`; returns the record.
-    pub async fn wait_for(&self, id: &str, field: &str, expected: &str) -> Value {
+    pub(crate) async fn wait_for(&self, id: &str, field: &str, expected: &str) -> Value {
         let path = format!("/requests/{id}");
         let started = Instant::now();
         loop {
@@ -137,7 +137,7 @@ impl TestApp {
     }
 
     /// Graceful stop: stop accepting, drain, and wait for the app to finish.
-    pub async fn stop(mut self) {
+    pub(crate) async fn stop(mut self) {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }
@@ -148,7 +148,7 @@ impl TestApp {
 }
 
 /// Polls `condition` every few milliseconds until it holds; fails the test after `PATIENCE`.
-pub async fn wait_until<F, Fut>(what: &str, mut condition: F)
+pub(crate) async fn wait_until<F, Fut>(what: &str, mut condition: F)
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = bool>,
@@ -161,7 +161,7 @@ where
 }
 
 /// A body whose problem+json shape is checked: content type, and `status` matching the code.
-pub async fn problem(response: reqwest::Response) -> (u16, Value) {
+pub(crate) async fn problem(response: reqwest::Response) -> (u16, Value) {
     let status = response.status().as_u16();
     let content_type = response
         .headers()
@@ -185,7 +185,7 @@ pub async fn problem(response: reqwest::Response) -> (u16, Value) {
 }
 
 /// GETs `url` and parses the JSON answer.
-pub async fn fetch_json(client: &reqwest::Client, url: &str) -> Value {
+pub(crate) async fn fetch_json(client: &reqwest::Client, url: &str) -> Value {
     client
         .get(url)
         .send()
@@ -197,23 +197,23 @@ pub async fn fetch_json(client: &reqwest::Client, url: &str) -> Value {
 }
 
 /// Fast work for tests that only need a request to exist.
-pub fn quick_payload() -> Value {
+pub(crate) fn quick_payload() -> Value {
     serde_json::json!({"operation": "prime", "complexity": 1, "data": {"n": 10}})
 }
 
 /// Work that takes seconds even in a release build: for tests that need a busy slot.
-pub fn slow_payload() -> Value {
+pub(crate) fn slow_payload() -> Value {
     serde_json::json!({"operation": "hash", "complexity": 10})
 }
 
 /// The library's own receiver on a free port, with every accepted callback sent to `callbacks`.
-pub struct TestReceiver {
+pub(crate) struct TestReceiver {
     pub running: RunningReceiver,
     pub callbacks: tokio::sync::mpsc::UnboundedReceiver<Received>,
 }
 
 impl TestReceiver {
-    pub async fn start(options: ReceiverOptions) -> Self {
+    pub(crate) async fn start(options: ReceiverOptions) -> Self {
         let receiver = Receiver::new(options);
         let callbacks = receiver.subscribe();
         let running = receiver
@@ -223,20 +223,20 @@ impl TestReceiver {
         Self { running, callbacks }
     }
 
-    pub async fn reliable() -> Self {
+    pub(crate) async fn reliable() -> Self {
         Self::start(ReceiverOptions::default()).await
     }
 
-    pub fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         self.running.callback_url()
     }
 
-    pub fn totals(&self) -> ReceiverTotals {
+    pub(crate) fn totals(&self) -> ReceiverTotals {
         self.running.receiver.totals()
     }
 
     /// The next accepted callback; fails the test after `PATIENCE`.
-    pub async fn next(&mut self) -> Received {
+    pub(crate) async fn next(&mut self) -> Received {
         tokio::time::timeout(PATIENCE, self.callbacks.recv())
             .await
             .expect("a callback arrived in time")
@@ -245,11 +245,11 @@ impl TestReceiver {
 }
 
 /// The server binary, for tests that need a real process (signals, crashes).
-pub const BIN: &str = env!("CARGO_BIN_EXE_sync-async");
+pub(crate) const BIN: &str = env!("CARGO_BIN_EXE_sync-async");
 
 /// Starts the server binary with `env` on port 0 and returns it with its bound address, read from
 /// its first JSON log line that says "listening".
-pub fn start_server(env: &[(&str, String)]) -> (Child, String) {
+pub(crate) fn start_server(env: &[(&str, String)]) -> (Child, String) {
     let mut child = Command::new(BIN)
         // Away from the project root: a developer's .env must not change what is tested.
         .current_dir(std::env::temp_dir())
@@ -280,12 +280,12 @@ pub fn start_server(env: &[(&str, String)]) -> (Child, String) {
 }
 
 /// Sends SIGTERM: a graceful stop.
-pub fn terminate(child: &Child) {
+pub(crate) fn terminate(child: &Child) {
     signal(child, rustix::process::Signal::TERM);
 }
 
 /// Sends SIGKILL: the process dies at once, mid-whatever, like a crash or an OOM kill.
-pub fn kill_hard(child: &mut Child) {
+pub(crate) fn kill_hard(child: &mut Child) {
     signal(child, rustix::process::Signal::KILL);
     let _ = child.wait();
 }

@@ -7,7 +7,6 @@ mod callbacks;
 mod config_cli;
 mod docs;
 mod errors;
-mod loadtest;
 mod observability;
 mod rate_limit;
 mod recovery;

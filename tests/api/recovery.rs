@@ -4,7 +4,7 @@
 use std::collections::HashSet;
 
 use serde_json::{Value, json};
-use sync_async::receiver::ReceiverOptions;
+use sync_async_loadtest::receiver::ReceiverOptions;
 
 use crate::helpers::{TestReceiver, fetch_json, kill_hard, start_server, terminate, wait_until};
 
@@ -255,9 +255,9 @@ async fn a_backlog_larger_than_the_queue_drains_completely_after_a_start() {
         );
         let row = sync_async::db::requests::NewRequest {
             id: &id,
-            mode: sync_async::db::requests::Mode::Async,
+            mode: sync_async::model::Mode::Async,
             payload: &payload,
-            status: sync_async::db::requests::Status::Pending,
+            status: sync_async::model::Status::Pending,
             callback_url: None,
             created_at: &now,
             started_at: None,

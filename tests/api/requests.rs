@@ -1,7 +1,8 @@
 //! `GET /requests` filters and pagination, `GET /requests/{id}`.
 
 use serde_json::{Value, json};
-use sync_async::db::requests::{self, Mode, NewRequest, Status};
+use sync_async::db::requests::{self, NewRequest};
+use sync_async::model::{Mode, Status};
 
 use crate::helpers::{TestApp, problem, quick_payload, spawn_app};
 

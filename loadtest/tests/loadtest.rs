@@ -9,13 +9,23 @@ use axum::Router;
 use axum::routing::{get, post};
 use serde_json::{Value, json};
 use sync_async::engine::Operation;
-use sync_async::loadtest::report::{LoadtestReport, SCHEMA_VERSION};
-use sync_async::loadtest::run::{self, RunMode, RunSpec};
-use sync_async::loadtest::runner::Plan;
-use sync_async::loadtest::target;
+use sync_async_loadtest::report::{LoadtestReport, SCHEMA_VERSION};
+use sync_async_loadtest::run::{self, RunMode, RunSpec};
+use sync_async_loadtest::runner::Plan;
+use sync_async_loadtest::target;
 use tokio::net::TcpListener;
 
-use crate::helpers::fetch_json;
+/// GETs `url` and parses the JSON answer.
+async fn fetch_json(client: &reqwest::Client, url: &str) -> Value {
+    client
+        .get(url)
+        .send()
+        .await
+        .expect("sent")
+        .json()
+        .await
+        .expect("JSON body")
+}
 
 const LOADTEST: &str = env!("CARGO_BIN_EXE_loadtest");
 const CALLBACK_SERVER: &str = env!("CARGO_BIN_EXE_callback-server");
@@ -369,7 +379,7 @@ async fn the_callback_server_counts_callbacks_and_rejects_bad_signatures() {
         .expect("a URL")
         .to_owned();
     let base = url.trim_end_matches("/callback").to_owned();
-    let key = sync_async::callback::SigningKey::parse(secret).expect("secret");
+    let key = sync_async::signing::SigningKey::parse(secret).expect("secret");
     let client = reqwest::Client::new();
     let send = |signature: String, timestamp: i64, body: &'static str| {
         client

@@ -6,8 +6,8 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
-use sync_async::callback::SigningKey;
-use sync_async::receiver::{DEFAULT_TIMESTAMP_TOLERANCE, Receiver, ReceiverOptions};
+use sync_async::signing::SigningKey;
+use sync_async_loadtest::receiver::{DEFAULT_TIMESTAMP_TOLERANCE, Receiver, ReceiverOptions};
 
 #[derive(Parser)]
 #[command(

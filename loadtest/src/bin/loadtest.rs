@@ -1,5 +1,5 @@
 //! `loadtest`: measures the sync and async APIs under load. Parses flags, runs
-//! `sync_async::loadtest::execute`, prints and writes the reports, and exits with a code that
+//! `sync_async_loadtest::execute`, prints and writes the reports, and exits with a code that
 //! says how it went: 0 passed, 1 could not run, 2 bad flags, 3 a threshold failed, 4 callbacks
 //! missing (4 wins over 3).
 
@@ -10,7 +10,7 @@ use std::time::Duration;
 use clap::{Parser, ValueEnum};
 use sync_async::Config;
 use sync_async::engine::Operation;
-use sync_async::loadtest::{self, Mode, Settings, Thresholds};
+use sync_async_loadtest::{self as loadtest, Mode, Settings, Thresholds};
 
 #[derive(Parser)]
 #[command(version, about = "Load-tests the sync and async APIs and compares them")]

@@ -232,7 +232,7 @@ pub fn render(report: &LoadtestReport) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::loadtest::stats::Summary;
+    use crate::stats::Summary;
 
     #[test]
     fn milliseconds_read_well_at_every_scale() {
@@ -272,7 +272,7 @@ mod tests {
 
     #[test]
     fn the_soak_table_has_one_row_per_interval() {
-        let sample = |t_s: f64, wal: u64| crate::loadtest::sampler::ServerSample {
+        let sample = |t_s: f64, wal: u64| crate::sampler::ServerSample {
             t_s,
             queue_size: 0,
             workers_busy: 0,

@@ -17,8 +17,8 @@ use super::runner::{self, Finished, Plan, Shoot};
 use super::sampler;
 use super::stats::{Latency, Outcomes, Timeline};
 use super::target;
-use crate::engine::Operation;
 use crate::receiver::Receiver;
+use sync_async::engine::Operation;
 
 /// Which API a run exercises.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

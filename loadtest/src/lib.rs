@@ -2,10 +2,20 @@
 //! or open-loop (constant rate, latency from the intended send time) load against `/sync` or
 //! `/async`, HDR histograms, callback matching through the demo receiver, `/metrics` sampling,
 //! and text, JSON and HTML reports. The binary only parses flags and calls [`execute`].
+//!
+//! Module map:
+//! - [`runner`]: sending load, closed or open loop; [`target`]: the requests themselves.
+//! - [`run`]: one mode run, collected into a report; [`stats`]: HDR histograms and timelines.
+//! - [`callbacks`]: matching callbacks to acknowledgements; [`receiver`]: the demo callback
+//!   receiver, shared with the `callback-server` binary and the server's integration tests.
+//! - [`sampler`]: the server's `/metrics` during a run; [`background`]: sync load beside a run.
+//! - [`report`], [`text`], [`html`]: the results as data, as text, and as an HTML page.
+//! - [`server`]: the server started in-process when no `--url` is given.
 
 pub mod background;
 pub mod callbacks;
 pub mod html;
+pub mod receiver;
 pub mod report;
 pub mod run;
 pub mod runner;
@@ -20,12 +30,12 @@ use std::time::Duration;
 
 use anyhow::Context;
 
-use crate::Config;
-use crate::engine::Operation;
 use crate::receiver::{Receiver, ReceiverOptions};
 use report::{LoadtestReport, RunReport, SCHEMA_VERSION};
 use run::{RunMode, RunSpec};
 use runner::Plan;
+use sync_async::Config;
+use sync_async::engine::Operation;
 
 /// Which runs to make.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -109,7 +119,7 @@ pub async fn execute(
         true => Some(start_receiver(settings, spawned.is_some()).await?),
         false => None,
     };
-    let started_at = crate::db::timestamp(chrono::Utc::now());
+    let started_at = sync_async::db::timestamp(chrono::Utc::now());
     let modes: &[RunMode] = match settings.mode {
         Mode::Sync => &[RunMode::Sync],
         Mode::Async => &[RunMode::Async],

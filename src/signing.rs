@@ -10,7 +10,7 @@ use sha2::Sha256;
 const SECRET_PREFIX: &str = "whsec_";
 
 /// A decoded signing secret.
-#[derive(Clone)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct SigningKey(Vec<u8>);
 
 impl std::fmt::Debug for SigningKey {

@@ -19,8 +19,8 @@ use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
-use crate::callback::SigningKey;
-use crate::error::ApiError;
+use sync_async::error::ApiError;
+use sync_async::signing::SigningKey;
 
 /// How far a `webhook-timestamp` may be from now before the callback is refused as a replay
 /// (the Standard Webhooks recommendation).
@@ -277,7 +277,7 @@ async fn receive(State(receiver): State<Receiver>, headers: HeaderMap, body: Byt
             .collect(),
         verified: options.secret.is_some(),
         duplicate: false,
-        received_at: crate::db::timestamp(chrono::Utc::now()),
+        received_at: sync_async::db::timestamp(chrono::Utc::now()),
         arrived: Instant::now(),
         body: parsed,
         raw_body: body,

@@ -7,7 +7,7 @@ use std::thread::JoinHandle;
 use anyhow::Context;
 use tokio::sync::oneshot;
 
-use crate::{App, Config};
+use sync_async::{App, Config};
 
 /// The rate limit of a spawned server: high enough that the load test never trips it.
 const LOADTEST_RATE_LIMIT: u32 = 1_000_000_000;
