@@ -52,8 +52,8 @@ pub enum Mode {
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub mode: Mode,
-    /// The server; `None` starts one in-process.
-    pub url: Option<String>,
+    /// The server, or the replicas of a cluster, sent to in turn; none starts one in-process.
+    pub urls: Vec<String>,
     pub requests: u64,
     pub concurrency: usize,
     pub complexity: u8,
@@ -104,19 +104,25 @@ pub async fn execute(
     settings: &Settings,
     server_config: impl FnOnce() -> anyhow::Result<Config>,
 ) -> anyhow::Result<(LoadtestReport, Option<server::SpawnedServer>)> {
-    let spawned = match &settings.url {
-        Some(_) => None,
-        None => Some(server::SpawnedServer::start(server_config()?).context("starting the in-process server")?),
+    let spawned = match settings.urls.is_empty() {
+        false => None,
+        true => Some(server::SpawnedServer::start(server_config()?).context("starting the in-process server")?),
     };
-    let base_url = match (&settings.url, &spawned) {
-        (Some(url), _) => url.trim_end_matches('/').to_owned(),
-        (None, Some(server)) => server.base_url.clone(),
-        (None, None) => unreachable!("a server was spawned when no URL was given"),
+    let base_urls: Vec<String> = match &spawned {
+        Some(server) => vec![server.base_url.clone()],
+        None => settings
+            .urls
+            .iter()
+            .map(|u| u.trim_end_matches('/').to_owned())
+            .collect(),
     };
+    // `/metrics` and the background sync load go to the first server: on a cluster, its
+    // figures are the cluster's where they come from the database, and its own otherwise.
+    let base_url = base_urls[0].clone();
     let client = target::http_client(settings.concurrency, settings.request_timeout)?;
     let needs_receiver = matches!(settings.mode, Mode::Async | Mode::Compare) && !settings.no_callback;
     let receiver = match needs_receiver {
-        true => Some(start_receiver(settings, spawned.is_some()).await?),
+        true => Some(start_receiver(settings, spawned.is_some())?),
         false => None,
     };
     let started_at = sync_async::db::timestamp(chrono::Utc::now());
@@ -130,7 +136,7 @@ pub async fn execute(
     for &mode in modes {
         let spec = RunSpec {
             mode,
-            base_url: base_url.clone(),
+            base_urls: base_urls.clone(),
             operation: settings.operation,
             complexity: settings.complexity,
             data: settings.data.clone(),
@@ -148,11 +154,12 @@ pub async fn execute(
             n => {
                 let payload = run::payload(settings.operation, settings.complexity, settings.data.as_ref());
                 let body = axum::body::Bytes::from(serde_json::json!({ "payload": payload }).to_string());
-                let shoot = target::post_json(client.clone(), format!("{base_url}/sync"), body);
+                let targets = target::Targets::new(&base_urls, "/sync").context("a --url is not a URL")?;
+                let shoot = target::post_json(client.clone(), targets, body, target::Reads::default());
                 Some(background::Background::start(n, shoot, &client, &base_url).await)
             }
         };
-        let mut report = run::run(&spec).await;
+        let mut report = run::run(&spec).await.context("a --url is not a URL")?;
         if let Some(background) = background {
             report.background_sync = Some(background.stop().await);
         }
@@ -163,8 +170,8 @@ pub async fn execute(
         schema_version: SCHEMA_VERSION,
         tool: concat!("sync-async loadtest ", env!("CARGO_PKG_VERSION")).to_owned(),
         started_at,
-        target: base_url,
-        spawned_server: settings.url.is_none(),
+        target: base_urls.join(","),
+        spawned_server: spawned.is_some(),
         runs,
     };
     Ok((report, spawned))
@@ -181,7 +188,7 @@ fn plan(settings: &Settings) -> Plan {
 }
 
 /// The tool's own callback receiver, quiet, with its URL.
-async fn start_receiver(
+fn start_receiver(
     settings: &Settings,
     spawned: bool,
 ) -> anyhow::Result<(Receiver, String, crate::receiver::RunningReceiver)> {
@@ -199,8 +206,7 @@ async fn start_receiver(
     });
     let running = receiver
         .clone()
-        .spawn(SocketAddr::new(ip, port))
-        .await
+        .spawn_on_own_thread(SocketAddr::new(ip, port))
         .with_context(|| {
             format!(
                 "listening for callbacks on {}:{port} (is a callback-server already running there?)",

@@ -18,6 +18,7 @@ use serde::Serialize;
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 
 use sync_async::error::ApiError;
 use sync_async::signing::SigningKey;
@@ -139,7 +140,8 @@ struct Book {
 pub struct RunningReceiver {
     pub receiver: Receiver,
     pub addr: SocketAddr,
-    task: tokio::task::JoinHandle<()>,
+    /// Stops serving; fired on `stop` and on drop.
+    stop: CancellationToken,
 }
 
 impl RunningReceiver {
@@ -149,13 +151,13 @@ impl RunningReceiver {
     }
 
     pub fn stop(self) {
-        self.task.abort();
+        self.stop.cancel();
     }
 }
 
 impl Drop for RunningReceiver {
     fn drop(&mut self) {
-        self.task.abort();
+        self.stop.cancel();
     }
 }
 
@@ -181,14 +183,37 @@ impl Receiver {
     pub async fn spawn(self, addr: SocketAddr) -> std::io::Result<RunningReceiver> {
         let listener = TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
-        let router = self.router();
-        let task = tokio::spawn(async move {
-            let _ = axum::serve(listener, router).await;
-        });
+        let stop = CancellationToken::new();
+        tokio::spawn(serve(listener, self.router(), stop.clone()));
         Ok(RunningReceiver {
             receiver: self,
             addr,
-            task,
+            stop,
+        })
+    }
+
+    /// Like `spawn`, on a thread and runtime of its own: the load tester's sending runs on one
+    /// thread, and receiving callbacks must not take turns with it.
+    pub fn spawn_on_own_thread(self, addr: SocketAddr) -> std::io::Result<RunningReceiver> {
+        let listener = std::net::TcpListener::bind(addr)?;
+        listener.set_nonblocking(true)?;
+        let addr = listener.local_addr()?;
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        let (router, stop) = (self.router(), CancellationToken::new());
+        let stopped = stop.clone();
+        std::thread::Builder::new()
+            .name("callback-receiver".into())
+            .spawn(move || {
+                runtime.block_on(async move {
+                    if let Ok(listener) = TcpListener::from_std(listener) {
+                        serve(listener, router, stopped).await;
+                    }
+                });
+            })?;
+        Ok(RunningReceiver {
+            receiver: self,
+            addr,
+            stop,
         })
     }
 
@@ -324,6 +349,15 @@ fn simulated_failure(options: &ReceiverOptions) -> Response {
             .insert(header::LOCATION, HeaderValue::from_static("/callback"));
     }
     response
+}
+
+/// Serves until `stop` fires, then stops accepting at once (no graceful drain: a stopped
+/// receiver is one that went away).
+async fn serve(listener: TcpListener, router: Router, stop: CancellationToken) {
+    tokio::select! {
+        _ = axum::serve(listener, router) => {}
+        () = stop.cancelled() => {}
+    }
 }
 
 /// `<id> <status> <short result>`: one line per callback.

@@ -43,7 +43,9 @@ impl RunMode {
 #[derive(Clone)]
 pub struct RunSpec {
     pub mode: RunMode,
-    pub base_url: String,
+    /// The server, or the replicas of a cluster; requests go to each in turn, and `/metrics`
+    /// is read from the first.
+    pub base_urls: Vec<String>,
     pub operation: Operation,
     pub complexity: u8,
     /// `payload.data`, when the run asks for specific data.
@@ -60,23 +62,24 @@ pub struct RunSpec {
     pub progress: bool,
 }
 
-/// Runs one mode and reports it.
-pub async fn run(spec: &RunSpec) -> RunReport {
+/// Runs one mode and reports it. Fails only when a server URL does not parse.
+pub async fn run(spec: &RunSpec) -> Result<RunReport, url::ParseError> {
+    let path = match spec.mode {
+        RunMode::Sync => "/sync",
+        RunMode::Async => "/async",
+        RunMode::Health => "/healthz",
+    };
+    let targets = target::Targets::new(&spec.base_urls, path)?;
+    let reads = target::Reads {
+        request_id: spec.mode == RunMode::Async && spec.callbacks.is_some(),
+        execution_time: spec.mode == RunMode::Sync,
+    };
     let shoot = match spec.mode {
-        RunMode::Sync => target::post_json(
-            spec.client.clone(),
-            format!("{}/sync", spec.base_url),
-            request_body(spec),
-        ),
-        RunMode::Async => target::post_json(
-            spec.client.clone(),
-            format!("{}/async", spec.base_url),
-            request_body(spec),
-        ),
-        RunMode::Health => target::get(spec.client.clone(), format!("{}/healthz", spec.base_url)),
+        RunMode::Sync | RunMode::Async => target::post_json(spec.client.clone(), targets, request_body(spec), reads),
+        RunMode::Health => target::get(spec.client.clone(), targets),
     };
     let mut callbacks = spec.callbacks.as_ref().map(|(receiver, _)| receiver.subscribe());
-    collect(spec, shoot, callbacks.as_mut()).await
+    Ok(collect(spec, shoot, callbacks.as_mut()).await)
 }
 
 /// The work payload every request of a run carries.
@@ -121,7 +124,7 @@ pub async fn collect(
     let measure_start = start + spec.plan.warmup;
     let sampler = tokio::spawn(sampler::sample(
         spec.client.clone(),
-        spec.base_url.clone(),
+        spec.base_urls[0].clone(),
         measure_start,
         stop_sampling.clone(),
     ));

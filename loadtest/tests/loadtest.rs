@@ -47,10 +47,15 @@ async fn serve(router: Router) -> String {
     format!("http://{addr}")
 }
 
+/// `GET {base}/work`, the route the test servers below serve.
+fn work(base: &str) -> target::Targets {
+    target::Targets::new(&[base.to_owned()], "/work").expect("a URL")
+}
+
 fn spec(base_url: &str, plan: Plan) -> RunSpec {
     RunSpec {
         mode: RunMode::Sync,
-        base_url: base_url.to_owned(),
+        base_urls: vec![base_url.to_owned()],
         operation: Operation::Hash,
         complexity: 1,
         data: None,
@@ -108,7 +113,7 @@ async fn closed_loop_keeps_exactly_the_concurrency_in_flight_as_a_sliding_window
     };
     let spec = spec(&base, plan);
 
-    let report = run::collect(&spec, target::get(spec.client.clone(), format!("{base}/work")), None).await;
+    let report = run::collect(&spec, target::get(spec.client.clone(), work(&base)), None).await;
 
     assert_eq!(report.requests, 200);
     assert_eq!(report.outcomes.statuses.get(&200), Some(&200));
@@ -157,7 +162,7 @@ async fn open_loop_measures_from_the_intended_send_time_so_a_stall_shows() {
     };
     let spec = spec(&base, plan);
 
-    let report = run::collect(&spec, target::get(spec.client.clone(), format!("{base}/work")), None).await;
+    let report = run::collect(&spec, target::get(spec.client.clone(), work(&base)), None).await;
 
     let corrected = report.latency.p99_ms;
     let uncorrected = report.latency_uncorrected.expect("open loop reports both").p99_ms;
@@ -482,7 +487,7 @@ async fn an_overloaded_open_loop_run_stops_at_its_duration() {
     };
     let spec = spec(&base, plan);
 
-    let report = run::collect(&spec, target::get(spec.client.clone(), format!("{base}/work")), None).await;
+    let report = run::collect(&spec, target::get(spec.client.clone(), work(&base)), None).await;
 
     assert!(
         report.requests <= 6,
@@ -499,4 +504,39 @@ async fn an_overloaded_open_loop_run_stops_at_its_duration() {
         "achieved {} of 1000 offered",
         report.achieved_rps
     );
+}
+
+#[tokio::test]
+async fn repeated_urls_share_the_load_in_turn() {
+    let counter = |hits: Arc<AtomicUsize>| {
+        Router::new().route(
+            "/work",
+            get(move || {
+                let hits = hits.clone();
+                async move {
+                    hits.fetch_add(1, Ordering::SeqCst);
+                    "ok"
+                }
+            }),
+        )
+    };
+    let (first_hits, second_hits) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let first = serve(counter(first_hits.clone())).await;
+    let second = serve(counter(second_hits.clone())).await;
+    let plan = Plan {
+        requests: 100,
+        duration: None,
+        warmup: Duration::ZERO,
+        concurrency: 4,
+        rate: None,
+    };
+    let mut spec = spec(&first, plan);
+    spec.base_urls.push(second.clone());
+    let targets = target::Targets::new(&spec.base_urls, "/work").expect("URLs");
+    let report = run::collect(&spec, target::get(spec.client.clone(), targets), None).await;
+
+    assert_eq!(report.outcomes.count_in(200..=299), 100);
+    let (a, b) = (first_hits.load(Ordering::SeqCst), second_hits.load(Ordering::SeqCst));
+    assert_eq!(a + b, 100);
+    assert!(a.abs_diff(b) <= 4, "{a} and {b} requests: not in turn");
 }

@@ -30,10 +30,11 @@ struct Args {
     /// The same operation for every mode.
     #[arg(long, value_enum, default_value_t = OperationArg::Hash)]
     operation: OperationArg,
-    /// The server, such as http://localhost:8000. Without it, one is started in-process on a
-    /// free port with a temporary database.
-    #[arg(long)]
-    url: Option<String>,
+    /// The server, such as http://localhost:8000; repeat it for the replicas of a cluster, and
+    /// requests go to each in turn. Without it, one is started in-process on a free port with a
+    /// temporary database.
+    #[arg(long = "url", value_parser = server_url)]
+    urls: Vec<String>,
     /// Start the server in-process even if --url is given (the URL is then ignored).
     #[arg(long)]
     spawn_server: bool,
@@ -109,6 +110,14 @@ enum OperationArg {
     Transform,
 }
 
+/// `--url`: an http or https URL.
+fn server_url(raw: &str) -> Result<String, String> {
+    match url::Url::parse(raw) {
+        Ok(url) if matches!(url.scheme(), "http" | "https") && url.host().is_some() => Ok(raw.to_owned()),
+        _ => Err(format!("`{raw}` is not an http(s) URL such as http://localhost:8000")),
+    }
+}
+
 /// `--data`: a JSON object.
 fn json_object(raw: &str) -> Result<serde_json::Value, String> {
     match serde_json::from_str::<serde_json::Value>(raw) {
@@ -172,7 +181,11 @@ fn main() -> ExitCode {
             ModeArg::Compare => Mode::Compare,
             ModeArg::Healthz => Mode::Health,
         },
-        url: if args.spawn_server { None } else { args.url.clone() },
+        urls: if args.spawn_server {
+            Vec::new()
+        } else {
+            args.urls.clone()
+        },
         requests: args.requests,
         concurrency: args.concurrency as usize,
         complexity: args.complexity,
@@ -195,7 +208,7 @@ fn main() -> ExitCode {
         data: args.data.clone(),
         callback_fail_rate: args.callback_fail_rate,
     };
-    let runtime = match tokio::runtime::Runtime::new() {
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("loadtest: {e}");
