@@ -1,7 +1,7 @@
-//! `App::build(Config)` wires everything (database, engine pool, queue, workers, recovery,
-//! rate limiter) and binds the listener; `App::run(shutdown)` serves until `shutdown` resolves,
-//! then drains: no new connections, in-flight requests finish, workers finish their current
-//! job, and queued jobs stay on disk for the next start.
+//! `App::build(Config)` wires everything (store, engine pool, the job machinery, deliveries,
+//! the upkeep loops, rate limiter) and binds the listener; `App::run(shutdown)` serves until
+//! `shutdown` resolves, then drains: no new connections, in-flight requests finish, workers
+//! finish or release the job in hand, and queued jobs stay in the database.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -26,33 +26,51 @@ use tracing::Level;
 
 use crate::callback::Deliveries;
 use crate::client_ip::ClientIpSource;
-use crate::config::{Config, CorsOrigins};
-use crate::db;
+use crate::config::{Config, CorsOrigins, DatabaseTarget};
+use crate::db::{self, Backend, Wakeups};
 use crate::execution::{EnginePool, Executor};
-use crate::jobs::{self, JobQueue, WorkerContext, WorkerPool};
+use crate::jobs::{self, JobsContext, Leases, QueueSettings};
+use crate::liveness::Liveness;
 use crate::metrics::{Metrics, RouteLabels};
 use crate::rate_limit::{self, ClientRateLimiter, RateLimit};
 use crate::routes;
 use crate::state::AppState;
 
-/// How often idle rate-limit entries and expired idempotency keys are forgotten.
+/// How often idle rate-limit entries are forgotten.
 const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(60);
+
+/// Why the app could not start. The binary exits with 2 for a database it cannot use, as for a
+/// bad setting.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The database is unreachable, refuses the credentials, or its schema cannot be migrated.
+    #[error("the database cannot be used: {0}")]
+    Database(#[from] db::ConnectError),
+    #[error(transparent)]
+    Other(#[from] anyhow::Error),
+}
 
 /// A built, bound, not yet serving application.
 pub struct App {
     listener: TcpListener,
     state: AppState,
-    /// Every background task (workers, recovery, housekeeping), awaited on shutdown.
-    tasks: TaskTracker,
-    /// Tells background tasks to stop taking new work.
+    /// The work: claimer, workers, completer, delivery claimer and attempts. Awaited first on
+    /// shutdown.
+    work: TaskTracker,
+    /// The upkeep: heartbeat, rescuer, purge, housekeeping. Stopped after the work, so that
+    /// leases are renewed while the last jobs finish.
+    upkeep: TaskTracker,
+    /// Tells the work to stop taking jobs.
     stop: CancellationToken,
-    /// An exclusive lock on `<DATABASE_PATH>.lock`, held until the app stops: recovery assumes
-    /// that no other live process works on the same database.
-    _instance_lock: std::fs::File,
+    /// Tells the upkeep loops to stop.
+    halt: CancellationToken,
+    /// For SQLite, an exclusive lock on `<DATABASE_PATH>.lock`, held until the app stops: one
+    /// server per file, which is what lets its start treat every lease as expired.
+    _instance_lock: Option<std::fs::File>,
 }
 
 impl App {
-    pub async fn build(config: Config) -> anyhow::Result<Self> {
+    pub async fn build(config: Config) -> Result<Self, StartError> {
         let config = Arc::new(config);
         // Bind and lock before touching any job: a second instance started by mistake must fail
         // here, not after it has reset the first one's jobs.
@@ -60,65 +78,102 @@ impl App {
         let listener = TcpListener::bind(addr)
             .await
             .with_context(|| format!("binding {addr}"))?;
-        let instance_lock = lock_instance(&config.database_path)?;
-        let db = db::connect_with_wal_limit(&config.database_path, config.sqlite_wal_limit_bytes()).await?;
+        let target = config.database();
+        let instance_lock = match &target {
+            DatabaseTarget::Sqlite { path, .. } => Some(lock_instance(path)?),
+            DatabaseTarget::Postgres { .. } => None,
+        };
+        let liveness = Liveness::new();
+        let db = db::connect(&target, &liveness).await?;
         let metrics = Arc::new(Metrics::new());
         let engine_threads = config.max_sync_concurrency + config.num_workers;
         let pool = EnginePool::new(engine_threads, config.engine_priority, metrics.clone())
             .context("starting the engine pool")?;
         let executor = Executor {
             pool: Arc::new(pool),
-            db: db.clone(),
             metrics: metrics.clone(),
             deadline: config.work_timeout,
         };
-        let (queue, receiver) = JobQueue::new(config.max_queue_size);
-        let tasks = TaskTracker::new();
-        let stop = CancellationToken::new();
+        let (work, upkeep) = (TaskTracker::new(), TaskTracker::new());
+        let (stop, halt) = (CancellationToken::new(), CancellationToken::new());
+        let leases = Leases::new(owner_id(&config.replica_name));
+        let wake = Wakeups::default();
+        let settings = queue_settings(&config);
+        tracing::info!(
+            replica = leases.owner(),
+            backend = db.backend().as_str(),
+            "replica starting"
+        );
 
-        let deliveries = Deliveries::new(&config, db.clone(), metrics.clone(), tasks.clone(), stop.clone())?;
-        jobs::recover_unfinished(&db, &queue, &metrics, &tasks)
+        // Startup recovery is the rescuer. On SQLite the lock file proves that no other process
+        // holds a lease, so every lease counts as expired; on PostgreSQL only expired ones do,
+        // and work that live replicas hold stays theirs.
+        let everything = db.backend() == Backend::Sqlite;
+        jobs::rescue_once(&db, settings.max_attempts, everything, &metrics, &wake)
             .await
-            .context("recovering unfinished jobs")?;
-        deliveries
-            .resume_unfinished()
-            .await
-            .context("resuming unfinished callback deliveries")?;
-        let worker_ctx = WorkerContext {
-            executor: executor.clone(),
+            .context("recovering unfinished work")?;
+        db.listen(&wake, &liveness);
+
+        let ctx = JobsContext {
             db: db.clone(),
+            leases: leases.clone(),
+            executor: executor.clone(),
             metrics: metrics.clone(),
-            deliveries: deliveries.clone(),
+            wake: wake.clone(),
+            settings,
             stop: stop.clone(),
-            shutdown_grace: config.shutdown_grace,
         };
-        let workers = WorkerPool::spawn(config.num_workers, receiver, worker_ctx, &tasks);
+        let workers = jobs::start(&ctx, &liveness, &work);
+        let deliveries = Deliveries::new(
+            &config,
+            db.clone(),
+            metrics.clone(),
+            leases.clone(),
+            wake.clone(),
+            settings.lease,
+        )?;
+        deliveries.start(&liveness, stop.clone(), &work);
+        let sync_slots = Arc::new(Semaphore::new(config.max_sync_concurrency));
+        let figures = jobs::replica_figures(&metrics, config.num_workers, &sync_slots, config.max_sync_concurrency);
+        jobs::upkeep_loops(&ctx, figures, &liveness, halt.clone(), &upkeep);
+        if let Some(retention) = config.retention {
+            let every = (retention / 4).clamp(Duration::from_secs(1), Duration::from_secs(60));
+            upkeep.spawn(jobs::purge_loop(
+                db.clone(),
+                retention,
+                config.idempotency_ttl,
+                every,
+                halt.clone(),
+                liveness.register("purge", Some(every)),
+                metrics.clone(),
+            ));
+        }
         let rate_limiter = Arc::new(ClientRateLimiter::new(
             config.rate_limit_requests,
             config.rate_limit_window,
         ));
-        tasks.spawn(housekeeping(
-            rate_limiter.clone(),
-            db.clone(),
-            config.idempotency_ttl,
-            stop.clone(),
-        ));
+        upkeep.spawn(housekeeping(rate_limiter.clone(), halt.clone()));
         let state = AppState {
-            sync_slots: Arc::new(Semaphore::new(config.max_sync_concurrency)),
+            sync_slots,
             config,
             db,
             executor,
-            queue,
+            leases,
+            wake,
             deliveries,
             workers,
+            liveness,
             metrics,
             rate_limiter,
+            stopping: stop.clone(),
         };
         Ok(Self {
             listener,
             state,
-            tasks,
+            work,
+            upkeep,
             stop,
+            halt,
             _instance_lock: instance_lock,
         })
     }
@@ -139,13 +194,17 @@ impl App {
         &self.state
     }
 
-    /// Serves until `shutdown` resolves, then drains as described at the top of this module.
+    /// Serves until `shutdown` resolves, then drains: no new connections; in-flight requests
+    /// finish; workers stop taking jobs and the job in hand gets SHUTDOWN_GRACE_SECONDS before
+    /// it is released; deliveries in flight finish; then the upkeep stops and the store closes.
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
         let Self {
             listener,
             state,
-            tasks,
+            work,
+            upkeep,
             stop,
+            halt,
             _instance_lock,
         } = self;
         let addr = listener.local_addr()?;
@@ -170,11 +229,32 @@ impl App {
             .await
             .context("serving HTTP")?;
         stop.cancel();
-        tasks.close();
-        tasks.wait().await;
+        work.close();
+        work.wait().await;
+        halt.cancel();
+        upkeep.close();
+        upkeep.wait().await;
         db.close().await;
         tracing::info!("stopped");
         Ok(())
+    }
+}
+
+/// This replica's owner id: the name, the process id and a random suffix, so that a replica that
+/// restarts is a new owner and never mistakes a lease of its earlier life for its own.
+fn owner_id(name: &str) -> String {
+    format!("{name}:{}:{:04x}", std::process::id(), rand::random::<u16>())
+}
+
+fn queue_settings(config: &Config) -> QueueSettings {
+    QueueSettings {
+        lease: config.lease,
+        heartbeat_every: config.lease / 3,
+        rescue_every: config.rescue_interval,
+        poll_every: config.poll_interval,
+        max_attempts: config.job_max_attempts,
+        num_workers: config.num_workers,
+        shutdown_grace: config.shutdown_grace,
     }
 }
 
@@ -299,25 +379,13 @@ async fn track_http(
     response
 }
 
-/// Periodic upkeep: forget idle rate-limit entries and expired idempotency keys.
-async fn housekeeping(
-    rate_limiter: Arc<ClientRateLimiter>,
-    db: crate::db::Db,
-    idempotency_ttl: Duration,
-    stop: CancellationToken,
-) {
+/// Periodic upkeep: forget idle rate-limit entries.
+async fn housekeeping(rate_limiter: Arc<ClientRateLimiter>, halt: CancellationToken) {
     let mut tick = tokio::time::interval(HOUSEKEEPING_EVERY);
     loop {
         tokio::select! {
-            () = stop.cancelled() => break,
-            _ = tick.tick() => {
-                rate_limiter.forget_idle_clients();
-                let ttl = chrono::Duration::from_std(idempotency_ttl).unwrap_or(chrono::Duration::days(1));
-                let cutoff = db::timestamp(chrono::Utc::now() - ttl);
-                if let Err(e) = db::idempotency::purge_expired(&db, &cutoff).await {
-                    tracing::warn!(error = %e, "could not purge expired idempotency keys");
-                }
-            }
+            () = halt.cancelled() => break,
+            _ = tick.tick() => rate_limiter.forget_idle_clients(),
         }
     }
 }

@@ -39,6 +39,49 @@ pub enum EnginePriority {
     Normal,
 }
 
+/// DATABASE_URL, parsed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DatabaseUrl {
+    Postgres(Secret),
+    Sqlite(PathBuf),
+}
+
+/// Where the data lives, as `db::connect` takes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DatabaseTarget {
+    Sqlite {
+        path: PathBuf,
+        wal_limit_bytes: u64,
+    },
+    Postgres {
+        /// The URL may carry a password.
+        url: Secret,
+        max_connections: u32,
+        notify_interval: Duration,
+    },
+}
+
+/// A value that must not be printed: `Debug` shows `Secret(..)`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    /// The value itself, for the one place that needs it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(..)")
+    }
+}
+
 /// Which browser origins may call the API.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CorsOrigins {
@@ -57,10 +100,31 @@ pub struct Config {
     pub host: IpAddr,
     /// 0 picks a free port (the tests do this).
     pub port: u16,
-    /// The SQLite file; its directory is created on first start.
+    /// The SQLite file; its directory is created on first start. Unused with `database_url`.
     pub database_path: PathBuf,
+    /// DATABASE_URL: a `postgres://` URL to share one PostgreSQL database between replicas, or a
+    /// `sqlite://` path; unset, DATABASE_PATH is the SQLite file.
+    pub database_url: Option<DatabaseUrl>,
     /// The bound on the SQLite WAL file, in MiB: checkpoints keep it below this under load.
     pub sqlite_wal_limit_mb: u64,
+    /// PostgreSQL connections this replica may open, over all its pools.
+    pub database_max_connections: u32,
+    /// How long a claim on a job or delivery lasts without a heartbeat; a third of it is the
+    /// heartbeat interval.
+    pub lease: Duration,
+    /// How often every replica looks for expired leases.
+    pub rescue_interval: Duration,
+    /// The longest an idle claimer waits before looking at the queue again (at most 1 s).
+    pub poll_interval: Duration,
+    /// How often a PostgreSQL replica may tell the others of new work (50 to 100 ms).
+    pub notify_interval: Duration,
+    /// Claims of one job (or delivery) whose replicas kept dying before the rescuer fails it.
+    pub job_max_attempts: u32,
+    /// Finished requests are deleted after this; `None` (RETENTION_HOURS=0) keeps everything.
+    pub retention: Option<Duration>,
+    /// The start of this replica's owner id (the host name by default); the process id and a
+    /// random suffix follow, so a restarted replica is a new owner.
+    pub replica_name: String,
     /// Sync requests computed at once; one more gets 503.
     pub max_sync_concurrency: usize,
     /// After this the engine is cancelled: 504 for sync, `failed` for async.
@@ -150,6 +214,19 @@ impl Config {
             host: env.parse("HOST", "0.0.0.0", "an IP address such as 0.0.0.0 or 127.0.0.1")?,
             port: env.parse("PORT", "8000", "a port number from 0 to 65535")?,
             database_path: PathBuf::from(env.string("DATABASE_PATH", "./data/requests.db")),
+            database_url: env.database_url("DATABASE_URL")?,
+            database_max_connections: env.parse(
+                "DATABASE_MAX_CONNECTIONS",
+                "10",
+                "a whole number of connections from 4 to 1000",
+            )?,
+            lease: env.seconds("LEASE_SECONDS", "30")?,
+            rescue_interval: env.seconds("RESCUE_INTERVAL_SECONDS", "5")?,
+            poll_interval: env.seconds("POLL_INTERVAL_SECONDS", "1")?,
+            notify_interval: env.millis("NOTIFY_INTERVAL_MS", "75")?,
+            job_max_attempts: env.parse("JOB_MAX_ATTEMPTS", "5", "a whole number from 1 to 100")?,
+            retention: env.retention("RETENTION_HOURS", "168")?,
+            replica_name: env.string("REPLICA_NAME", &default_replica_name()),
             sqlite_wal_limit_mb: env.parse("SQLITE_WAL_LIMIT_MB", "64", "a whole number of MiB from 1 to 65536")?,
             max_sync_concurrency: env.count("MAX_SYNC_CONCURRENCY", 10)?,
             work_timeout: env.seconds("WORK_TIMEOUT_SECONDS", "30")?,
@@ -183,7 +260,32 @@ impl Config {
 
     /// Bounds that need more than one value or a range check after parsing.
     fn check_ranges(&self, env: &Lookup<'_>) -> Result<(), ConfigError> {
-        let checks: [(&'static str, bool, &str); 8] = [
+        let checks: [(&'static str, bool, &str); 13] = [
+            (
+                "DATABASE_MAX_CONNECTIONS",
+                (4..=1000).contains(&self.database_max_connections),
+                "a whole number of connections from 4 to 1000",
+            ),
+            (
+                "LEASE_SECONDS",
+                (Duration::from_millis(300)..=Duration::from_secs(3600)).contains(&self.lease),
+                "a number of seconds from 0.3 to 3600",
+            ),
+            (
+                "POLL_INTERVAL_SECONDS",
+                self.poll_interval <= Duration::from_secs(1),
+                "a positive number of seconds up to 1",
+            ),
+            (
+                "NOTIFY_INTERVAL_MS",
+                (Duration::from_millis(50)..=Duration::from_millis(100)).contains(&self.notify_interval),
+                "a whole number of milliseconds from 50 to 100",
+            ),
+            (
+                "JOB_MAX_ATTEMPTS",
+                (1..=100).contains(&self.job_max_attempts),
+                "a whole number from 1 to 100",
+            ),
             (
                 "SQLITE_WAL_LIMIT_MB",
                 (1..=65_536).contains(&self.sqlite_wal_limit_mb),
@@ -231,6 +333,25 @@ impl Config {
         match checks.into_iter().find(|(_, ok, _)| !ok) {
             Some((key, _, expected)) => Err(env.error(key, expected)),
             None => Ok(()),
+        }
+    }
+
+    /// Where the data lives: DATABASE_URL if set, DATABASE_PATH otherwise.
+    pub fn database(&self) -> DatabaseTarget {
+        match &self.database_url {
+            Some(DatabaseUrl::Postgres(url)) => DatabaseTarget::Postgres {
+                url: url.clone(),
+                max_connections: self.database_max_connections,
+                notify_interval: self.notify_interval,
+            },
+            Some(DatabaseUrl::Sqlite(path)) => DatabaseTarget::Sqlite {
+                path: path.clone(),
+                wal_limit_bytes: self.sqlite_wal_limit_bytes(),
+            },
+            None => DatabaseTarget::Sqlite {
+                path: self.database_path.clone(),
+                wal_limit_bytes: self.sqlite_wal_limit_bytes(),
+            },
         }
     }
 
@@ -307,6 +428,41 @@ impl Lookup<'_> {
         Ok(Duration::from_millis(ms))
     }
 
+    /// A `postgres://`, `postgresql://` or `sqlite://` URL; any other scheme stops the start.
+    fn database_url(&self, key: &'static str) -> Result<Option<DatabaseUrl>, ConfigError> {
+        let Some(raw) = self.optional(key) else {
+            return Ok(None);
+        };
+        let expected = "a postgres://user@host:port/database URL, or sqlite://path";
+        let scheme = raw.split_once(':').map(|(scheme, _)| scheme.to_ascii_lowercase());
+        match scheme.as_deref() {
+            Some("postgres" | "postgresql") => match url::Url::parse(&raw) {
+                Ok(url) if url.host().is_some() || url.query().is_some_and(|q| q.contains("host=")) => {
+                    Ok(Some(DatabaseUrl::Postgres(Secret::new(raw))))
+                }
+                _ => Err(self.error(key, expected)),
+            },
+            Some("sqlite") => {
+                let path = raw["sqlite:".len()..].trim_start_matches("//");
+                if path.is_empty() {
+                    return Err(self.error(key, expected));
+                }
+                Ok(Some(DatabaseUrl::Sqlite(PathBuf::from(path))))
+            }
+            _ => Err(self.error(key, expected)),
+        }
+    }
+
+    /// Hours, fractions allowed; 0 keeps everything.
+    fn retention(&self, key: &'static str, default: &str) -> Result<Option<Duration>, ConfigError> {
+        let expected = "a number of hours from 0 (keep everything) to 87600";
+        let hours: f64 = self.parse(key, default, expected)?;
+        if !(0.0..=87_600.0).contains(&hours) {
+            return Err(self.error(key, expected));
+        }
+        Ok((hours > 0.0).then(|| Duration::from_secs_f64(hours * 3600.0)))
+    }
+
     /// A Standard Webhooks secret, decoded once here.
     fn signing_key(&self, key: &'static str) -> Result<Option<SigningKey>, ConfigError> {
         self.optional(key)
@@ -361,6 +517,15 @@ impl Lookup<'_> {
             CorsOrigins::List(origins)
         }
     }
+}
+
+/// The host name, for the default REPLICA_NAME.
+fn default_replica_name() -> String {
+    std::fs::read_to_string("/etc/hostname")
+        .ok()
+        .map(|name| name.trim().to_owned())
+        .filter(|name| !name.is_empty())
+        .unwrap_or_else(|| "replica".to_owned())
 }
 
 /// `scheme://host[:port]` with nothing after it: what a browser sends as `Origin`.

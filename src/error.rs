@@ -57,6 +57,12 @@ pub enum ApiError {
     /// 503: a dependency (the database, a worker) is down.
     #[error("{0}")]
     Unavailable(String),
+    /// 503: the database does not answer; nothing was stored. It resumes by itself.
+    #[error("the database is unavailable; nothing was stored, retry shortly")]
+    StorageUnavailable,
+    /// 503: the server is shutting down and takes no new work.
+    #[error("the server is shutting down and takes no new work; retry on another replica or shortly")]
+    ShuttingDown,
     /// 504: the work passed WORK_TIMEOUT_SECONDS and was cancelled.
     #[error("the work did not finish within {timeout_secs} s and was cancelled")]
     Timeout { request_id: String, timeout_secs: f64 },
@@ -117,7 +123,9 @@ impl ApiError {
             Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::Validation { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             Self::RateLimited { .. } | Self::QueueFull { .. } => StatusCode::TOO_MANY_REQUESTS,
-            Self::SyncSaturated { .. } | Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::SyncSaturated { .. } | Self::Unavailable(_) | Self::StorageUnavailable | Self::ShuttingDown => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             Self::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -139,6 +147,8 @@ impl ApiError {
             Self::QueueFull { .. } => "queue-full",
             Self::SyncSaturated { .. } => "sync-saturated",
             Self::Unavailable(_) => "unavailable",
+            Self::StorageUnavailable => "storage-unavailable",
+            Self::ShuttingDown => "shutting-down",
             Self::Timeout { .. } => "timeout",
             Self::Internal(_) => "internal",
         }
@@ -150,6 +160,8 @@ impl ApiError {
             | Self::QueueFull { retry_after_secs, .. }
             | Self::SyncSaturated { retry_after_secs, .. } => Some((*retry_after_secs).max(1)),
             Self::Unavailable(_) => Some(1),
+            Self::StorageUnavailable => Some(2),
+            Self::ShuttingDown => Some(5),
             _ => None,
         }
     }
@@ -242,7 +254,13 @@ impl From<PathRejection> for ApiError {
 }
 
 impl From<sqlx::Error> for ApiError {
+    /// A database that is out of reach or busy for a moment is a 503 with `Retry-After`, never a
+    /// 500: it is logged once here, and the client is told to retry.
     fn from(err: sqlx::Error) -> Self {
+        if crate::db::is_transient(&err) {
+            tracing::warn!(error = %err, "the database did not answer a request");
+            return Self::StorageUnavailable;
+        }
         Self::Internal(err.into())
     }
 }

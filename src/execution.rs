@@ -1,26 +1,24 @@
 //! Runs engine work off the async threads and records how it ended. `EnginePool` is a dedicated
 //! runtime whose blocking threads run at a lower OS priority, so the threads that answer HTTP
 //! keep winning the CPU while every engine thread is busy. `execute` is shared by `/sync` and the
-//! async workers: one deadline, one cancellation path, one way of storing the outcome.
+//! async workers: one deadline, one cancellation path, one form of the outcome to store.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::db::Db;
 use serde_json::Value;
 use tokio::runtime::{Builder, Handle, Runtime};
 use tokio::sync::OwnedSemaphorePermit;
 
 use crate::config::EnginePriority;
-use crate::db;
-use crate::db::requests::Completion;
+use crate::db::{self, Completion};
 use crate::engine::{self, CancelToken, Operation, Work};
 use crate::metrics::{Metrics, RunOutcome};
 use crate::model::{Mode, Status};
 
 /// How one engine run ended.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Outcome {
+pub(crate) enum Outcome {
     Done {
         result: Value,
         elapsed: Duration,
@@ -36,7 +34,7 @@ pub enum Outcome {
 }
 
 impl Outcome {
-    pub fn status(&self) -> Status {
+    pub(crate) fn status(&self) -> Status {
         match self {
             Self::Done { .. } => Status::Done,
             _ => Status::Failed,
@@ -45,7 +43,7 @@ impl Outcome {
 }
 
 /// Blocking threads for the engine, at a lower priority than the rest of the process.
-pub struct EnginePool {
+pub(crate) struct EnginePool {
     /// Where `spawn_blocking` sends engine work: the low-priority runtime's blocking pool.
     handle: Handle,
     /// Kept only to shut the runtime down without blocking when the pool is dropped.
@@ -55,7 +53,7 @@ pub struct EnginePool {
 
 impl EnginePool {
     /// `max_threads` bounds the engine runs on a CPU at once (sync slots + workers).
-    pub fn new(max_threads: usize, priority: EnginePriority, metrics: Arc<Metrics>) -> std::io::Result<Self> {
+    pub(crate) fn new(max_threads: usize, priority: EnginePriority, metrics: Arc<Metrics>) -> std::io::Result<Self> {
         let runtime = Builder::new_multi_thread()
             .worker_threads(1)
             .max_blocking_threads(max_threads.max(1))
@@ -73,7 +71,7 @@ impl EnginePool {
     /// passes, this cancels the engine and waits for it to stop before returning, so the CPU is
     /// free by the time the caller reports the timeout. `permit` is held until the engine stops.
     /// If the returned future is dropped (the client went away), the engine is cancelled too.
-    pub async fn run(
+    pub(crate) async fn run(
         &self,
         work: Work,
         deadline: Duration,
@@ -148,23 +146,21 @@ fn lower_thread_priority(priority: EnginePriority) {
     }
 }
 
-/// What `execute` needs: the pool to run on, where to record, and the deadline.
+/// What `execute` needs: the pool to run on, where to count, and the deadline.
 #[derive(Clone)]
-pub struct Executor {
+pub(crate) struct Executor {
     /// The low-priority threads the engine runs on.
-    pub pool: Arc<EnginePool>,
-    /// Where the outcome of each run is stored.
-    pub db: Db,
+    pub(crate) pool: Arc<EnginePool>,
     /// Engine time and outcome counts.
-    pub metrics: Arc<Metrics>,
+    pub(crate) metrics: Arc<Metrics>,
     /// WORK_TIMEOUT_SECONDS: past this the engine is cancelled.
-    pub deadline: Duration,
+    pub(crate) deadline: Duration,
 }
 
 impl Executor {
-    /// Runs a stored request's work and stores the outcome. Storing is retried by nobody: if the
-    /// database fails here, the row stays `processing` and startup recovery picks it up.
-    pub async fn execute(
+    /// Runs engine work and counts how it ended. Storing the outcome is the caller's: a sync
+    /// request stores it under its lease, a worker hands it to the completer.
+    pub(crate) async fn execute(
         &self,
         id: &str,
         mode: Mode,
@@ -172,7 +168,7 @@ impl Executor {
         work: Work,
         cancel: CancelToken,
         permit: Option<OwnedSemaphorePermit>,
-    ) -> Result<Outcome, sqlx::Error> {
+    ) -> Outcome {
         let outcome = self.pool.run(work, self.deadline, cancel, permit).await;
         let (run_outcome, seconds) = match &outcome {
             Outcome::Done { elapsed, .. } => (RunOutcome::Done, elapsed.as_secs_f64()),
@@ -184,28 +180,23 @@ impl Executor {
         if let Outcome::Panicked(why) = &outcome {
             tracing::error!(request_id = id, panic = why, "the engine panicked");
         }
-        if outcome == Outcome::Cancelled && mode == Mode::Async {
-            // A shutdown stopped it: leave it for the next start to run again.
-            return Ok(outcome);
-        }
-        let (result, elapsed) = match &outcome {
-            Outcome::Done { result, elapsed } => (Some(result), Some(elapsed)),
+        outcome
+    }
+
+    /// What to store for a run that ended this way.
+    pub(crate) fn completion(&self, outcome: &Outcome) -> Completion {
+        let (result, elapsed) = match outcome {
+            Outcome::Done { result, elapsed } => (Some(result.clone()), Some(elapsed)),
             Outcome::TimedOut { elapsed } => (None, Some(elapsed)),
             Outcome::Cancelled | Outcome::Panicked(_) => (None, None),
         };
-        let error = failure_message(&outcome, self.deadline);
-        let completion = Completion {
+        Completion {
             status: outcome.status(),
             result,
-            error: error.as_deref(),
-            completed_at: &db::timestamp(chrono::Utc::now()),
+            error: failure_message(outcome, self.deadline),
+            completed_at: db::timestamp(chrono::Utc::now()),
             execution_time_ms: elapsed.map(|d| as_millis(*d)),
-        };
-        db::retry_transient("storing a run's outcome", || {
-            db::requests::complete(&self.db, id, &completion)
-        })
-        .await?;
-        Ok(outcome)
+        }
     }
 }
 

@@ -20,6 +20,7 @@
 //! - [`openapi`]: the OpenAPI frame and shared error responses.
 //! - [`rate_limit`]: the per-client-IP limiter.
 //! - [`model`]: the vocabulary storage and API share: mode, status, delivery status.
+//! - [`liveness`]: whether the background loops are alive, for `/healthz`.
 //! - [`metrics`]: counters, gauges and histograms behind `/metrics`.
 //! - [`state`]: `AppState`, the handles every handler shares.
 //! - [`telemetry`]: log setup.
@@ -31,6 +32,7 @@ pub mod config;
 pub mod db;
 pub mod engine;
 pub mod error;
+pub mod liveness;
 pub mod model;
 pub mod routes;
 pub mod signing;

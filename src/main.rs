@@ -4,6 +4,7 @@
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use sync_async::app::StartError;
 use sync_async::engine::Operation;
 use sync_async::{App, Config, calibrate, telemetry};
 
@@ -63,11 +64,17 @@ fn serve() -> ExitCode {
         }
     };
     let result = runtime.block_on(async {
+        let shutdown = shutdown_signal().map_err(|e| StartError::Other(e.into()))?;
         let app = App::build(config).await?;
-        app.run(shutdown_signal()).await
+        app.run(shutdown).await.map_err(StartError::Other)
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        // Like a bad setting: one line, exit code 2.
+        Err(e @ StartError::Database(_)) => {
+            eprintln!("sync-async: {e}");
+            ExitCode::from(2)
+        }
         Err(e) => {
             tracing::error!(error = format!("{e:#}"), "the server stopped with an error");
             eprintln!("sync-async: {e:#}");
@@ -76,26 +83,28 @@ fn serve() -> ExitCode {
     }
 }
 
-/// Resolves on SIGINT (Ctrl-C) or SIGTERM.
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
+/// Installs the SIGINT (Ctrl-C) and SIGTERM handlers now, before anything else starts, and
+/// returns a future that resolves on the first of them. Installed lazily (when first polled), a
+/// signal that came early in the start would kill the process instead of stopping it cleanly.
+#[cfg(unix)]
+fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let mut terminate = signal(SignalKind::terminate())?;
+    Ok(async move {
+        tokio::select! {
+            _ = interrupt.recv() => tracing::info!("SIGINT received; shutting down"),
+            _ = terminate.recv() => tracing::info!("SIGTERM received; shutting down"),
         }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => tracing::info!("SIGINT received; shutting down"),
-        () = terminate => tracing::info!("SIGTERM received; shutting down"),
-    }
+    })
+}
+
+#[cfg(not(unix))]
+fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
+    Ok(async {
+        let _ = tokio::signal::ctrl_c().await;
+        tracing::info!("Ctrl-C received; shutting down");
+    })
 }
 
 fn run_calibration(repeats: u32, names: &[String], suggest: bool) -> ExitCode {

@@ -8,8 +8,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
-use crate::db::requests::Summary;
-use crate::db::wal::WalFigures;
+use crate::db::{StorageFigures, Summary};
 use crate::engine::Operation;
 
 /// HTTP latency buckets: 0.5 ms to about 33 s, doubling.
@@ -30,7 +29,7 @@ fn cancel_buckets() -> Histogram {
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct RouteLabels {
+pub(crate) struct RouteLabels {
     pub method: String,
     /// The matched route template (`/requests/{id}`), never the raw path, to bound cardinality.
     pub route: String,
@@ -38,13 +37,13 @@ pub struct RouteLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct WorkLabels {
+pub(crate) struct WorkLabels {
     pub mode: &'static str,
     pub operation: &'static str,
 }
 
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
-pub enum RunOutcome {
+pub(crate) enum RunOutcome {
     Done,
     Timeout,
     Cancelled,
@@ -52,7 +51,7 @@ pub enum RunOutcome {
 }
 
 impl RunOutcome {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Self::Done => "done",
             Self::Timeout => "timeout",
@@ -63,13 +62,13 @@ impl RunOutcome {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct OutcomeLabels {
+pub(crate) struct OutcomeLabels {
     pub mode: &'static str,
     pub outcome: &'static str,
 }
 
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
-pub enum CallbackOutcome {
+pub(crate) enum CallbackOutcome {
     /// A 2xx arrived.
     Delivered,
     /// An attempt failed and another is scheduled.
@@ -79,7 +78,7 @@ pub enum CallbackOutcome {
 }
 
 impl CallbackOutcome {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Self::Delivered => "delivered",
             Self::Retried => "retried",
@@ -89,18 +88,18 @@ impl CallbackOutcome {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct CallbackLabels {
+pub(crate) struct CallbackLabels {
     pub outcome: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct StoredLabels {
+pub(crate) struct StoredLabels {
     pub mode: &'static str,
     pub status: &'static str,
 }
 
 /// Every live figure of the service. Cheap to share behind an `Arc`; all updates are atomic.
-pub struct Metrics {
+pub(crate) struct Metrics {
     registry: Registry,
     /// Requests answered, by route and status.
     pub http_requests: Family<RouteLabels, Counter>,
@@ -124,8 +123,16 @@ pub struct Metrics {
     pub jobs_processed: Counter,
     /// Async submissions refused with 429 because the queue was full.
     pub queue_rejected: Counter,
-    /// Jobs put back on the queue at startup.
+    /// Jobs the rescuer put back in the queue (expired leases, and at start).
     pub jobs_recovered: Counter,
+    /// Jobs this replica claimed.
+    pub jobs_claimed: Counter,
+    /// Outcomes and attempts dropped because their lease had passed to a newer attempt.
+    pub stale_writes: Counter,
+    /// Leases the heartbeat found taken by another attempt.
+    pub leases_lost: Counter,
+    /// Finished requests deleted after RETENTION_HOURS.
+    pub requests_purged: Counter,
     /// Workers running a job right now.
     pub workers_busy: Gauge,
     /// Waiting jobs (set when read).
@@ -149,7 +156,7 @@ pub struct Metrics {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct CheckpointLabels {
+pub(crate) struct CheckpointLabels {
     /// `passive`, `restart`, `truncate`, or `restart_busy` (a RESTART that found readers).
     pub kind: &'static str,
 }
@@ -161,7 +168,7 @@ impl Default for Metrics {
 }
 
 impl Metrics {
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         let mut registry = Registry::with_prefix("sync_async");
         let m = Self {
             http_requests: Family::default(),
@@ -176,6 +183,10 @@ impl Metrics {
             jobs_processed: Counter::default(),
             queue_rejected: Counter::default(),
             jobs_recovered: Counter::default(),
+            jobs_claimed: Counter::default(),
+            stale_writes: Counter::default(),
+            leases_lost: Counter::default(),
+            requests_purged: Counter::default(),
             workers_busy: Gauge::default(),
             queue_depth: Gauge::default(),
             callbacks: Family::default(),
@@ -227,7 +238,27 @@ impl Metrics {
             "Async submissions refused with 429",
             m.queue_rejected.clone(),
         );
-        registry.register("jobs_recovered", "Jobs re-queued at startup", m.jobs_recovered.clone());
+        registry.register(
+            "jobs_recovered",
+            "Jobs the rescuer put back in the queue",
+            m.jobs_recovered.clone(),
+        );
+        registry.register("jobs_claimed", "Jobs this replica claimed", m.jobs_claimed.clone());
+        registry.register(
+            "stale_writes",
+            "Outcomes and attempts dropped because their lease had passed to a newer attempt",
+            m.stale_writes.clone(),
+        );
+        registry.register(
+            "leases_lost",
+            "Leases the heartbeat found taken by another attempt",
+            m.leases_lost.clone(),
+        );
+        registry.register(
+            "requests_purged",
+            "Finished requests deleted after the retention period",
+            m.requests_purged.clone(),
+        );
         registry.register("workers_busy", "Workers running a job", m.workers_busy.clone());
         registry.register("queue_depth", "Async jobs waiting", m.queue_depth.clone());
         registry.register("callbacks", "Callback outcomes", m.callbacks.clone());
@@ -261,7 +292,7 @@ impl Metrics {
         Self { registry, ..m }
     }
 
-    pub fn record_run(&self, mode: &'static str, operation: Operation, outcome: RunOutcome, seconds: f64) {
+    pub(crate) fn record_run(&self, mode: &'static str, operation: Operation, outcome: RunOutcome, seconds: f64) {
         self.engine_runs
             .get_or_create(&OutcomeLabels {
                 mode,
@@ -278,16 +309,7 @@ impl Metrics {
         }
     }
 
-    pub fn runs(&self, mode: &'static str, outcome: RunOutcome) -> u64 {
-        self.engine_runs
-            .get_or_create(&OutcomeLabels {
-                mode,
-                outcome: outcome.as_str(),
-            })
-            .get()
-    }
-
-    pub fn record_callback(&self, outcome: CallbackOutcome) {
+    pub(crate) fn record_callback(&self, outcome: CallbackOutcome) {
         self.callbacks
             .get_or_create(&CallbackLabels {
                 outcome: outcome.as_str(),
@@ -295,7 +317,7 @@ impl Metrics {
             .inc();
     }
 
-    pub fn callbacks(&self, outcome: CallbackOutcome) -> u64 {
+    pub(crate) fn callbacks(&self, outcome: CallbackOutcome) -> u64 {
         self.callbacks
             .get_or_create(&CallbackLabels {
                 outcome: outcome.as_str(),
@@ -304,8 +326,8 @@ impl Metrics {
     }
 
     /// Copies database aggregates into gauges so the text output carries them too.
-    pub fn set_stored(&self, summary: &Summary) {
-        for &(mode, status, count) in &summary.cells {
+    pub(crate) fn set_stored(&self, summary: &Summary) {
+        for &(mode, status, count) in &summary.requests {
             let labels = StoredLabels {
                 mode: mode.as_str(),
                 status: status.as_str(),
@@ -315,9 +337,11 @@ impl Metrics {
     }
 
     /// Copies the storage sizes and this process's memory into gauges.
-    pub fn set_storage(&self, wal: &WalFigures, resident_memory_bytes: u64) {
+    pub(crate) fn set_storage(&self, storage: &StorageFigures, resident_memory_bytes: u64) {
         let gauge = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
-        self.database_bytes.set(gauge(wal.database_bytes));
+        self.database_bytes.set(gauge(storage.database_bytes));
+        self.resident_memory_bytes.set(gauge(resident_memory_bytes));
+        let Some(wal) = &storage.wal else { return };
         self.wal_bytes.set(gauge(wal.wal_bytes));
         self.wal_limit_bytes.set(gauge(wal.wal_limit_bytes));
         for (kind, count) in [
@@ -330,11 +354,10 @@ impl Metrics {
                 .get_or_create(&CheckpointLabels { kind })
                 .set(gauge(count));
         }
-        self.resident_memory_bytes.set(gauge(resident_memory_bytes));
     }
 
     /// The registry in OpenMetrics text form.
-    pub fn encode(&self) -> String {
+    pub(crate) fn encode(&self) -> String {
         let mut out = String::new();
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);

@@ -28,7 +28,7 @@ const EXEMPT_PATHS: [&str; 1] = ["/healthz"];
 type KeyedLimiter = RateLimiter<IpAddr, DefaultKeyedStateStore<IpAddr>, DefaultClock, StateInformationMiddleware>;
 
 /// The limiter and the figures its headers report.
-pub struct ClientRateLimiter {
+pub(crate) struct ClientRateLimiter {
     limiter: KeyedLimiter,
     /// The burst size, reported as `X-RateLimit-Limit`.
     limit: u32,
@@ -37,13 +37,13 @@ pub struct ClientRateLimiter {
 
 /// What the limiter decided for one request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Decision {
+pub(crate) enum Decision {
     Allowed { remaining: u32 },
     Refused { retry_after_secs: u64 },
 }
 
 impl ClientRateLimiter {
-    pub fn new(requests: u32, window: Duration) -> Self {
+    pub(crate) fn new(requests: u32, window: Duration) -> Self {
         let burst = NonZeroU32::new(requests).unwrap_or(NonZeroU32::MIN);
         let period = (window / burst.get()).max(Duration::from_nanos(1));
         let quota = Quota::with_period(period)
@@ -59,7 +59,7 @@ impl ClientRateLimiter {
         }
     }
 
-    pub fn check(&self, ip: IpAddr) -> Decision {
+    pub(crate) fn check(&self, ip: IpAddr) -> Decision {
         match self.limiter.check_key(&limit_key(ip)) {
             Ok(snapshot) => Decision::Allowed {
                 remaining: snapshot.remaining_burst_capacity(),
@@ -73,12 +73,12 @@ impl ClientRateLimiter {
         }
     }
 
-    pub fn limit(&self) -> u32 {
+    pub(crate) fn limit(&self) -> u32 {
         self.limit
     }
 
     /// Forgets clients whose bucket is full again, so memory follows active clients only.
-    pub fn forget_idle_clients(&self) {
+    pub(crate) fn forget_idle_clients(&self) {
         self.limiter.retain_recent();
         self.limiter.shrink_to_fit();
     }

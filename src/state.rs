@@ -1,4 +1,5 @@
-//! `AppState`: the cheap, cloneable handles every handler and task shares.
+//! `AppState`: the cheap, cloneable handles every handler and task shares, and the `FromRef`
+//! views that let extractors and middleware take only what they need.
 
 use std::sync::Arc;
 
@@ -9,10 +10,14 @@ use crate::client_ip::ClientIpSource;
 use crate::db::Db;
 use crate::extract::BodyLimitKb;
 
+use tokio_util::sync::CancellationToken;
+
 use crate::callback::Deliveries;
 use crate::config::Config;
+use crate::db::Wakeups;
 use crate::execution::Executor;
-use crate::jobs::{JobQueue, WorkerPool};
+use crate::jobs::{Leases, WorkerPool};
+use crate::liveness::Liveness;
 use crate::metrics::Metrics;
 use crate::rate_limit::ClientRateLimiter;
 
@@ -20,23 +25,29 @@ use crate::rate_limit::ClientRateLimiter;
 pub struct AppState {
     /// Settings, validated once at start.
     pub config: Arc<Config>,
-    /// The one connection pool; SQLite serialises writers itself.
+    /// The store: SQLite or PostgreSQL behind one trait of domain verbs.
     pub db: Db,
     /// MAX_SYNC_CONCURRENCY slots: a sync request that cannot take one at once gets 503 instead
     /// of queueing invisibly inside the server.
-    pub sync_slots: Arc<Semaphore>,
-    /// Runs engine work at low priority and records the outcome; shared by /sync and workers.
-    pub executor: Executor,
-    /// Where accepted async jobs wait for a worker.
-    pub queue: JobQueue,
+    pub(crate) sync_slots: Arc<Semaphore>,
+    /// Runs engine work at low priority; shared by /sync and the workers.
+    pub(crate) executor: Executor,
+    /// This replica's leases (sync requests hold one while they run) and its owner id.
+    pub(crate) leases: Leases,
+    /// Wakes this replica's claimers when a job is accepted or a delivery is restarted.
+    pub(crate) wake: Wakeups,
     /// Callback deliveries: redeliver starts a new round here.
-    pub deliveries: Deliveries,
+    pub(crate) deliveries: Deliveries,
     /// The workers, for health and metrics.
-    pub workers: WorkerPool,
+    pub(crate) workers: WorkerPool,
+    /// Whether the background loops are alive, for health.
+    pub liveness: Liveness,
     /// Counters and histograms behind /metrics.
-    pub metrics: Arc<Metrics>,
+    pub(crate) metrics: Arc<Metrics>,
     /// The per-client-IP limiter.
-    pub rate_limiter: Arc<ClientRateLimiter>,
+    pub(crate) rate_limiter: Arc<ClientRateLimiter>,
+    /// Set when shutdown begins: new work is refused with 503 from then on.
+    pub(crate) stopping: CancellationToken,
 }
 
 impl FromRef<AppState> for ClientIpSource {

@@ -57,7 +57,7 @@ impl SpawnedServer {
                 let app = match App::build(config).await {
                     Ok(app) => app,
                     Err(e) => {
-                        let _ = addr_tx.send(Err(e));
+                        let _ = addr_tx.send(Err(e.into()));
                         return;
                     }
                 };

@@ -1,7 +1,7 @@
-//! Callback delivery: one task per delivery, independent of the workers. Each attempt holds one
-//! of MAX_CONCURRENT_DELIVERIES slots; waiting between attempts holds nothing. The state lives
-//! in SQLite before and after every attempt, so a restart resumes every unfinished delivery
-//! (at least once: an attempt cut short by a crash is made again).
+//! Callback delivery. Deliveries are rows, claimed when due: a claimer takes as many as there
+//! are free attempt slots (MAX_CONCURRENT_DELIVERIES per replica), each attempt runs in its own
+//! task holding a slot, and its outcome is stored fenced by the claim. A delivery waiting for a
+//! retry holds nothing in memory: its next due time is in the database.
 
 mod attempt;
 mod retry;
@@ -12,24 +12,27 @@ pub(crate) use retry::{Decision, RetryPolicy};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::db::Db;
 use anyhow::Context;
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use crate::config::Config;
-use crate::db;
-use crate::db::callbacks::{AfterAttempt, AttemptRow, DueDelivery, RedeliverRefusal};
+use crate::db::{self, AfterAttempt, AttemptRow, ClaimedDelivery, Db, RedeliverRefusal, Wakeups};
+use crate::jobs::{Kind, Leases};
+use crate::liveness::{Beat, Liveness};
 use crate::metrics::{CallbackOutcome, Metrics};
 use crate::model::DeliveryStatus;
 use crate::signing::SigningKey;
 use crate::ssrf::UrlPolicy;
 
-/// The delivery scheduler, shared by the workers, the redeliver route and startup recovery.
+/// The longest the claimer backs off after a database error.
+const MAX_BACKOFF: Duration = Duration::from_secs(1);
+
+/// The delivery side of a replica, shared by the claimer, the attempts and the redeliver route.
 #[derive(Clone)]
-pub struct Deliveries {
+pub(crate) struct Deliveries {
     inner: Arc<Inner>,
 }
 
@@ -42,24 +45,26 @@ struct Inner {
     signing_key: Option<SigningKey>,
     retry: RetryPolicy,
     /// Attempts in flight at once; waiting for a retry holds no slot.
-    slots: Semaphore,
+    slots: Arc<Semaphore>,
+    max_slots: usize,
     metrics: Arc<Metrics>,
-    tasks: TaskTracker,
-    /// Set on shutdown: waiting deliveries stop and resume at the next start.
-    stop: CancellationToken,
+    leases: Leases,
+    lease: Duration,
+    poll_every: Duration,
+    wake: Wakeups,
 }
 
 impl Deliveries {
-    pub fn new(
+    pub(crate) fn new(
         config: &Config,
         db: Db,
         metrics: Arc<Metrics>,
-        tasks: TaskTracker,
-        stop: CancellationToken,
+        leases: Leases,
+        wake: Wakeups,
+        lease: Duration,
     ) -> anyhow::Result<Self> {
         let policy = Arc::new(UrlPolicy::from_config(config));
         let client = build_client(policy.clone(), config.callback_timeout).context("building the callback client")?;
-        let signing_key = config.callback_signing_key.clone();
         let retry = RetryPolicy {
             max_retries: config.max_callback_retries,
             backoff_base: config.retry_backoff_base,
@@ -70,85 +75,120 @@ impl Deliveries {
             db,
             client,
             policy,
-            signing_key,
+            signing_key: config.callback_signing_key.clone(),
             retry,
-            slots: Semaphore::new(config.max_concurrent_deliveries),
+            slots: Arc::new(Semaphore::new(config.max_concurrent_deliveries)),
+            max_slots: config.max_concurrent_deliveries,
             metrics,
-            tasks,
-            stop,
+            leases,
+            lease,
+            poll_every: config.poll_interval,
+            wake,
         };
         Ok(Self { inner: Arc::new(inner) })
     }
 
-    /// Starts delivering a finished job's result, if it has a callback. Never waits.
-    pub fn schedule(&self, id: &str) {
-        let inner = self.inner.clone();
-        let id = id.to_owned();
-        let span = tracing::info_span!("delivery", request_id = %id);
-        self.inner
-            .tasks
-            .spawn(async move { deliver(&inner, &id).await }.instrument(span));
-    }
-
-    /// Resumes every delivery a previous run left unfinished. Returns how many.
-    pub async fn resume_unfinished(&self) -> Result<usize, sqlx::Error> {
-        let ids = db::callbacks::unfinished(&self.inner.db).await?;
-        if !ids.is_empty() {
-            tracing::info!(
-                deliveries = ids.len(),
-                "resuming callback deliveries left unfinished by the last stop"
-            );
-        }
-        for id in &ids {
-            self.schedule(id);
-        }
-        Ok(ids.len())
+    /// Starts the claimer on `tasks`; it stops taking deliveries once `stop` fires, and the
+    /// attempts in flight finish (each is bounded by CALLBACK_TIMEOUT_SECONDS).
+    pub(crate) fn start(&self, liveness: &Liveness, stop: CancellationToken, tasks: &TaskTracker) {
+        let beat = liveness.register("deliveries", Some(self.inner.poll_every));
+        tasks.spawn(claim_loop(self.inner.clone(), stop, tasks.clone(), beat));
     }
 
     /// Starts a new round for a failed delivery, with a fresh retry budget.
-    pub async fn redeliver(&self, id: &str) -> Result<Result<(), RedeliverRefusal>, sqlx::Error> {
-        let now = db::timestamp(chrono::Utc::now());
-        let restarted = db::callbacks::restart_failed(&self.inner.db, id, &now).await?;
+    pub(crate) async fn redeliver(&self, id: &str) -> Result<Result<(), RedeliverRefusal>, sqlx::Error> {
+        let restarted = self.inner.db.redeliver(id).await?;
         if restarted.is_ok() {
-            self.schedule(id);
+            self.inner.wake.deliveries.notify_one();
         }
         Ok(restarted)
     }
+
+    /// Attempts in flight now.
+    pub(crate) fn in_flight(&self) -> usize {
+        self.inner.max_slots - self.inner.slots.available_permits()
+    }
 }
 
-/// The delivery loop: wait until due, attempt, record, decide; until delivered or given up.
-async fn deliver(inner: &Inner, id: &str) {
-    loop {
-        match attempt_once(inner, id).await {
-            Ok(true) => continue,
-            Ok(false) => return,
+/// Claims due deliveries as attempt slots free up, and sleeps until the next one is due (or it
+/// is woken, or `poll_every` passes).
+async fn claim_loop(inner: Arc<Inner>, stop: CancellationToken, tasks: TaskTracker, beat: Beat) {
+    let mut backoff = Duration::from_millis(50);
+    'claiming: loop {
+        let first = loop {
+            beat.tick();
+            tokio::select! {
+                () = stop.cancelled() => break 'claiming,
+                permit = inner.slots.clone().acquire_owned() => match permit {
+                    Ok(permit) => break permit,
+                    Err(_) => break 'claiming,
+                },
+                () = tokio::time::sleep(inner.poll_every) => {}
+            }
+        };
+        let mut permits = vec![first];
+        while let Ok(permit) = inner.slots.clone().try_acquire_owned() {
+            permits.push(permit);
+        }
+        let wanted = permits.len();
+        let claimed = match inner
+            .db
+            .claim_deliveries(inner.leases.owner(), wanted, inner.lease)
+            .await
+        {
+            Ok(claimed) => {
+                backoff = Duration::from_millis(50);
+                claimed
+            }
             Err(e) => {
-                // The state on disk is unchanged; the next start resumes this delivery.
-                tracing::error!(
-                    error = format!("{e:#}"),
-                    "callback delivery stopped on a database error"
-                );
-                return;
+                tracing::warn!(error = %e, "claiming deliveries failed; trying again");
+                drop(permits);
+                tokio::select! {
+                    () = stop.cancelled() => break,
+                    () = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+                continue;
+            }
+        };
+        let got = claimed.len();
+        for (delivery, permit) in claimed.into_iter().zip(permits.drain(..)) {
+            inner.leases.hold(Kind::Delivery, delivery.lease.clone(), None);
+            let span = tracing::info_span!("delivery", request_id = %delivery.lease.id);
+            tasks.spawn(deliver(inner.clone(), delivery, permit).instrument(span));
+        }
+        drop(permits);
+        if got < wanted {
+            let wait = match inner.db.next_delivery_due_in().await {
+                Ok(Some(due_in)) => due_in.min(inner.poll_every),
+                Ok(None) | Err(_) => inner.poll_every,
+            };
+            tokio::select! {
+                () = stop.cancelled() => break,
+                () = inner.wake.deliveries.notified() => {}
+                () = tokio::time::sleep(wait) => {}
             }
         }
     }
 }
 
-/// One turn of the loop. `Ok(true)` means another attempt is scheduled.
-async fn attempt_once(inner: &Inner, id: &str) -> anyhow::Result<bool> {
-    let Some(due) = db::retry_transient("loading a delivery", || db::callbacks::due(&inner.db, id)).await? else {
-        return Ok(false);
-    };
-    if !wait_until_due(inner, &due).await {
-        return Ok(false);
+/// One attempt of a claimed delivery, and its outcome stored.
+async fn deliver(inner: Arc<Inner>, delivery: ClaimedDelivery, slot: OwnedSemaphorePermit) {
+    if let Err(e) = attempt_once(&inner, &delivery, slot).await {
+        // The lease is no longer renewed: it expires and the rescuer makes the delivery due
+        // again, with no restart.
+        tracing::error!(
+            error = format!("{e:#}"),
+            "callback attempt not recorded; it is made again once its lease expires"
+        );
     }
-    let permit = tokio::select! {
-        () = inner.stop.cancelled() => return Ok(false),
-        permit = inner.slots.acquire() => permit?,
-    };
-    db::retry_transient("starting an attempt", || db::callbacks::mark_delivering(&inner.db, id)).await?;
-    let body = serde_json::to_vec(&callback_body(&due))?;
+    inner.leases.drop_lease(Kind::Delivery, &delivery.lease);
+}
+
+async fn attempt_once(inner: &Inner, due: &ClaimedDelivery, slot: OwnedSemaphorePermit) -> anyhow::Result<()> {
+    let body = serde_json::to_vec(&callback_body(due))?;
     let attempted_at = db::timestamp(chrono::Utc::now());
+    let id = &due.lease.id;
     let report = attempt::attempt(
         &inner.client,
         &inner.policy,
@@ -158,28 +198,35 @@ async fn attempt_once(inner: &Inner, id: &str) -> anyhow::Result<bool> {
         &body,
     )
     .await;
-    drop(permit);
+    drop(slot);
 
     let number = due.attempts + 1;
-    let attempts_in_round = u32::try_from(number - due.delivery_round_start).unwrap_or(u32::MAX);
+    let attempts_in_round = u32::try_from(number - due.round_start).unwrap_or(u32::MAX);
     let decision = inner
         .retry
         .decide(&report.result, attempts_in_round, rand::random::<f64>());
-    let next_at = match &decision {
-        Decision::RetryAfter(delay) => {
-            let delay = chrono::Duration::from_std(*delay).unwrap_or(chrono::Duration::days(1));
-            Some(db::timestamp(
-                chrono::Utc::now()
-                    .checked_add_signed(delay)
-                    .unwrap_or(chrono::DateTime::<chrono::Utc>::MAX_UTC),
-            ))
-        }
-        _ => None,
-    };
-    let (delivery_status, outcome) = match &decision {
-        Decision::Delivered => (DeliveryStatus::Delivered, CallbackOutcome::Delivered),
-        Decision::RetryAfter(_) => (DeliveryStatus::Pending, CallbackOutcome::Retried),
-        Decision::GiveUp(_) => (DeliveryStatus::Failed, CallbackOutcome::Failed),
+    let (next, outcome) = match &decision {
+        Decision::Delivered => (
+            AfterAttempt {
+                status: DeliveryStatus::Delivered,
+                due_in: None,
+            },
+            CallbackOutcome::Delivered,
+        ),
+        Decision::RetryAfter(delay) => (
+            AfterAttempt {
+                status: DeliveryStatus::Pending,
+                due_in: Some(*delay),
+            },
+            CallbackOutcome::Retried,
+        ),
+        Decision::GiveUp(_) => (
+            AfterAttempt {
+                status: DeliveryStatus::Failed,
+                due_in: None,
+            },
+            CallbackOutcome::Failed,
+        ),
     };
     let attempt = AttemptRow {
         number,
@@ -189,14 +236,19 @@ async fn attempt_once(inner: &Inner, id: &str) -> anyhow::Result<bool> {
         error_class: report.error_class.map(str::to_owned),
         error: report.error.clone(),
     };
-    let next = AfterAttempt {
-        delivery_status,
-        next_attempt_at: next_at.as_deref(),
-    };
-    db::retry_transient("recording an attempt", || {
-        db::callbacks::record_attempt(&inner.db, id, &attempt, &next)
+    let owner = inner.leases.owner();
+    let stored = db::retry_transient("recording an attempt", || {
+        inner.db.record_attempt(owner, &due.lease, &attempt, &next)
     })
     .await?;
+    if !stored {
+        inner.metrics.stale_writes.inc();
+        tracing::warn!(
+            attempt = number,
+            "attempt dropped: the delivery's lease had passed to another claim"
+        );
+        return Ok(());
+    }
     inner.metrics.record_callback(outcome);
     match decision {
         Decision::Delivered => tracing::info!(attempt = number, "callback delivered"),
@@ -206,7 +258,9 @@ async fn attempt_once(inner: &Inner, id: &str) -> anyhow::Result<bool> {
                 error = report.error.as_deref(),
                 delay_ms = delay.as_millis() as u64,
                 "callback attempt failed; retrying"
-            )
+            );
+            // The claimer may be asleep until a later due time: let it look again.
+            inner.wake.deliveries.notify_one();
         }
         Decision::GiveUp(reason) => {
             tracing::warn!(
@@ -217,28 +271,14 @@ async fn attempt_once(inner: &Inner, id: &str) -> anyhow::Result<bool> {
             )
         }
     }
-    Ok(matches!(decision, Decision::RetryAfter(_)))
+    Ok(())
 }
 
-/// Sleeps until the delivery is due. False when shutdown came first.
-async fn wait_until_due(inner: &Inner, due: &DueDelivery) -> bool {
-    let wait = due
-        .next_attempt_at
-        .as_deref()
-        .and_then(|at| chrono::DateTime::parse_from_rfc3339(at).ok())
-        .and_then(|at| (at.with_timezone(&chrono::Utc) - chrono::Utc::now()).to_std().ok())
-        .unwrap_or(Duration::ZERO);
-    tokio::select! {
-        () = inner.stop.cancelled() => false,
-        () = tokio::time::sleep(wait) => true,
-    }
-}
-
-fn callback_body(due: &DueDelivery) -> CallbackBody {
+fn callback_body(due: &ClaimedDelivery) -> CallbackBody {
     CallbackBody {
-        request_id: due.id.clone(),
+        request_id: due.lease.id.clone(),
         status: due.status,
-        result: due.result.as_ref().map(|r| r.0.clone()),
+        result: due.result.clone(),
         error: due.error.clone(),
         execution_time_ms: due.execution_time_ms,
         completed_at: due.completed_at.clone(),

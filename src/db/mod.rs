@@ -1,156 +1,59 @@
-//! The SQLite store: opened once at start (WAL, busy timeout, embedded migrations) as one
-//! writer connection and a pool of read-only connections, and one module per table. All SQL in
-//! the project lives under this module.
+//! Storage: the `Store` trait of domain verbs (`store`) and its two backends, SQLite (`sqlite/`,
+//! the embedded default) and PostgreSQL (`postgres/`, for several replicas on one database).
+//! All SQL in the project lives under this module, and what comes out of it are plain rows.
 
-pub mod callbacks;
-mod group_commit;
-pub mod idempotency;
-pub mod requests;
-pub mod wal;
+pub mod sqlite;
+mod store;
 
-use std::path::Path;
+pub use store::*;
+
+use std::ops::Deref;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context;
 use chrono::{DateTime, SecondsFormat, Utc};
-use sqlx::SqlitePool;
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 
-/// How long a statement waits for SQLite's write lock before failing.
-const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
-/// Read-only connections; WAL lets them all read beside the writer.
-const READERS: u32 = 6;
+use crate::config::DatabaseTarget;
+use crate::liveness::Liveness;
 
-/// The database handles.
-///
-/// SQLite runs one write transaction at a time whatever the connection count, and a writer that
-/// finds the lock taken sleeps in SQLite's busy handler (milliseconds at a time). With a single
-/// writer connection, writes instead wait their turn in the pool's queue, which costs
-/// microseconds: that is what keeps `/async` acknowledgements in single-digit milliseconds while
-/// workers are storing results. New rows are also committed in groups (`group_commit`).
+/// The store every part of the app shares: cheap to clone.
 #[derive(Clone, Debug)]
-pub struct Db {
-    writer: SqlitePool,
-    readers: SqlitePool,
-    /// Concurrent inserts of new requests share one commit.
-    group_commit: group_commit::GroupCommit,
-    /// Copies the WAL into the database file in the background; closed before the writer.
-    checkpointer: SqlitePool,
-    /// Keeps the WAL within its bound and reports the file sizes.
-    wal: Arc<wal::WalMonitor>,
+pub struct Db(Arc<dyn Store>);
+
+impl Deref for Db {
+    type Target = dyn Store;
+
+    fn deref(&self) -> &Self::Target {
+        &*self.0
+    }
 }
 
 impl Db {
-    /// The one connection every write goes through.
-    pub fn writer(&self) -> &SqlitePool {
-        &self.writer
-    }
-
-    /// Read-only connections for queries.
-    pub fn readers(&self) -> &SqlitePool {
-        &self.readers
-    }
-
-    /// The WAL's bound, sizes and checkpoint counts.
-    pub fn wal(&self) -> &wal::WalMonitor {
-        &self.wal
-    }
-
-    /// Closes every connection, emptying the WAL on the way out: readers and the checkpointer
-    /// first, so that the writer's TRUNCATE checkpoint has nobody to wait for.
-    pub async fn close(&self) {
-        self.readers.close().await;
-        self.checkpointer.close().await;
-        self.wal.truncate(&self.writer).await;
-        self.writer.close().await;
+    pub fn new(store: impl Store + 'static) -> Self {
+        Self(Arc::new(store))
     }
 }
 
-/// Opens (creating if needed) the database at `path` and brings its schema up to date, with the
-/// default WAL bound.
-pub async fn connect(path: &Path) -> anyhow::Result<Db> {
-    connect_with_wal_limit(path, wal::DEFAULT_LIMIT_BYTES).await
-}
+/// Why the store could not be opened at start.
+#[derive(Debug, thiserror::Error)]
+#[error("{0:#}")]
+pub struct ConnectError(#[from] anyhow::Error);
 
-/// Opens the database at `path`, keeping its WAL file under `wal_limit_bytes` (see `wal`).
-///
-/// `synchronous = NORMAL` makes each commit durable against a crash or `kill -9` of this process
-/// (the WAL is written before the commit returns); only an OS crash or power cut can lose the
-/// last commits, which is the usual WAL trade-off.
-pub async fn connect_with_wal_limit(path: &Path, wal_limit_bytes: u64) -> anyhow::Result<Db> {
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating the data directory {}", dir.display()))?;
+/// Opens the store `target` names and brings its schema up to date. Its own loops (SQLite's
+/// group commit and checkpoints) report to `liveness`.
+pub async fn connect(target: &DatabaseTarget, liveness: &Liveness) -> Result<Db, ConnectError> {
+    match target {
+        DatabaseTarget::Sqlite { path, wal_limit_bytes } => {
+            Ok(Db::new(sqlite::connect(path, *wal_limit_bytes, liveness).await?))
+        }
+        DatabaseTarget::Postgres { .. } => Err(ConnectError(anyhow::anyhow!("PostgreSQL support is being built"))),
     }
-    let options = SqliteConnectOptions::new()
-        .filename(path)
-        .create_if_missing(true)
-        .journal_mode(SqliteJournalMode::Wal)
-        .synchronous(SqliteSynchronous::Normal)
-        .busy_timeout(BUSY_TIMEOUT)
-        .foreign_keys(true)
-        // A file that ever grew past the bound is cut back to it when the log starts over.
-        .pragma("journal_size_limit", wal_limit_bytes.to_string());
-    let opening = || format!("opening the database {}", path.display());
-    let wal = Arc::new(wal::WalMonitor::new(path, wal_limit_bytes));
-    let hook = wal.clone();
-    let writer = SqlitePoolOptions::new()
-        .test_before_acquire(false)
-        .max_connections(1)
-        .min_connections(1)
-        .after_release(move |conn, _| {
-            let wal = hook.clone();
-            Box::pin(async move {
-                if let Err(e) = wal.after_write(conn).await {
-                    tracing::debug!(error = %e, "WAL restart checkpoint failed; tried again after the next write");
-                }
-                Ok(true)
-            })
-        })
-        // The writer never checkpoints on its own (SQLite's autocheckpoint would stall the writes
-        // queued behind it while it copies pages); a separate connection copies in the
-        // background, and the writer only rewinds the log (see `wal`).
-        .connect_with(options.clone().pragma("wal_autocheckpoint", "0"))
-        .await
-        .with_context(opening)?;
-    sqlx::migrate!("./migrations")
-        .run(&writer)
-        .await
-        .context("running database migrations")?;
-    let readers = SqlitePoolOptions::new()
-        .test_before_acquire(false)
-        .max_connections(READERS)
-        .connect_with(options.clone().read_only(true))
-        .await
-        .with_context(opening)?;
-    let checkpointer = SqlitePoolOptions::new()
-        .test_before_acquire(false)
-        .max_connections(1)
-        .connect_with(options.clone())
-        .await
-        .with_context(opening)?;
-    let loop_wal = wal.clone();
-    let (loop_checkpointer, loop_writer) = (checkpointer.clone(), writer.clone());
-    tokio::spawn(async move { loop_wal.run(loop_checkpointer, loop_writer).await });
-    let group_commit = group_commit::GroupCommit::start(writer.clone());
-    Ok(Db {
-        writer,
-        readers,
-        group_commit,
-        checkpointer,
-        wal,
-    })
-}
-
-/// Answers when the database can run a query: the health check.
-pub async fn ping(db: &Db) -> Result<(), sqlx::Error> {
-    sqlx::query("SELECT 1").execute(db.readers()).await.map(|_| ())
 }
 
 /// Runs a statement again when it fails for a reason that passes (the database is busy past the
 /// busy timeout, the pool is exhausted, an I/O hiccup): up to five more times over about three
 /// seconds. Workers and deliveries use this for the writes that move a job or a delivery
-/// forward, so one busy moment cannot strand them until the next restart.
+/// forward; what still fails is left to its lease, which expires and gives it to the rescuer.
 pub async fn retry_transient<T, F, Fut>(what: &'static str, op: F) -> Result<T, sqlx::Error>
 where
     F: FnMut() -> Fut,
@@ -169,14 +72,20 @@ where
         .await
 }
 
-/// Errors worth retrying: SQLITE_BUSY and SQLITE_LOCKED (any extended code), pool timeouts, I/O.
-fn is_transient(e: &sqlx::Error) -> bool {
+/// Errors worth retrying: the database is busy, locked or out of reach for a moment.
+pub fn is_transient(e: &sqlx::Error) -> bool {
     match e {
-        sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) => true,
-        sqlx::Error::Database(db) => db
-            .code()
-            .and_then(|code| code.parse::<i32>().ok())
-            .is_some_and(|code| matches!(code & 0xff, 5 | 6)),
+        sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed => true,
+        sqlx::Error::Database(db) => {
+            let code = db.code();
+            let code = code.as_deref().unwrap_or("");
+            // SQLite: SQLITE_BUSY (5) and SQLITE_LOCKED (6), any extended code.
+            let sqlite_busy = code.parse::<i32>().is_ok_and(|c| matches!(c & 0xff, 5 | 6));
+            // PostgreSQL: connection exceptions (08xxx), shutdown and "cannot connect now"
+            // (57P01 to 57P03), serialization failures and deadlocks (40001, 40P01).
+            let postgres = code.starts_with("08") || code.starts_with("57P") || code == "40001" || code == "40P01";
+            sqlite_busy || postgres
+        }
         _ => false,
     }
 }
@@ -184,4 +93,10 @@ fn is_transient(e: &sqlx::Error) -> bool {
 /// The stored form of a timestamp: RFC 3339, UTC, milliseconds, fixed width.
 pub fn timestamp(at: DateTime<Utc>) -> String {
     at.to_rfc3339_opts(SecondsFormat::Millis, true)
+}
+
+/// `timestamp(now - ago)`, or the earliest time when `ago` reaches before it.
+pub fn timestamp_ago(ago: Duration) -> String {
+    let ago = chrono::Duration::from_std(ago).unwrap_or(chrono::Duration::MAX);
+    timestamp(Utc::now().checked_sub_signed(ago).unwrap_or(DateTime::<Utc>::MIN_UTC))
 }

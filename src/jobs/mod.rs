@@ -1,10 +1,83 @@
-//! Async jobs: a bounded queue of job ids (the rows themselves are on disk), a pool of workers
-//! that drain it, and the startup recovery that re-queues what a previous run left unfinished.
+//! The async jobs of this replica. The database is the queue; in the process, the shape of the
+//! design stays visible:
+//!
+//! ```text
+//! claimer ──(claims ≤ free slots, leased)──> bounded channel ──> NUM_WORKERS workers ──> engine
+//!                                                                      │ outcome
+//!                                     completer (batched, fenced finishes + delivery outbox)
+//! heartbeat: renews every lease held, in one batch    rescuer: expired leases back to the queue
+//! ```
+//!
+//! New work wakes the claimer at once (an in-process notify, and on PostgreSQL a LISTEN for
+//! other replicas' work); a poll of at most `POLL_INTERVAL` is the safety net.
 
-mod queue;
-mod recovery;
+mod claimer;
+mod completer;
+mod leases;
+mod upkeep;
 mod worker;
 
-pub(crate) use queue::{JobQueue, QueueSlot};
-pub(crate) use recovery::recover_unfinished;
-pub(crate) use worker::{WorkerContext, WorkerPool};
+pub(crate) use completer::Completer;
+pub(crate) use leases::{Kind, Leases};
+pub(crate) use upkeep::{purge_loop, replica_figures, rescue_once, upkeep_loops};
+pub(crate) use worker::WorkerPool;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{Semaphore, mpsc};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::db::{Db, Wakeups};
+use crate::execution::Executor;
+use crate::liveness::Liveness;
+use crate::metrics::Metrics;
+
+/// The queue's timings and limits, from the config.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct QueueSettings {
+    /// How long a claim lasts without a heartbeat.
+    pub(crate) lease: Duration,
+    /// How often the leases held are renewed (a third of the lease).
+    pub(crate) heartbeat_every: Duration,
+    /// How often expired leases are looked for.
+    pub(crate) rescue_every: Duration,
+    /// The longest a claimer waits without being woken.
+    pub(crate) poll_every: Duration,
+    /// Claims of one job before the rescuer gives up on it.
+    pub(crate) max_attempts: u32,
+    pub(crate) num_workers: usize,
+    /// At shutdown, how long the job in hand may run on before it is released.
+    pub(crate) shutdown_grace: Duration,
+}
+
+/// What the job machinery of a replica shares.
+#[derive(Clone)]
+pub(crate) struct JobsContext {
+    pub(crate) db: Db,
+    pub(crate) leases: Leases,
+    pub(crate) executor: Executor,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) wake: Wakeups,
+    pub(crate) settings: QueueSettings,
+    /// Fires on shutdown: stop claiming; the job in hand gets `shutdown_grace`.
+    pub(crate) stop: CancellationToken,
+}
+
+/// Starts the claimer, the workers and the completer on `tasks`. Returns the workers (for
+/// health and metrics) and the completer (sync requests do not use it; it is returned so that
+/// the caller holds the last sender and the completer drains before shutdown ends).
+pub(crate) fn start(ctx: &JobsContext, liveness: &Liveness, tasks: &TaskTracker) -> WorkerPool {
+    let n = ctx.settings.num_workers.max(1);
+    let slots = Arc::new(Semaphore::new(n));
+    let (handoff, claimed) = mpsc::channel(n);
+    let completer = Completer::start(ctx, liveness.register("completer", None), tasks);
+    tasks.spawn(claimer::claim_loop(
+        ctx.clone(),
+        slots,
+        handoff,
+        liveness.register("claimer", Some(ctx.settings.poll_every)),
+    ));
+    WorkerPool::spawn(n, claimed, ctx.clone(), completer, tasks)
+}

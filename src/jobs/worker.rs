@@ -1,44 +1,24 @@
-//! NUM_WORKERS tasks that take job ids off the queue and run them: `pending` -> `processing` ->
-//! engine (with the work timeout) -> `done` or `failed`, stored before any callback is tried.
-//! A worker never waits for a callback: it hands the finished job to the delivery scheduler.
+//! NUM_WORKERS tasks that take claimed jobs from the claimer's channel and run them on the
+//! engine, off the async threads, with the work timeout. A worker never stores or delivers: the
+//! outcome goes to the completer, and the worker takes the next job.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
 
-use crate::db::Db;
 use tokio::sync::{Mutex, mpsc};
-use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
-use crate::callback::Deliveries;
-use crate::db;
-use crate::db::requests::Completion;
+use super::claimer::Handoff;
+use super::{Completer, JobsContext, Kind};
+use crate::db::{self, ClaimedJob, Completion, JobFinish};
 use crate::engine::{CancelToken, WorkPayload};
-use crate::execution::{Executor, Outcome};
-use crate::metrics::Metrics;
+use crate::execution::Outcome;
 use crate::model::{Mode, Status};
-
-/// What a worker needs to run a job and hand it on.
-#[derive(Clone)]
-pub struct WorkerContext {
-    /// Runs the engine off the async threads and stores the outcome.
-    pub executor: Executor,
-    /// Where jobs are read and moved to `processing`.
-    pub db: Db,
-    pub metrics: Arc<Metrics>,
-    /// Where finished jobs with a `callback_url` go; the worker never waits for them.
-    pub deliveries: Deliveries,
-    /// Fires on shutdown: stop taking jobs, and give the job in hand `shutdown_grace` to finish.
-    pub stop: CancellationToken,
-    /// After this, a job still running at shutdown is cancelled and left for the next start.
-    pub shutdown_grace: Duration,
-}
 
 /// The running workers, as /healthz and /metrics see them.
 #[derive(Clone, Debug)]
-pub struct WorkerPool {
+pub(crate) struct WorkerPool {
     size: usize,
     /// Workers whose task is still running; a panic or an early exit lowers it.
     alive: Arc<AtomicUsize>,
@@ -47,17 +27,23 @@ pub struct WorkerPool {
 impl WorkerPool {
     /// Starts `size` workers on `tracker`. They stop taking jobs once `ctx.stop` fires and exit
     /// after the job in hand has finished or been released.
-    pub fn spawn(size: usize, receiver: mpsc::Receiver<String>, ctx: WorkerContext, tracker: &TaskTracker) -> Self {
-        let receiver = Arc::new(Mutex::new(receiver));
+    pub(super) fn spawn(
+        size: usize,
+        claimed: mpsc::Receiver<Handoff>,
+        ctx: JobsContext,
+        completer: Completer,
+        tracker: &TaskTracker,
+    ) -> Self {
+        let claimed = Arc::new(Mutex::new(claimed));
         let alive = Arc::new(AtomicUsize::new(0));
         for n in 0..size {
             alive.fetch_add(1, Ordering::SeqCst);
             let guard = AliveGuard(alive.clone());
-            let (receiver, ctx) = (receiver.clone(), ctx.clone());
+            let (claimed, ctx, completer) = (claimed.clone(), ctx.clone(), completer.clone());
             tracker.spawn(
                 async move {
                     let _alive = guard;
-                    drain(&receiver, &ctx).await;
+                    drain(&claimed, &ctx, &completer).await;
                 }
                 .instrument(tracing::info_span!("worker", n)),
             );
@@ -65,11 +51,11 @@ impl WorkerPool {
         Self { size, alive }
     }
 
-    pub fn size(&self) -> usize {
+    pub(crate) fn size(&self) -> usize {
         self.size
     }
 
-    pub fn alive(&self) -> usize {
+    pub(crate) fn alive(&self) -> usize {
         self.alive.load(Ordering::SeqCst)
     }
 }
@@ -83,93 +69,96 @@ impl Drop for AliveGuard {
     }
 }
 
-async fn drain(receiver: &Mutex<mpsc::Receiver<String>>, ctx: &WorkerContext) {
+async fn drain(claimed: &Mutex<mpsc::Receiver<Handoff>>, ctx: &JobsContext, completer: &Completer) {
     loop {
         let next = tokio::select! {
             biased;
             () = ctx.stop.cancelled() => None,
-            id = async { receiver.lock().await.recv().await } => id,
+            next = async { claimed.lock().await.recv().await } => next,
         };
-        let Some(id) = next else { break };
-        run_job(ctx, &id)
+        let Some((job, slot)) = next else { break };
+        let id = job.lease.id.clone();
+        run_job(ctx, completer, job)
             .instrument(tracing::info_span!("job", request_id = %id))
             .await;
+        drop(slot);
     }
+    // Jobs claimed but not started when shutdown came go back to the queue.
+    let mut left = Vec::new();
+    while let Ok((job, _slot)) = claimed.lock().await.try_recv() {
+        left.push(job.lease);
+    }
+    release(ctx, left).await;
 }
 
-/// Runs one job end to end. Errors are logged here, once; the row then stays where it was and
-/// the next start's recovery picks it up.
-async fn run_job(ctx: &WorkerContext, id: &str) {
-    if let Err(e) = try_run_job(ctx, id).await {
-        tracing::error!(
-            error = format!("{e:#}"),
-            "job could not be processed; it will be retried at the next start"
-        );
-    }
-}
-
-async fn try_run_job(ctx: &WorkerContext, id: &str) -> anyhow::Result<()> {
-    let Some(job) = db::retry_transient("loading a job", || db::requests::job(&ctx.db, id)).await? else {
-        tracing::warn!("job vanished from the database; skipped");
-        return Ok(());
-    };
-    let now = db::timestamp(chrono::Utc::now());
-    if !db::retry_transient("starting a job", || db::requests::mark_processing(&ctx.db, id, &now)).await? {
-        tracing::debug!("job already finished; skipped");
-        return Ok(());
-    }
+/// Runs one job and hands its outcome to the completer.
+async fn run_job(ctx: &JobsContext, completer: &Completer, job: ClaimedJob) {
+    let cancel = CancelToken::new();
+    ctx.leases.hold(Kind::Job, job.lease.clone(), Some(cancel.clone()));
     ctx.metrics.workers_busy.inc();
-    let busy = BusyGuard(ctx.metrics.clone());
+    let _busy = BusyGuard(ctx.metrics.clone());
+    let has_callback = job.callback_url.is_some();
     let plan = serde_json::from_value::<WorkPayload>(job.payload)
         .map_err(|e| e.to_string())
         .and_then(|p| p.plan().map(|w| (p.operation, w)).map_err(|errs| format!("{errs:?}")));
-    let status = match plan {
+    let completion = match plan {
         Ok((operation, work)) => {
-            let cancel = CancelToken::new();
             let grace = release_after_grace(ctx, cancel.clone());
             let outcome = ctx
                 .executor
-                .execute(id, Mode::Async, operation, work, cancel, None)
+                .execute(&job.lease.id, Mode::Async, operation, work, cancel, None)
                 .await;
             grace.abort();
-            let outcome = outcome?;
             if outcome == Outcome::Cancelled {
-                // Released at shutdown: it stays `processing`, and the next start runs it again.
-                tracing::info!("job released at shutdown; it will run again at the next start");
-                return Ok(());
+                if ctx.stop.is_cancelled() {
+                    tracing::info!("job released at shutdown; it will run again");
+                    release(ctx, vec![job.lease]).await;
+                } else {
+                    // The heartbeat found the lease lost: another attempt runs it.
+                    tracing::warn!("job abandoned: its lease passed to another attempt");
+                }
+                return;
             }
-            outcome.status()
+            ctx.executor.completion(&outcome)
         }
-        Err(why) => {
-            // Accepted under older rules (a bound that has since changed): fail it for good
-            // rather than retry it at every start.
-            let error = format!("the stored payload is no longer valid: {why}");
-            let completion = Completion {
-                status: Status::Failed,
-                result: None,
-                error: Some(&error),
-                completed_at: &db::timestamp(chrono::Utc::now()),
-                execution_time_ms: None,
-            };
-            db::retry_transient("storing a job's outcome", || {
-                db::requests::complete(&ctx.db, id, &completion)
-            })
-            .await?;
-            Status::Failed
-        }
+        // Accepted under older rules (a bound that has since changed): fail it for good rather
+        // than retry it.
+        Err(why) => Completion {
+            status: Status::Failed,
+            result: None,
+            error: Some(format!("the stored payload is no longer valid: {why}")),
+            completed_at: db::timestamp(chrono::Utc::now()),
+            execution_time_ms: None,
+        },
     };
-    drop(busy);
-    ctx.metrics.jobs_processed.inc();
-    tracing::info!(status = status.as_str(), "job finished");
-    if job.callback_url.is_some() {
-        ctx.deliveries.schedule(id);
+    tracing::debug!(status = completion.status.as_str(), "job finished");
+    completer.submit(
+        JobFinish {
+            lease: job.lease,
+            completion,
+        },
+        has_callback,
+    );
+}
+
+/// Gives claimed jobs back to the queue; if that fails, their leases expire and the rescuer
+/// gives them back.
+async fn release(ctx: &JobsContext, jobs: Vec<db::Lease>) {
+    if jobs.is_empty() {
+        return;
     }
-    Ok(())
+    if let Err(e) = ctx.db.release_jobs(ctx.leases.owner(), &jobs).await {
+        tracing::warn!(error = %e, "could not release jobs; they return to the queue when their lease expires");
+    }
+    for lease in &jobs {
+        ctx.leases.drop_lease(Kind::Job, lease);
+    }
+    ctx.wake.jobs.notify_one();
 }
 
 /// Once shutdown starts, gives the running job `shutdown_grace`, then cancels it.
-fn release_after_grace(ctx: &WorkerContext, cancel: CancelToken) -> tokio::task::JoinHandle<()> {
-    let (stop, grace) = (ctx.stop.clone(), ctx.shutdown_grace);
+fn release_after_grace(ctx: &JobsContext, cancel: CancelToken) -> tokio::task::JoinHandle<()> {
+    let (stop, grace) = (ctx.stop.clone(), ctx.settings.shutdown_grace);
     tokio::spawn(async move {
         stop.cancelled().await;
         tokio::time::sleep(grace).await;
@@ -178,7 +167,7 @@ fn release_after_grace(ctx: &WorkerContext, cancel: CancelToken) -> tokio::task:
 }
 
 /// Keeps `workers_busy` exact even if the job errors out.
-struct BusyGuard(Arc<Metrics>);
+struct BusyGuard(Arc<crate::metrics::Metrics>);
 
 impl Drop for BusyGuard {
     fn drop(&mut self) {

@@ -1,5 +1,9 @@
-//! `GET /healthz`: can this instance do its job? 503 when the database does not answer or a
-//! worker has died. Exempt from the rate limit.
+//! `GET /healthz`: can this replica do its job? It writes to the database (a real round trip),
+//! looks at its background loops (group commit, heartbeat, rescuer, claimers, completer, and on
+//! PostgreSQL the listener) and its workers, and answers 503 naming what failed. Exempt from the
+//! rate limit.
+
+use std::collections::BTreeMap;
 
 use axum::Json;
 use axum::extract::State;
@@ -12,6 +16,7 @@ use utoipa_axum::routes;
 
 use crate::db;
 use crate::error::PROBLEM_JSON;
+use crate::liveness::LoopHealth;
 use crate::state::AppState;
 
 /// How long the database has to answer the health check.
@@ -21,98 +26,128 @@ pub(super) fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new().routes(routes!(health))
 }
 
-/// The health of this instance.
+/// The health of this replica.
 #[derive(Debug, Serialize, ToSchema)]
-#[schema(example = json!({"status": "ok", "timestamp": "2026-11-27T10:11:54.123Z", "database": "ok",
+#[schema(example = json!({"status": "ok", "timestamp": "2026-11-27T10:11:54.123Z", "replica": "host:4242:1a2b",
+    "backend": "sqlite", "database": "ok", "loops": {"claimer": "ok", "commit": "ok", "heartbeat": "ok", "rescuer": "ok"},
     "workers": {"alive": 5, "total": 5}, "queue_size": 0}))]
-pub(super) struct Health {
-    /// `ok`, or `unhealthy` (then the answer is a 503).
-    pub status: &'static str,
-    pub timestamp: String,
-    /// `ok`, or `unavailable` when a query fails.
-    pub database: &'static str,
-    pub workers: WorkerHealth,
-    /// Jobs waiting for a worker.
-    pub queue_size: usize,
+pub(crate) struct Health {
+    /// `ok`.
+    pub(crate) status: &'static str,
+    #[serde(flatten)]
+    pub(crate) parts: HealthParts,
+}
+
+/// What the health check looked at.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct HealthParts {
+    pub(crate) timestamp: String,
+    /// This replica's owner id.
+    pub(crate) replica: String,
+    /// `sqlite` or `postgres`.
+    pub(crate) backend: &'static str,
+    /// `ok` when a write went to the database and back in time, `unavailable` otherwise.
+    pub(crate) database: &'static str,
+    /// Each background loop: `ok`, `stuck` (it stopped ticking) or `stopped` (its task ended).
+    #[schema(example = json!({"heartbeat": "ok"}))]
+    pub(crate) loops: BTreeMap<&'static str, &'static str>,
+    pub(crate) workers: WorkerHealth,
+    /// Jobs waiting to be claimed, cluster-wide; null when the database does not answer.
+    pub(crate) queue_size: Option<u64>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
-pub(super) struct WorkerHealth {
-    pub alive: usize,
-    pub total: usize,
+pub(crate) struct WorkerHealth {
+    pub(crate) alive: usize,
+    pub(crate) total: usize,
 }
 
 /// The 503 form: an RFC 9457 problem that carries the same health fields as extension members.
 #[derive(Debug, Serialize, ToSchema)]
-pub(super) struct Unhealthy {
+pub(crate) struct Unhealthy {
     #[serde(rename = "type")]
-    pub kind: &'static str,
-    pub title: &'static str,
-    pub status: u16,
-    pub detail: String,
-    pub timestamp: String,
-    pub database: &'static str,
-    pub workers: WorkerHealth,
-    pub queue_size: usize,
+    pub(crate) kind: &'static str,
+    pub(crate) title: &'static str,
+    pub(crate) status: u16,
+    /// What failed, in words.
+    pub(crate) detail: String,
+    #[serde(flatten)]
+    pub(crate) parts: HealthParts,
 }
 
 /// What an unhealthy answer says went wrong.
-fn problem_detail(database_ok: bool, workers: &WorkerHealth) -> String {
-    let dead_worker = workers.alive < workers.total;
-    match (database_ok, dead_worker) {
-        (false, true) => "the database does not answer and a worker has stopped".to_owned(),
-        (false, false) => "the database does not answer".to_owned(),
-        _ => format!("{} of {} workers are running", workers.alive, workers.total),
+fn problem_detail(database_ok: bool, loops: &BTreeMap<&'static str, &'static str>, workers: &WorkerHealth) -> String {
+    let mut failed = Vec::new();
+    if !database_ok {
+        failed.push("the database does not answer".to_owned());
     }
+    for (name, state) in loops.iter().filter(|(_, state)| **state != LoopHealth::Ok.as_str()) {
+        failed.push(format!("the {name} loop is {state}"));
+    }
+    if workers.alive < workers.total {
+        failed.push(format!("{} of {} workers are running", workers.alive, workers.total));
+    }
+    failed.join("; ")
 }
 
 /// Health check
 ///
-/// 200 when the database answers and every worker is running; otherwise a 503 problem that
-/// says which part failed. Not rate limited.
+/// 200 when a write reaches the database and comes back, every background loop is alive and
+/// every worker is running; otherwise a 503 problem that says which part failed. Not rate
+/// limited.
 #[utoipa::path(
     get,
     path = "/healthz",
     tag = "operations",
     responses(
         (status = 200, description = "Healthy", body = Health),
-        (status = 503, description = "The database does not answer or a worker has died", body = Unhealthy,
-            content_type = "application/problem+json"),
+        (status = 503, description = "The database does not answer, a background loop stopped, or a worker has died",
+            body = Unhealthy, content_type = "application/problem+json"),
     )
 )]
 pub(super) async fn health(State(state): State<AppState>) -> Response {
+    let owner = state.leases.owner();
     // A locked or exhausted pool must not hang the health check: no answer in time is unhealthy.
     let database_ok = matches!(
-        tokio::time::timeout(PING_TIMEOUT, db::ping(&state.db)).await,
+        tokio::time::timeout(PING_TIMEOUT, state.db.ping_write(owner)).await,
         Ok(Ok(()))
     );
+    let queue_size = match database_ok {
+        true => tokio::time::timeout(PING_TIMEOUT, state.db.backlog())
+            .await
+            .ok()
+            .and_then(Result::ok),
+        false => None,
+    };
+    let loops: BTreeMap<&'static str, &'static str> = state
+        .liveness
+        .report()
+        .into_iter()
+        .map(|(name, health)| (name, health.as_str()))
+        .collect();
     let workers = WorkerHealth {
         alive: state.workers.alive(),
         total: state.workers.size(),
     };
-    let workers_ok = workers.alive == workers.total;
-    let timestamp = db::timestamp(chrono::Utc::now());
-    let database = if database_ok { "ok" } else { "unavailable" };
-    let queue_size = state.queue.depth();
-    if database_ok && workers_ok {
-        return Json(Health {
-            status: "ok",
-            timestamp,
-            database,
-            workers,
-            queue_size,
-        })
-        .into_response();
+    let detail = problem_detail(database_ok, &loops, &workers);
+    let parts = HealthParts {
+        timestamp: db::timestamp(chrono::Utc::now()),
+        replica: owner.to_owned(),
+        backend: state.db.backend().as_str(),
+        database: if database_ok { "ok" } else { "unavailable" },
+        loops,
+        workers,
+        queue_size,
+    };
+    if detail.is_empty() {
+        return Json(Health { status: "ok", parts }).into_response();
     }
     let body = Unhealthy {
         kind: "urn:sync-async:problem:unhealthy",
         title: "Service Unavailable",
         status: 503,
-        detail: problem_detail(database_ok, &workers),
-        timestamp,
-        database,
-        workers,
-        queue_size,
+        detail,
+        parts,
     };
     (
         StatusCode::SERVICE_UNAVAILABLE,
@@ -130,11 +165,14 @@ mod tests {
     fn an_unhealthy_answer_names_what_failed() {
         let all = WorkerHealth { alive: 5, total: 5 };
         let one_dead = WorkerHealth { alive: 4, total: 5 };
-        assert_eq!(problem_detail(false, &all), "the database does not answer");
-        assert_eq!(problem_detail(true, &one_dead), "4 of 5 workers are running");
+        let fine = BTreeMap::from([("heartbeat", "ok")]);
+        let stuck = BTreeMap::from([("heartbeat", "ok"), ("rescuer", "stuck")]);
+        assert_eq!(problem_detail(true, &fine, &all), "");
+        assert_eq!(problem_detail(false, &fine, &all), "the database does not answer");
+        assert_eq!(problem_detail(true, &fine, &one_dead), "4 of 5 workers are running");
         assert_eq!(
-            problem_detail(false, &one_dead),
-            "the database does not answer and a worker has stopped"
+            problem_detail(false, &stuck, &one_dead),
+            "the database does not answer; the rescuer loop is stuck; 4 of 5 workers are running"
         );
     }
 }

@@ -11,9 +11,12 @@ use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::db;
+use strum::VariantArray;
+
+use crate::db::{self, DELIVERY_STATES};
 use crate::error::ApiError;
 use crate::metrics::CallbackOutcome;
+use crate::model::{Mode, Status};
 use crate::openapi::RateLimited;
 use crate::state::AppState;
 
@@ -26,12 +29,16 @@ pub(super) fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(metrics_prometheus))
 }
 
-/// Live figures of the service.
+/// Live figures of the service. Counts that come from the database (`total_requests`,
+/// `by_mode`, `by_status`, `queue.size`, `queue.running`, `deliveries`, `cluster`) are the
+/// whole cluster's; the rest are this replica's since it started.
 #[derive(Debug, Serialize, ToSchema)]
 pub(super) struct MetricsReport {
     /// RFC 3339 UTC.
     pub timestamp: String,
-    /// Requests stored, all time.
+    /// This replica.
+    pub replica: ReplicaFigures,
+    /// Requests stored.
     pub total_requests: i64,
     #[schema(example = json!({"sync": 12, "async": 40}))]
     pub by_mode: BTreeMap<&'static str, i64>,
@@ -43,24 +50,45 @@ pub(super) struct MetricsReport {
     pub workers: WorkerFigures,
     pub sync: SyncFigures,
     pub callbacks: CallbackFigures,
-    /// Requests refused by the per-IP rate limit since start.
+    /// Deliveries by state, cluster-wide: `pending` (not attempted yet), `retrying` (waiting
+    /// for a retry), `delivering`, `delivered`, `failed`.
+    #[schema(example = json!({"pending": 0, "retrying": 2, "delivering": 1, "delivered": 40, "failed": 1}))]
+    pub deliveries: BTreeMap<&'static str, i64>,
+    /// The replicas that beat within the last lease, and their workers and sync slots.
+    pub cluster: ClusterFigures,
+    /// Requests refused by the per-client rate limit since start.
     pub rate_limited: u64,
     pub storage: StorageFigures,
     pub process: ProcessFigures,
 }
 
+/// This replica.
+#[derive(Debug, Serialize, ToSchema)]
+pub(super) struct ReplicaFigures {
+    /// Its owner id: the name (REPLICA_NAME), the process id and a random suffix.
+    pub id: String,
+    /// `sqlite` or `postgres`.
+    pub backend: &'static str,
+    /// Outcomes and attempts dropped because their lease had passed to a newer attempt.
+    pub stale_writes: u64,
+    /// Leases the heartbeat found taken by another attempt.
+    pub leases_lost: u64,
+    /// Finished requests deleted after RETENTION_HOURS by this replica.
+    pub purged: u64,
+}
+
 /// The database on disk.
 #[derive(Debug, Serialize, ToSchema)]
 pub(super) struct StorageFigures {
-    /// The SQLite database file, in bytes.
+    /// The database's size in bytes (the SQLite file, or the PostgreSQL database).
     pub database_bytes: u64,
-    /// The SQLite write-ahead log, in bytes: kept under `wal_limit_bytes`, and emptied a few
-    /// seconds after writes stop.
-    pub wal_bytes: u64,
-    /// SQLITE_WAL_LIMIT_MB in bytes.
-    pub wal_limit_bytes: u64,
-    /// The largest the WAL has been after a write since start.
-    pub wal_peak_bytes: u64,
+    /// SQLite's write-ahead log, in bytes: kept under `wal_limit_bytes`, and emptied a few
+    /// seconds after writes stop. Null on PostgreSQL.
+    pub wal_bytes: Option<u64>,
+    /// SQLITE_WAL_LIMIT_MB in bytes; null on PostgreSQL.
+    pub wal_limit_bytes: Option<u64>,
+    /// The largest the WAL has been after a write since start; null on PostgreSQL.
+    pub wal_peak_bytes: Option<u64>,
 }
 
 /// This server process.
@@ -72,17 +100,19 @@ pub(super) struct ProcessFigures {
 
 #[derive(Debug, Serialize, ToSchema)]
 pub(super) struct QueueFigures {
-    /// Jobs waiting for a worker now.
-    pub size: usize,
-    /// MAX_QUEUE_SIZE.
+    /// Jobs waiting to be claimed, cluster-wide.
+    pub size: u64,
+    /// Jobs running now, cluster-wide.
+    pub running: i64,
+    /// MAX_QUEUE_SIZE: the cluster's backlog limit.
     pub max_size: usize,
-    /// Jobs accepted since start.
+    /// Jobs this replica accepted since start.
     pub enqueued: u64,
-    /// Jobs finished by a worker since start.
+    /// Jobs this replica's workers finished since start.
     pub processed: u64,
-    /// Submissions refused with 429 because the queue was full.
+    /// Submissions this replica refused with 429 because the backlog was full.
     pub rejected: u64,
-    /// Jobs re-queued at startup.
+    /// Jobs this replica's rescuer put back in the queue (expired leases, and at start).
     pub recovered: u64,
 }
 
@@ -106,7 +136,7 @@ pub(super) struct SyncFigures {
     pub rejected: u64,
 }
 
-/// Callback outcomes since start.
+/// Callback outcomes since start, on this replica.
 #[derive(Debug, Serialize, ToSchema)]
 pub(super) struct CallbackFigures {
     /// Deliveries that got a 2xx.
@@ -115,26 +145,68 @@ pub(super) struct CallbackFigures {
     pub retried: u64,
     /// Deliveries given up (retries used, 410, redirect, other 4xx, refused address).
     pub failed: u64,
+    /// Attempts in flight now.
+    pub in_flight: usize,
+}
+
+/// The replicas working on this database.
+#[derive(Debug, Serialize, ToSchema)]
+pub(super) struct ClusterFigures {
+    /// Workers busy over every live replica, as of each one's last heartbeat.
+    pub workers_busy: u64,
+    pub workers_total: u64,
+    pub replicas: Vec<ReplicaRowFigures>,
+}
+
+/// One replica as the database last heard of it.
+#[derive(Debug, Serialize, ToSchema)]
+pub(super) struct ReplicaRowFigures {
+    pub id: String,
+    /// RFC 3339 UTC.
+    pub last_seen_at: String,
+    pub workers: u32,
+    pub workers_busy: u32,
+    pub sync_in_flight: u32,
+    pub sync_max: u32,
 }
 
 async fn report(state: &AppState) -> Result<MetricsReport, ApiError> {
-    let summary = db::requests::summary(&state.db).await?;
+    let summary = state.db.summary().await?;
+    let backlog = state.db.backlog().await?;
+    let storage = state.db.storage().await?;
+    let replicas = state.db.replicas(state.config.lease).await?;
     let m = &state.metrics;
     m.set_stored(&summary);
-    let wal = state.db.wal().figures();
     let resident_memory_bytes = memory_stats::memory_stats().map_or(0, |s| s.physical_mem as u64);
-    m.set_storage(&wal, resident_memory_bytes);
-    m.queue_depth.set(state.queue.depth() as i64);
+    m.set_storage(&storage, resident_memory_bytes);
+    m.queue_depth.set(i64::try_from(backlog).unwrap_or(i64::MAX));
     m.sync_in_flight.set(state.sync_in_flight() as i64);
+    let by_mode = Mode::VARIANTS
+        .iter()
+        .map(|&mode| (mode.as_str(), summary.count(Some(mode), None)))
+        .collect();
+    let by_status = Status::VARIANTS
+        .iter()
+        .map(|&status| (status.as_str(), summary.count(None, Some(status))))
+        .collect();
+    let wal = storage.wal;
     Ok(MetricsReport {
         timestamp: db::timestamp(chrono::Utc::now()),
-        total_requests: summary.total,
-        by_mode: summary.by_mode,
-        by_status: summary.by_status,
+        replica: ReplicaFigures {
+            id: state.leases.owner().to_owned(),
+            backend: state.db.backend().as_str(),
+            stale_writes: m.stale_writes.get(),
+            leases_lost: m.leases_lost.get(),
+            purged: m.requests_purged.get(),
+        },
+        total_requests: summary.count(None, None),
+        by_mode,
+        by_status,
         avg_execution_time_ms: summary.avg_execution_time_ms,
         queue: QueueFigures {
-            size: state.queue.depth(),
-            max_size: state.queue.capacity(),
+            size: backlog,
+            running: summary.count(Some(Mode::Async), Some(Status::Processing)),
+            max_size: state.config.max_queue_size,
             enqueued: m.jobs_enqueued.get(),
             processed: m.jobs_processed.get(),
             rejected: m.queue_rejected.get(),
@@ -154,13 +226,30 @@ async fn report(state: &AppState) -> Result<MetricsReport, ApiError> {
             delivered: m.callbacks(CallbackOutcome::Delivered),
             retried: m.callbacks(CallbackOutcome::Retried),
             failed: m.callbacks(CallbackOutcome::Failed),
+            in_flight: state.deliveries.in_flight(),
+        },
+        deliveries: DELIVERY_STATES.iter().map(|&s| (s, summary.deliveries(s))).collect(),
+        cluster: ClusterFigures {
+            workers_busy: replicas.iter().map(|r| u64::from(r.workers_busy)).sum(),
+            workers_total: replicas.iter().map(|r| u64::from(r.workers)).sum(),
+            replicas: replicas
+                .into_iter()
+                .map(|r| ReplicaRowFigures {
+                    id: r.id,
+                    last_seen_at: r.last_seen_at,
+                    workers: r.workers,
+                    workers_busy: r.workers_busy,
+                    sync_in_flight: r.sync_in_flight,
+                    sync_max: r.sync_max,
+                })
+                .collect(),
         },
         rate_limited: m.rate_limited.get(),
         storage: StorageFigures {
-            database_bytes: wal.database_bytes,
-            wal_bytes: wal.wal_bytes,
-            wal_limit_bytes: wal.wal_limit_bytes,
-            wal_peak_bytes: wal.wal_peak_bytes,
+            database_bytes: storage.database_bytes,
+            wal_bytes: wal.map(|w| w.wal_bytes),
+            wal_limit_bytes: wal.map(|w| w.wal_limit_bytes),
+            wal_peak_bytes: wal.map(|w| w.wal_peak_bytes),
         },
         process: ProcessFigures { resident_memory_bytes },
     })

@@ -6,8 +6,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::{IntoParams, ToSchema};
 
-use crate::db::callbacks::AttemptRow;
-use crate::db::requests::RequestRow;
+use crate::db::{AttemptRow, DeliveryRow, RequestRow};
 use crate::model::{DeliveryStatus, Mode, Status};
 
 /// The callback side of a request, present when it has a `callback_url`.
@@ -54,29 +53,35 @@ pub(super) struct RequestRecord {
     pub delivery: Option<Delivery>,
 }
 
-impl From<RequestRow> for RequestRecord {
-    fn from(row: RequestRow) -> Self {
-        let delivery = row.delivery().map(|status| Delivery {
-            status,
+impl From<DeliveryRow> for Delivery {
+    fn from(row: DeliveryRow) -> Self {
+        Self {
+            status: row.status,
             attempts: row.attempts,
             last_status_code: row.last_status_code,
-            last_error: row.last_error.clone(),
-            next_attempt_at: row.next_attempt_at.clone(),
-        });
+            last_error: row.last_error,
+            next_attempt_at: row.next_attempt_at,
+        }
+    }
+}
+
+impl From<RequestRow> for RequestRecord {
+    fn from(row: RequestRow) -> Self {
+        let delivery = row.delivery.map(Delivery::from);
         Self {
             request_id: row.id,
             mode: row.mode,
             status: row.status,
-            payload: row.payload.0,
-            result: row.result.map(|r| r.0),
+            payload: row.payload,
+            result: row.result,
             error: row.error,
             callback_url: row.callback_url,
             created_at: row.created_at,
             started_at: row.started_at,
             completed_at: row.completed_at,
             execution_time_ms: row.execution_time_ms,
-            attempts: row.attempts,
-            last_error: row.last_error,
+            attempts: delivery.as_ref().map_or(0, |d| d.attempts),
+            last_error: delivery.as_ref().and_then(|d| d.last_error.clone()),
             delivery,
         }
     }

@@ -10,9 +10,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::records::{Attempt, ListFilter, RequestRecord};
-use crate::db;
-use crate::db::callbacks::RedeliverRefusal;
-use crate::db::requests::ListQuery;
+use crate::db::{ListQuery, RedeliverRefusal};
 use crate::error::{ApiError, Problem};
 use crate::extract::{ApiPath, ApiQuery};
 use crate::model::DeliveryStatus;
@@ -74,7 +72,7 @@ pub(super) async fn list_requests(
         limit,
         offset,
     };
-    let (total, rows) = db::requests::list(&state.db, &query).await?;
+    let (total, rows) = state.db.list(&query).await?;
     Ok(Json(RequestPage {
         total,
         limit,
@@ -101,7 +99,9 @@ pub(super) async fn get_request(
     State(state): State<AppState>,
     ApiPath(id): ApiPath<String>,
 ) -> Result<Json<RequestRecord>, ApiError> {
-    db::requests::get(&state.db, &id)
+    state
+        .db
+        .get(&id)
         .await?
         .map(|row| Json(RequestRecord::from(row)))
         .ok_or_else(|| not_found(&id))
@@ -135,10 +135,10 @@ pub(super) async fn list_attempts(
     State(state): State<AppState>,
     ApiPath(id): ApiPath<String>,
 ) -> Result<Json<Vec<Attempt>>, ApiError> {
-    if db::requests::get(&state.db, &id).await?.is_none() {
+    if state.db.get(&id).await?.is_none() {
         return Err(not_found(&id));
     }
-    let rows = db::callbacks::attempts(&state.db, &id).await?;
+    let rows = state.db.attempts(&id).await?;
     Ok(Json(rows.into_iter().map(Attempt::from).collect()))
 }
 

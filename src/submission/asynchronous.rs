@@ -10,12 +10,10 @@ use utoipa::ToSchema;
 
 use super::{new_request_id, retry_after_secs};
 use crate::client_ip::ClientIp;
-use crate::db;
-use crate::db::idempotency::KeyClaim;
-use crate::db::requests::NewRequest;
+use crate::db::{self, Accepted, KeyClaim, NewJob};
 use crate::engine::{self, Complexity, WorkPayload};
 use crate::error::ApiError;
-use crate::model::{Mode, Status};
+use crate::model::Status;
 use crate::ssrf::UrlPolicy;
 use crate::state::AppState;
 
@@ -91,6 +89,9 @@ pub async fn accept_async(
     client: ClientIp,
     key: IdempotencyKey,
 ) -> Result<Acceptance, ApiError> {
+    if state.stopping.is_cancelled() {
+        return Err(ApiError::ShuttingDown);
+    }
     let complexity = request.payload.complexity;
     request
         .payload
@@ -116,96 +117,65 @@ pub async fn accept_async(
         return Ok(replay);
     }
 
-    let Ok(slot) = state.queue.try_reserve() else {
-        state.metrics.queue_rejected.inc();
-        return Err(ApiError::QueueFull {
-            capacity: state.queue.capacity(),
-            retry_after_secs: retry_after_secs(complexity),
-        });
-    };
     let id = new_request_id();
     tracing::Span::current().record("request_id", id.as_str());
     let payload = serde_json::to_value(&request.payload).map_err(ApiError::internal)?;
-    // Storing and queueing run in their own task: a client that disconnects mid-commit cannot
-    // leave a committed job that was never queued.
     let job = NewJob {
         id: id.clone(),
         payload,
         callback_url: callback_url.clone(),
         client_ip: client.0.to_string(),
+        created_at: db::timestamp(chrono::Utc::now()),
     };
-    let task_state = state.clone();
-    let task_claim = claim.clone();
-    let stored = tokio::spawn(async move { store_and_enqueue(&task_state, job, task_claim.as_ref(), slot).await })
+    // The commit runs in its own task: a client that disconnects mid-commit cannot leave a
+    // half-done acceptance behind.
+    let (task_state, task_claim) = (state.clone(), claim.clone());
+    let limit = state.config.max_queue_size as u64;
+    let accepted = tokio::spawn(async move { task_state.db.accept_job(&job, task_claim.as_ref(), limit).await })
         .await
         .map_err(ApiError::internal)??;
-    if !stored {
-        // Another request with this key committed first: answer as it was answered.
-        let claim = claim
-            .as_ref()
-            .ok_or_else(|| ApiError::internal(anyhow::anyhow!("a key race without a key")))?;
-        return replay(state, claim, complexity).await?.ok_or_else(|| {
-            ApiError::Conflict("a request with this Idempotency-Key is being accepted; retry".to_owned())
-        });
+    match accepted {
+        Accepted::Stored => {}
+        Accepted::BacklogFull => {
+            state.metrics.queue_rejected.inc();
+            return Err(ApiError::QueueFull {
+                capacity: state.config.max_queue_size,
+                retry_after_secs: retry_after_secs(complexity),
+            });
+        }
+        Accepted::KeyTaken => {
+            // Another request with this key committed first: answer as it was answered.
+            let claim = claim
+                .as_ref()
+                .ok_or_else(|| ApiError::internal(anyhow::anyhow!("a key race without a key")))?;
+            return replay(state, claim, complexity).await?.ok_or_else(|| {
+                ApiError::Conflict("a request with this Idempotency-Key is being accepted; retry".to_owned())
+            });
+        }
     }
+    state.metrics.jobs_enqueued.inc();
+    state.wake.jobs.notify_one();
     tracing::debug!("job accepted");
     Ok(Acceptance {
-        retry_after_secs: estimate_secs(state, complexity),
+        retry_after_secs: estimate_secs(state, complexity).await,
         body: accepted_body(id, callback_url.as_deref()),
         replayed: false,
     })
 }
 
-/// The job as it will be stored.
-struct NewJob {
-    id: String,
-    payload: serde_json::Value,
-    callback_url: Option<String>,
-    client_ip: String,
-}
-
-/// Commits the job (and its key), then sends its id on the reserved slot. False when the key
-/// was taken by a concurrent request; nothing is stored then and the slot is released.
-async fn store_and_enqueue(
-    state: &AppState,
-    job: NewJob,
-    claim: Option<&KeyClaim>,
-    slot: crate::jobs::QueueSlot,
-) -> Result<bool, ApiError> {
-    let now = db::timestamp(chrono::Utc::now());
-    let row = NewRequest {
-        id: &job.id,
-        mode: Mode::Async,
-        payload: &job.payload,
-        status: Status::Pending,
-        callback_url: job.callback_url.as_deref(),
-        created_at: &now,
-        started_at: None,
-        client_ip: &job.client_ip,
-    };
-    if !db::idempotency::insert_request_with_key(&state.db, &row, claim).await? {
-        return Ok(false);
-    }
-    slot.send(job.id);
-    state.metrics.jobs_enqueued.inc();
-    Ok(true)
-}
-
 /// The record an `Idempotency-Key` is checked against and stored as.
-fn key_claim(state: &AppState, client_ip: String, key: String, request: &AsyncRequest) -> Result<KeyClaim, ApiError> {
-    let ttl = chrono::Duration::from_std(state.config.idempotency_ttl).unwrap_or(chrono::Duration::days(1));
-    let not_before = db::timestamp(chrono::Utc::now() - ttl);
+fn key_claim(state: &AppState, scope: String, key: String, request: &AsyncRequest) -> Result<KeyClaim, ApiError> {
     Ok(KeyClaim {
-        client_ip,
+        scope,
         key,
         body_hash: hash_body(request)?,
-        not_before,
+        not_before: db::timestamp_ago(state.config.idempotency_ttl),
     })
 }
 
 /// The earlier acceptance for this key, or a 422 if the key came with a different body.
 async fn replay(state: &AppState, claim: &KeyClaim, complexity: u8) -> Result<Option<Acceptance>, ApiError> {
-    let Some(stored) = db::idempotency::find(&state.db, &claim.client_ip, &claim.key, &claim.not_before).await? else {
+    let Some(stored) = state.db.find_key(&claim.scope, &claim.key, &claim.not_before).await? else {
         return Ok(None);
     };
     if stored.body_hash != claim.body_hash {
@@ -213,11 +183,9 @@ async fn replay(state: &AppState, claim: &KeyClaim, complexity: u8) -> Result<Op
             "this Idempotency-Key was already used with a different request body",
         ));
     }
-    let callback_url = db::requests::get(&state.db, &stored.request_id)
-        .await?
-        .and_then(|r| r.callback_url);
+    let callback_url = state.db.get(&stored.request_id).await?.and_then(|r| r.callback_url);
     Ok(Some(Acceptance {
-        retry_after_secs: estimate_secs(state, complexity),
+        retry_after_secs: estimate_secs(state, complexity).await,
         body: accepted_body(stored.request_id, callback_url.as_deref()),
         replayed: true,
     }))
@@ -245,8 +213,9 @@ fn hash_body(request: &AsyncRequest) -> Result<String, ApiError> {
 
 /// Seconds until a job of `complexity` accepted now is likely done: the jobs ahead of it spread
 /// over the workers, plus its own run, at the documented durations.
-fn estimate_secs(state: &AppState, complexity: u8) -> u64 {
+async fn estimate_secs(state: &AppState, complexity: u8) -> u64 {
     let run_ms = Complexity::new(complexity).map_or(1000.0, engine::nominal_ms);
-    let waves = 1.0 + state.queue.depth() as f64 / state.workers.size().max(1) as f64;
+    let backlog = state.db.backlog().await.unwrap_or(0);
+    let waves = 1.0 + backlog as f64 / state.workers.size().max(1) as f64;
     ((run_ms * waves) / 1000.0).ceil().max(1.0) as u64
 }

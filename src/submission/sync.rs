@@ -7,11 +7,11 @@ use utoipa::ToSchema;
 
 use super::{new_request_id, retry_after_secs};
 use crate::client_ip::ClientIp;
-use crate::db;
-use crate::db::requests::NewRequest;
+use crate::db::{self, Lease, NewSync};
 use crate::engine::{CancelToken, WorkPayload};
 use crate::error::ApiError;
 use crate::execution::Outcome;
+use crate::jobs::Kind;
 use crate::model::{Mode, Status};
 use crate::state::AppState;
 
@@ -51,6 +51,9 @@ pub async fn run_sync(state: &AppState, request: SyncRequest, client: ClientIp) 
     let work = payload
         .plan()
         .map_err(|errors| ApiError::invalid_work(errors, "/payload"))?;
+    if state.stopping.is_cancelled() {
+        return Err(ApiError::ShuttingDown);
+    }
     let Ok(slot) = state.sync_slots.clone().try_acquire_owned() else {
         state.metrics.sync_rejected.inc();
         return Err(ApiError::SyncSaturated {
@@ -71,22 +74,34 @@ pub async fn run_sync(state: &AppState, request: SyncRequest, client: ClientIp) 
     let _cancel_if_client_leaves = cancel.cancel_on_drop();
     let (task_state, task_id) = (state.clone(), id.clone());
     let run = tokio::spawn(async move {
-        let now = db::timestamp(chrono::Utc::now());
-        let row = NewRequest {
-            id: &task_id,
-            mode: Mode::Sync,
-            payload: &payload_json,
-            status: Status::Processing,
-            callback_url: None,
-            created_at: &now,
-            started_at: Some(&now),
-            client_ip: &client_ip,
+        let row = NewSync {
+            id: task_id.clone(),
+            payload: payload_json,
+            client_ip,
+            created_at: db::timestamp(chrono::Utc::now()),
         };
-        db::requests::insert(&task_state.db, &row).await?;
-        task_state
+        let (db, leases) = (&task_state.db, &task_state.leases);
+        let lease = Lease {
+            id: task_id.clone(),
+            attempt: 1,
+        };
+        db.start_sync(&row, leases.owner(), task_state.config.lease).await?;
+        // Renewed by the heartbeat while it runs: a run longer than the lease keeps it.
+        leases.hold(Kind::Sync, lease.clone(), Some(cancel.clone()));
+        let outcome = task_state
             .executor
             .execute(&task_id, Mode::Sync, payload.operation, work, cancel, Some(slot))
-            .await
+            .await;
+        let completion = task_state.executor.completion(&outcome);
+        let stored = db::retry_transient("storing a sync outcome", || {
+            db.finish_sync(&task_id, leases.owner(), &completion)
+        })
+        .await;
+        leases.drop_lease(Kind::Sync, &lease);
+        if !stored? {
+            task_state.metrics.stale_writes.inc();
+        }
+        Ok::<_, sqlx::Error>(outcome)
     });
     let outcome = run.await.map_err(ApiError::internal)??;
     match outcome {

@@ -4,13 +4,17 @@
 use base64::Engine;
 use hmac::{KeyInit, Mac};
 use serde_json::{Value, json};
+use std::time::Duration;
 use sync_async::Config;
-use sync_async::db::requests::{self, Completion, NewRequest};
-use sync_async::model::{Mode, Status};
+
+use sync_async::db::{Accepted, Completion, JobFinish, NewJob};
+use sync_async::model::Status;
 use sync_async::signing::SigningKey;
 use sync_async_loadtest::receiver::ReceiverOptions;
 
-use crate::helpers::{TestReceiver, problem, quick_payload, spawn_app, spawn_app_in, spawn_app_with, test_config};
+use crate::helpers::{
+    TestReceiver, open_store, problem, quick_payload, spawn_app, spawn_app_in, spawn_app_with, test_config, wait_until,
+};
 
 const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 
@@ -63,10 +67,12 @@ async fn a_callback_arrives_with_the_result_and_signed_standard_webhooks_headers
     let record = app.wait_for(id, "/delivery/status", "delivered").await;
     assert_eq!(record["delivery"]["attempts"], 1);
     assert_eq!(record["delivery"]["last_status_code"], 200);
-    assert_eq!(
-        app.metrics().await["callbacks"],
-        json!({"delivered": 1, "retried": 0, "failed": 0})
-    );
+    // The outcome is stored, then counted: wait for the count.
+    let expected = json!({"delivered": 1, "retried": 0, "failed": 0, "in_flight": 0});
+    wait_until("the outcomes are counted", || async {
+        app.metrics().await["callbacks"] == expected
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -123,10 +129,12 @@ async fn a_receiver_that_fails_twice_then_succeeds_gets_three_recorded_attempts(
     );
     assert!(attempts[0]["error"].as_str().is_some_and(|e| e.contains("HTTP 503")));
     assert!(attempts[0]["duration_ms"].as_f64().is_some_and(|ms| ms >= 0.0));
-    assert_eq!(
-        app.metrics().await["callbacks"],
-        json!({"delivered": 1, "retried": 2, "failed": 0})
-    );
+    // The outcome is stored, then counted: wait for the count.
+    let expected = json!({"delivered": 1, "retried": 2, "failed": 0, "in_flight": 0});
+    wait_until("the outcomes are counted", || async {
+        app.metrics().await["callbacks"] == expected
+    })
+    .await;
     assert_eq!(receiver.totals().requests, 3);
 }
 
@@ -151,7 +159,10 @@ async fn a_receiver_that_always_fails_ends_failed_and_redeliver_starts_a_new_rou
             .is_some_and(|e| e.contains("HTTP 500"))
     );
     assert_eq!(failed["status"], "done", "the job itself succeeded");
-    assert_eq!(app.metrics().await["callbacks"]["failed"], 1);
+    wait_until("the failure is counted", || async {
+        app.metrics().await["callbacks"]["failed"] == 1
+    })
+    .await;
 
     let response = app
         .client
@@ -328,32 +339,39 @@ async fn a_policy_tightened_after_acceptance_refuses_the_delivery() {
     let receiver = TestReceiver::reliable().await;
     // A job accepted and finished while localhost was allowed, its callback not yet delivered.
     let config = test_config(&dir);
-    let pool = sync_async::db::connect(&config.database_path).await.expect("db");
-    let (id, payload, now) = (
+    let store = open_store(&config).await;
+    let (id, now) = (
         sync_async::submission::new_request_id(),
-        quick_payload(),
         sync_async::db::timestamp(chrono::Utc::now()),
     );
-    let row = NewRequest {
-        id: &id,
-        mode: Mode::Async,
-        payload: &payload,
-        status: Status::Processing,
-        callback_url: Some(&receiver.url()),
-        created_at: &now,
-        started_at: None,
-        client_ip: "127.0.0.1",
+    let job = NewJob {
+        id: id.clone(),
+        payload: quick_payload(),
+        callback_url: Some(receiver.url()),
+        client_ip: "127.0.0.1".to_owned(),
+        created_at: now.clone(),
     };
-    requests::insert(&pool, &row).await.expect("insert");
-    let done = Completion {
-        status: Status::Done,
-        result: Some(&json!({})),
-        error: None,
-        completed_at: &now,
-        execution_time_ms: Some(1.0),
+    assert_eq!(
+        store.accept_job(&job, None, 10).await.expect("accept"),
+        Accepted::Stored
+    );
+    let claimed = store
+        .claim_jobs("an-earlier-replica", 1, Duration::from_secs(30))
+        .await
+        .expect("claim");
+    let done = JobFinish {
+        lease: claimed[0].lease.clone(),
+        completion: Completion {
+            status: Status::Done,
+            result: Some(json!({})),
+            error: None,
+            completed_at: now,
+            execution_time_ms: Some(1.0),
+        },
     };
-    requests::complete(&pool, &id, &done).await.expect("complete");
-    pool.close().await;
+    let stored = store.finish_jobs("an-earlier-replica", &[done]).await.expect("finish");
+    assert_eq!(stored, vec![true]);
+    store.close().await;
 
     let strict = spawn_app_in(
         dir.clone(),

@@ -9,6 +9,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+use sync_async::db::Db;
+use sync_async::liveness::Liveness;
 use sync_async::state::AppState;
 use sync_async::{App, Config};
 use sync_async_loadtest::receiver::{Received, Receiver, ReceiverOptions, ReceiverTotals, RunningReceiver};
@@ -99,6 +101,14 @@ impl TestApp {
             .expect("request sent")
     }
 
+    /// One sample's value from `/metrics/prometheus`, such as `sync_async_engine_running`.
+    pub(crate) async fn prometheus(&self, sample: &str) -> f64 {
+        let text = self.get("/metrics/prometheus").await.text().await.expect("text");
+        text.lines()
+            .find_map(|line| line.strip_prefix(sample)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("no {sample} in\n{text}"))
+    }
+
     pub(crate) async fn metrics(&self) -> Value {
         self.get_json("/metrics").await
     }
@@ -145,6 +155,14 @@ impl TestApp {
             server.await.expect("server task").expect("server stops cleanly");
         }
     }
+}
+
+/// The store of `config`, opened directly (no server): to arrange what a server finds at start,
+/// or to read what it left.
+pub(crate) async fn open_store(config: &Config) -> Db {
+    sync_async::db::connect(&config.database(), &Liveness::new())
+        .await
+        .expect("the database opens")
 }
 
 /// Polls `condition` every few milliseconds until it holds; fails the test after `PATIENCE`.

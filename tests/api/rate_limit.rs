@@ -4,7 +4,11 @@ use crate::helpers::{problem, spawn_app_with};
 
 #[tokio::test]
 async fn the_burst_passes_and_one_more_request_gets_exactly_one_429() {
-    let app = spawn_app_with(|c| c.rate_limit_requests = 5).await;
+    let app = spawn_app_with(|c| {
+        c.rate_limit_requests = 5;
+        c.trust_forwarded_for = true;
+    })
+    .await;
 
     let mut remaining = Vec::new();
     for _ in 0..5 {
@@ -33,7 +37,18 @@ async fn the_burst_passes_and_one_more_request_gets_exactly_one_429() {
     assert!(retry_after >= 1);
     assert_eq!(headers["x-ratelimit-limit"], "5");
     assert_eq!(headers["x-ratelimit-remaining"], "0");
-    assert_eq!(app.state.metrics.rate_limited.get(), 1);
+    // Read as another client: this one has used its budget.
+    let metrics: serde_json::Value = app
+        .client
+        .get(app.url("/metrics"))
+        .header("x-forwarded-for", "192.0.2.1")
+        .send()
+        .await
+        .expect("sent")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(metrics["rate_limited"], 1);
 }
 
 #[tokio::test]

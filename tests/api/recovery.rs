@@ -4,6 +4,7 @@
 use std::collections::HashSet;
 
 use serde_json::{Value, json};
+use sync_async::model::{Mode, Status};
 use sync_async_loadtest::receiver::ReceiverOptions;
 
 use crate::helpers::{TestReceiver, fetch_json, kill_hard, start_server, terminate, wait_until};
@@ -22,10 +23,14 @@ async fn submit(client: &reqwest::Client, addr: &str, body: &Value) -> String {
 
 /// Async rows not yet `done` or `failed`, read straight from the database file.
 async fn unfinished_rows(db: &std::path::Path) -> i64 {
-    let pool = sync_async::db::connect(db).await.expect("the database opens");
-    let summary = sync_async::db::requests::summary(&pool).await.expect("summary");
-    pool.close().await;
-    summary.by_status["pending"] + summary.by_status["processing"]
+    let config = sync_async::Config {
+        database_path: db.to_owned(),
+        ..sync_async::Config::default()
+    };
+    let store = crate::helpers::open_store(&config).await;
+    let summary = store.summary().await.expect("summary");
+    store.close().await;
+    summary.count(Some(Mode::Async), Some(Status::Pending)) + summary.count(Some(Mode::Async), Some(Status::Processing))
 }
 
 async fn record(client: &reqwest::Client, addr: &str, id: &str) -> Value {
@@ -246,32 +251,27 @@ async fn a_backlog_larger_than_the_queue_drains_completely_after_a_start() {
         num_workers: 1,
         ..crate::helpers::test_config(&dir)
     };
-    let pool = sync_async::db::connect(&config.database_path).await.expect("db");
+    let store = crate::helpers::open_store(&config).await;
     let payload = json!({"operation": "prime", "complexity": 1, "data": {"n": 10}});
     for _ in 0..10 {
-        let (id, now) = (
-            sync_async::submission::new_request_id(),
-            sync_async::db::timestamp(chrono::Utc::now()),
-        );
-        let row = sync_async::db::requests::NewRequest {
-            id: &id,
-            mode: sync_async::model::Mode::Async,
-            payload: &payload,
-            status: sync_async::model::Status::Pending,
+        let job = sync_async::db::NewJob {
+            id: sync_async::submission::new_request_id(),
+            payload: payload.clone(),
             callback_url: None,
-            created_at: &now,
-            started_at: None,
-            client_ip: "127.0.0.1",
+            client_ip: "127.0.0.1".to_owned(),
+            created_at: sync_async::db::timestamp(chrono::Utc::now()),
         };
-        sync_async::db::requests::insert(&pool, &row).await.expect("insert");
+        let accepted = store.accept_job(&job, None, 100).await.expect("accept");
+        assert_eq!(accepted, sync_async::db::Accepted::Stored);
     }
-    pool.close().await;
+    store.close().await;
 
     let app = crate::helpers::spawn_app_in(dir.clone(), config).await;
 
-    wait_until("all ten recovered jobs are done", || async {
+    wait_until("all ten waiting jobs are done", || async {
         app.metrics().await["by_status"]["done"] == 10
     })
     .await;
-    assert_eq!(app.metrics().await["queue"]["recovered"], 10);
+    // They were waiting, not held: nothing needed rescuing.
+    assert_eq!(app.metrics().await["queue"]["recovered"], 0);
 }

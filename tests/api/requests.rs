@@ -1,27 +1,33 @@
 //! `GET /requests` filters and pagination, `GET /requests/{id}`.
 
 use serde_json::{Value, json};
-use sync_async::db::requests::{self, NewRequest};
+use std::time::Duration;
+
 use sync_async::model::{Mode, Status};
 
-use crate::helpers::{TestApp, problem, quick_payload, spawn_app};
+use crate::helpers::{TestApp, problem, quick_payload, slow_payload, spawn_app, spawn_app_with};
 
-/// Stores rows straight through the store's own insert: the same code the API uses.
-async fn seed(app: &TestApp, mode: Mode, status: Status, created_at: &str) -> String {
-    let id = sync_async::submission::new_request_id();
-    let payload = quick_payload();
-    let row = NewRequest {
-        id: &id,
-        mode,
-        payload: &payload,
-        status,
-        callback_url: None,
-        created_at,
-        started_at: None,
-        client_ip: "127.0.0.1",
+/// A request made through the API, finished: `done` with quick work, `failed` with work that
+/// passes the test app's 300 ms work timeout.
+async fn finished(app: &TestApp, mode: Mode, status: Status) -> String {
+    let payload = match status {
+        Status::Done => quick_payload(),
+        _ => slow_payload(),
     };
-    requests::insert(&app.state.db, &row).await.expect("insert");
+    let path = match mode {
+        Mode::Sync => "/sync",
+        Mode::Async => "/async",
+    };
+    let response = app.post_json(path, &json!({"payload": payload})).await;
+    let body: Value = response.json().await.expect("JSON body");
+    let id = body["request_id"].as_str().expect("request_id").to_owned();
+    app.wait_for(&id, "/status", status.as_str()).await;
     id
+}
+
+/// An app whose slow work fails fast.
+async fn app_with_short_timeout() -> TestApp {
+    spawn_app_with(|c| c.work_timeout = Duration::from_millis(300)).await
 }
 
 fn ids(page: &Value) -> Vec<String> {
@@ -35,11 +41,11 @@ fn ids(page: &Value) -> Vec<String> {
 
 #[tokio::test]
 async fn requests_are_listed_newest_first_with_filters_and_pages() {
-    let app = spawn_app().await;
-    let a = seed(&app, Mode::Sync, Status::Done, "2026-01-01T00:00:01.000Z").await;
-    let b = seed(&app, Mode::Async, Status::Pending, "2026-01-01T00:00:02.000Z").await;
-    let c = seed(&app, Mode::Async, Status::Done, "2026-01-01T00:00:03.000Z").await;
-    let d = seed(&app, Mode::Sync, Status::Failed, "2026-01-01T00:00:04.000Z").await;
+    let app = app_with_short_timeout().await;
+    let a = finished(&app, Mode::Sync, Status::Done).await;
+    let b = finished(&app, Mode::Async, Status::Failed).await;
+    let c = finished(&app, Mode::Async, Status::Done).await;
+    let d = finished(&app, Mode::Sync, Status::Failed).await;
 
     let all = app.get_json("/requests").await;
     assert_eq!(all["total"], 4);
@@ -53,6 +59,8 @@ async fn requests_are_listed_newest_first_with_filters_and_pages() {
     );
     let done = app.get_json("/requests?status=done").await;
     assert_eq!(ids(&done), vec![c.clone(), a.clone()]);
+    let async_failed = app.get_json("/requests?mode=async&status=failed").await;
+    assert_eq!(ids(&async_failed), vec![b.clone()]);
     let sync_failed = app.get_json("/requests?mode=sync&status=failed").await;
     assert_eq!(ids(&sync_failed), vec![d.clone()]);
 
@@ -83,7 +91,7 @@ async fn bad_filters_are_422() {
 #[tokio::test]
 async fn a_request_record_has_every_field_and_never_the_client_ip() {
     let app = spawn_app().await;
-    let id = seed(&app, Mode::Sync, Status::Done, "2026-01-01T00:00:01.000Z").await;
+    let id = finished(&app, Mode::Sync, Status::Done).await;
     let record = app.get_json(&format!("/requests/{id}")).await;
     for field in [
         "request_id",
@@ -107,29 +115,18 @@ async fn a_request_record_has_every_field_and_never_the_client_ip() {
 }
 
 #[tokio::test]
-async fn metrics_totals_follow_inserts_and_status_changes() {
-    let app = spawn_app().await;
-    let id = seed(&app, Mode::Async, Status::Processing, "2026-01-01T00:00:01.000Z").await;
-    seed(&app, Mode::Sync, Status::Done, "2026-01-01T00:00:02.000Z").await;
-    let before = app.metrics().await;
-    assert_eq!(before["by_status"]["processing"], 1);
-
-    let outcome = serde_json::json!({"n": 1});
-    let done = requests::Completion {
-        status: Status::Done,
-        result: Some(&outcome),
-        error: None,
-        completed_at: "2026-01-01T00:00:03.000Z",
-        execution_time_ms: Some(40.0),
-    };
-    requests::complete(&app.state.db, &id, &done).await.expect("complete");
+async fn metrics_totals_follow_requests_and_their_status_changes() {
+    let app = app_with_short_timeout().await;
+    let done = finished(&app, Mode::Async, Status::Done).await;
+    finished(&app, Mode::Sync, Status::Failed).await;
 
     let after = app.metrics().await;
     assert_eq!(after["total_requests"], 2);
     assert_eq!(
         after["by_status"],
-        json!({"pending": 0, "processing": 0, "done": 2, "failed": 0})
+        json!({"pending": 0, "processing": 0, "done": 1, "failed": 1})
     );
     assert_eq!(after["by_mode"], json!({"sync": 1, "async": 1}));
-    assert_eq!(after["avg_execution_time_ms"], 40.0, "only the timed done row counts");
+    let done_ms = app.get_json(&format!("/requests/{done}")).await["execution_time_ms"].clone();
+    assert_eq!(after["avg_execution_time_ms"], done_ms, "only the done row counts");
 }

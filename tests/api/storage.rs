@@ -18,6 +18,11 @@ fn wal_len(db_path: &std::path::Path) -> u64 {
     std::fs::metadata(&wal).map_or(0, |m| m.len())
 }
 
+async fn wal_figures(app: &crate::helpers::TestApp) -> sync_async::db::sqlite::WalFigures {
+    let storage = app.state.db.storage().await.expect("storage");
+    storage.wal.expect("SQLite reports its WAL")
+}
+
 #[tokio::test]
 async fn the_wal_stays_within_its_bound_under_sustained_writes_and_reads_and_is_emptied_after() {
     let app = Arc::new(
@@ -76,7 +81,7 @@ async fn the_wal_stays_within_its_bound_under_sustained_writes_and_reads_and_is_
     }
     watcher.await.expect("watcher");
 
-    let figures = app.state.db.wal().figures();
+    let figures = wal_figures(&app).await;
     assert!(
         figures.wal_peak_bytes > LIMIT_BYTES / 4 && figures.restart_checkpoints >= 3,
         "the load never filled the log enough for the bound to act: {figures:?}"
@@ -98,7 +103,7 @@ async fn the_wal_stays_within_its_bound_under_sustained_writes_and_reads_and_is_
     .await;
     wait_until("the idle WAL is truncated", || async {
         let _ = app.get_json("/metrics").await;
-        app.state.db.wal().figures().truncate_checkpoints > 0 && wal_len(&app.db_path) == 0
+        wal_figures(&app).await.truncate_checkpoints > 0 && wal_len(&app.db_path) == 0
     })
     .await;
     let metrics: Value = app.get_json("/metrics").await;

@@ -57,8 +57,8 @@ async fn a_busy_server_answers_503_at_once_and_stores_nothing() {
         let (client, url) = (app.client.clone(), app.url("/sync"));
         tokio::spawn(async move { client.post(url).json(&json!({"payload": slow_payload()})).send().await })
     };
-    wait_until("the slow request holds the only slot", || async {
-        app.state.sync_in_flight() == 1
+    wait_until("the slow request holds the only slot and is stored", || async {
+        app.state.sync_in_flight() == 1 && app.metrics().await["total_requests"] == 1
     })
     .await;
 
@@ -118,7 +118,7 @@ async fn work_past_the_timeout_gets_504_and_its_cpu_is_already_free() {
     assert_eq!(status, 504);
     let id = body["request_id"].as_str().expect("504 names the request").to_owned();
     // The engine is awaited before the 504 is sent: nothing is left running or holding a slot.
-    assert_eq!(app.state.metrics.engine_running.get(), 0);
+    assert_eq!(app.prometheus("sync_async_engine_running").await, 0.0);
     assert_eq!(app.state.sync_in_flight(), 0);
     let stored = app.get_json(&format!("/requests/{id}")).await;
     assert_eq!(stored["status"], "failed");
@@ -157,7 +157,12 @@ async fn a_graceful_stop_lets_an_in_flight_sync_request_finish() {
     assert_eq!(response.status(), 200);
     let refused = reqwest::get(format!("{base_url}/healthz")).await;
     assert!(refused.is_err(), "the listener is closed after a stop");
-    let pool = sync_async::db::connect(&db_path).await.expect("reopen");
-    let summary = sync_async::db::requests::summary(&pool).await.expect("summary");
-    assert_eq!(summary.by_status["done"], 1);
+    let config = sync_async::Config {
+        database_path: db_path,
+        ..sync_async::Config::default()
+    };
+    let store = crate::helpers::open_store(&config).await;
+    let summary = store.summary().await.expect("summary");
+    assert_eq!(summary.count(None, Some(sync_async::model::Status::Done)), 1);
+    store.close().await;
 }

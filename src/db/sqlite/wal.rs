@@ -34,10 +34,12 @@ use std::time::{Duration, Instant};
 use sqlx::{SqliteConnection, SqlitePool};
 use tokio::sync::{Mutex, Notify};
 
+use crate::liveness::Beat;
+
 /// How often the background task looks at the log when no write asks it to sooner.
-pub const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
+pub(super) const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
 /// Writes must have stopped this long before the WAL is truncated.
-pub const IDLE_AFTER: Duration = Duration::from_secs(2);
+pub(super) const IDLE_AFTER: Duration = Duration::from_secs(2);
 /// The default bound on the WAL file (`SQLITE_WAL_LIMIT_MB`).
 pub const DEFAULT_LIMIT_BYTES: u64 = 64 * 1024 * 1024;
 /// At most this many PASSIVE passes before a rewind.
@@ -54,7 +56,7 @@ const FRAME_HEADER_BYTES: u64 = 24;
 
 /// Which kind of checkpoint ran, for the metrics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CheckpointKind {
+pub(super) enum CheckpointKind {
     Passive,
     Restart,
     Truncate,
@@ -68,8 +70,6 @@ pub struct WalMonitor {
     /// The wal-index, whose header says how many frames the log holds.
     shm_path: PathBuf,
     limit_bytes: u64,
-    /// Writes released by the writer connection; unchanged for `IDLE_AFTER` means idle.
-    writes: AtomicU64,
     /// Checkpoints that completed, by kind.
     passive: AtomicU64,
     restart: AtomicU64,
@@ -113,7 +113,6 @@ impl WalMonitor {
             wal_path: sibling("-wal"),
             shm_path: sibling("-shm"),
             limit_bytes,
-            writes: AtomicU64::new(0),
             passive: AtomicU64::new(0),
             restart: AtomicU64::new(0),
             truncate: AtomicU64::new(0),
@@ -156,7 +155,6 @@ impl WalMonitor {
     /// background task past a quarter of the limit, and the last guard of the bound when that
     /// task has fallen behind.
     pub async fn after_write(&self, conn: &mut SqliteConnection) -> Result<(), sqlx::Error> {
-        self.writes.fetch_add(1, Ordering::Relaxed);
         self.peak.fetch_max(self.wal_bytes(), Ordering::Relaxed);
         let log = self.log_bytes();
         if log >= self.limit_bytes / 4 * 3 {
@@ -195,17 +193,20 @@ impl WalMonitor {
     }
 
     /// The background task (see the module comment). Ends when either pool is closed.
-    pub async fn run(&self, checkpointer: SqlitePool, writer: SqlitePool) {
+    pub async fn run(&self, checkpointer: SqlitePool, writer: SqlitePool, beat: Beat) {
         let mut tick = tokio::time::interval(CHECKPOINT_EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let (mut last_writes, mut last_write_seen) = (u64::MAX, Instant::now());
+        // Idle means the log has not changed: claims that find nothing go through the writer
+        // all the time, but write no frames.
+        let (mut last_log, mut last_change) = (u64::MAX, Instant::now());
         while !writer.is_closed() && !checkpointer.is_closed() {
             tokio::select! {
                 _ = tick.tick() => {}
                 () = self.copy_now.notified() => {}
             }
-            if self.writes.load(Ordering::Relaxed) != last_writes {
-                last_write_seen = Instant::now();
+            beat.tick();
+            if self.log_bytes() != last_log {
+                last_change = Instant::now();
             }
             let result = if self.log_bytes() >= self.limit_bytes / 4 {
                 self.copy_and_rewind(&checkpointer, &writer).await
@@ -215,14 +216,14 @@ impl WalMonitor {
             if let Err(e) = result {
                 tracing::debug!(error = %e, "WAL checkpoint failed; tried again shortly");
             }
-            if last_write_seen.elapsed() >= IDLE_AFTER && self.wal_bytes() > 0 {
+            if last_change.elapsed() >= IDLE_AFTER && self.wal_bytes() > 0 {
                 match checkpoint_on(&writer, CheckpointKind::Truncate).await {
                     Ok(done) => self.count(CheckpointKind::Truncate, done.completed),
                     Err(e) => tracing::debug!(error = %e, "truncating the idle WAL failed"),
                 }
             }
-            // This task's own checkpoints went through the writer too; they are not new work.
-            last_writes = self.writes.load(Ordering::Relaxed);
+            // This task's own checkpoints change the log too; they are not new work.
+            last_log = self.log_bytes();
         }
     }
 
@@ -333,7 +334,7 @@ mod tests {
     fn the_restored_busy_timeout_is_the_writers() {
         assert_eq!(
             RESTORE_BUSY_TIMEOUT,
-            format!("PRAGMA busy_timeout = {}", super::super::BUSY_TIMEOUT.as_millis())
+            format!("PRAGMA busy_timeout = {}", crate::db::sqlite::BUSY_TIMEOUT.as_millis())
         );
     }
 
@@ -341,15 +342,17 @@ mod tests {
     async fn the_wal_index_header_says_how_full_the_log_is() {
         let dir = tempfile::tempdir().expect("dir");
         let path = dir.path().join("t.db");
-        let db = super::super::connect(&path).await.expect("db");
+        let db = crate::db::sqlite::connect(&path, DEFAULT_LIMIT_BYTES, &crate::liveness::Liveness::new())
+            .await
+            .expect("db");
         let monitor = db.wal();
         let shm = monitor.shm_path.clone();
         sqlx::query("CREATE TABLE t (x BLOB)")
-            .execute(db.writer())
+            .execute(&db.writer)
             .await
             .expect("create");
         sqlx::query("INSERT INTO t VALUES (zeroblob(100000))")
-            .execute(db.writer())
+            .execute(&db.writer)
             .await
             .expect("insert");
         let bytes = read_log_bytes(&shm).expect("header");
@@ -357,14 +360,14 @@ mod tests {
         let frames = u64::try_from(frames(&db).await).expect("frames");
         assert!(bytes > 100_000, "{bytes}");
         assert_eq!(bytes, frames * (4096 + FRAME_HEADER_BYTES));
-        db.close().await;
+        crate::db::Store::close(&db).await;
     }
 
     /// The frames in the log, as SQLite itself reports them (once no other checkpoint runs).
-    async fn frames(db: &super::super::Db) -> i64 {
+    async fn frames(db: &crate::db::sqlite::SqliteStore) -> i64 {
         loop {
             let (busy, log, _): (i64, i64, i64) = sqlx::query_as("PRAGMA wal_checkpoint(PASSIVE)")
-                .fetch_one(db.writer())
+                .fetch_one(&db.writer)
                 .await
                 .expect("checkpoint");
             if busy == 0 {

@@ -6,7 +6,8 @@
 use sqlx::SqlitePool;
 use tokio::sync::{mpsc, oneshot};
 
-use super::requests::{NewRequest, OwnedRequest, insert_in, insert_many};
+use super::accept::{InsertRow, insert_many};
+use crate::liveness::Beat;
 
 /// The most rows one transaction takes.
 const MAX_BATCH: usize = 128;
@@ -21,33 +22,31 @@ pub(super) struct GroupCommit {
 
 #[derive(Debug)]
 struct Pending {
-    row: OwnedRequest,
+    row: InsertRow,
     done: oneshot::Sender<Result<(), sqlx::Error>>,
 }
 
 impl GroupCommit {
     /// Starts the committing task; it ends when the last `GroupCommit` is dropped.
-    pub(super) fn start(writer: SqlitePool) -> Self {
+    pub(super) fn start(writer: SqlitePool, beat: Beat) -> Self {
         let (sender, receiver) = mpsc::channel(BACKLOG);
-        tokio::spawn(commit_loop(writer, receiver));
+        tokio::spawn(commit_loop(writer, receiver, beat));
         Self { sender }
     }
 
     /// Inserts `row`; returns once it is committed (or has failed).
-    pub(super) async fn insert(&self, row: &NewRequest<'_>) -> Result<(), sqlx::Error> {
+    pub(super) async fn insert(&self, row: InsertRow) -> Result<(), sqlx::Error> {
         let (done, committed) = oneshot::channel();
-        let pending = Pending {
-            row: OwnedRequest::from(row),
-            done,
-        };
+        let pending = Pending { row, done };
         self.sender.send(pending).await.map_err(|_| sqlx::Error::PoolClosed)?;
         committed.await.map_err(|_| sqlx::Error::PoolClosed)?
     }
 }
 
-async fn commit_loop(writer: SqlitePool, mut receiver: mpsc::Receiver<Pending>) {
+async fn commit_loop(writer: SqlitePool, mut receiver: mpsc::Receiver<Pending>, beat: Beat) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while receiver.recv_many(&mut batch, MAX_BATCH).await > 0 {
+        beat.tick();
         if commit_together(&writer, &batch).await.is_ok() {
             for pending in batch.drain(..) {
                 let _ = pending.done.send(Ok(()));
@@ -56,7 +55,7 @@ async fn commit_loop(writer: SqlitePool, mut receiver: mpsc::Receiver<Pending>) 
             // Something in the batch failed: nothing was committed; go row by row so that only
             // the failing row fails.
             for pending in batch.drain(..) {
-                let result = insert_in(&writer, &pending.row.borrowed()).await;
+                let result = insert_many(&writer, [&pending.row]).await;
                 let _ = pending.done.send(result);
             }
         }
@@ -64,6 +63,5 @@ async fn commit_loop(writer: SqlitePool, mut receiver: mpsc::Receiver<Pending>) 
 }
 
 async fn commit_together(writer: &SqlitePool, batch: &[Pending]) -> Result<(), sqlx::Error> {
-    let rows: Vec<NewRequest<'_>> = batch.iter().map(|p| p.row.borrowed()).collect();
-    insert_many(writer, &rows).await
+    insert_many(writer, batch.iter().map(|p| &p.row)).await
 }

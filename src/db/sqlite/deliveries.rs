@@ -1,0 +1,179 @@
+//! Callback deliveries on SQLite: claimed when due, an attempt recorded (fenced) with where the
+//! delivery goes next, redelivery of a failed one, and the attempt log.
+
+use std::time::Duration;
+
+use serde_json::Value;
+use sqlx::types::Json;
+use sqlx::{Row, SqlitePool};
+
+use super::{now, plus};
+use crate::db::store::{AfterAttempt, AttemptRow, ClaimedDelivery, Lease, RedeliverRefusal};
+use crate::model::{DeliveryStatus, Status};
+
+/// Claims up to `max` due deliveries, soonest due first, with what their attempt needs.
+pub(super) async fn claim(
+    writer: &SqlitePool,
+    owner: &str,
+    max: usize,
+    lease: Duration,
+) -> Result<Vec<ClaimedDelivery>, sqlx::Error> {
+    if max == 0 {
+        return Ok(Vec::new());
+    }
+    let mut tx = writer.begin().await?;
+    let claimed: Vec<(String, i64, i64, i64)> = sqlx::query_as(concat!(
+        "UPDATE deliveries SET status = 'delivering', claim = claim + 1, lease_owner = ?1, \
+         lease_expires_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now', ?2), \
+         attempted_by = json_insert(attempted_by, '$[#]', ?1) \
+         WHERE request_id IN (SELECT request_id FROM deliveries WHERE status = 'pending' AND due_at <= ",
+        now!(),
+        " ORDER BY due_at LIMIT ?3) \
+         RETURNING request_id, claim, attempts, round_start"
+    ))
+    .bind(owner)
+    .bind(plus(lease))
+    .bind(i64::try_from(max).unwrap_or(i64::MAX))
+    .fetch_all(&mut *tx)
+    .await?;
+    let mut deliveries = Vec::with_capacity(claimed.len());
+    for (id, claim, attempts, round_start) in claimed {
+        let row = sqlx::query(
+            "SELECT callback_url, status, result, error, execution_time_ms, completed_at FROM requests WHERE id = ?",
+        )
+        .bind(&id)
+        .fetch_one(&mut *tx)
+        .await?;
+        let status: String = row.try_get("status")?;
+        let result: Option<Json<Value>> = row.try_get("result")?;
+        deliveries.push(ClaimedDelivery {
+            lease: Lease { id, attempt: claim },
+            callback_url: row.try_get::<Option<String>, _>("callback_url")?.unwrap_or_default(),
+            attempts,
+            round_start,
+            status: status.parse().unwrap_or(Status::Failed),
+            result: result.map(|r| r.0),
+            error: row.try_get("error")?,
+            execution_time_ms: row.try_get("execution_time_ms")?,
+            completed_at: row.try_get("completed_at")?,
+        });
+    }
+    tx.commit().await?;
+    Ok(deliveries)
+}
+
+/// How long until the soonest pending delivery is due; zero when one is due now.
+pub(super) async fn next_due_in(readers: &SqlitePool) -> Result<Option<Duration>, sqlx::Error> {
+    let seconds: Option<f64> = sqlx::query_scalar(concat!(
+        "SELECT (julianday(MIN(due_at)) - julianday(",
+        now!(),
+        ")) * 86400.0 FROM deliveries WHERE status = 'pending'"
+    ))
+    .fetch_one(readers)
+    .await?;
+    Ok(seconds.map(|s| Duration::try_from_secs_f64(s.max(0.0)).unwrap_or(Duration::ZERO)))
+}
+
+/// Records an attempt, and where the delivery goes next, if `owner` still holds this claim.
+pub(super) async fn record_attempt(
+    writer: &SqlitePool,
+    owner: &str,
+    delivery: &Lease,
+    attempt: &AttemptRow,
+    next: &AfterAttempt,
+) -> Result<bool, sqlx::Error> {
+    let mut tx = writer.begin().await?;
+    let updated = sqlx::query(
+        "UPDATE deliveries SET status = ?1, \
+         due_at = COALESCE(strftime('%Y-%m-%dT%H:%M:%fZ', 'now', ?2), due_at), \
+         attempts = ?3, last_status_code = ?4, last_error = ?5, lease_owner = NULL, lease_expires_at = NULL \
+         WHERE request_id = ?6 AND status = 'delivering' AND lease_owner = ?7 AND claim = ?8",
+    )
+    .bind(next.status.as_str())
+    .bind(next.due_in.map(plus))
+    .bind(attempt.number)
+    .bind(attempt.status_code)
+    .bind(&attempt.error)
+    .bind(&delivery.id)
+    .bind(owner)
+    .bind(delivery.attempt)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected()
+        == 1;
+    if !updated {
+        return Ok(false);
+    }
+    sqlx::query(
+        "INSERT INTO callback_attempts (request_id, number, attempted_at, duration_ms, status_code, error_class, error) \
+         VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (request_id, number) DO NOTHING",
+    )
+    .bind(&delivery.id)
+    .bind(attempt.number)
+    .bind(&attempt.attempted_at)
+    .bind(attempt.duration_ms)
+    .bind(attempt.status_code)
+    .bind(&attempt.error_class)
+    .bind(&attempt.error)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(true)
+}
+
+/// Starts a new round for a failed delivery: due now, with a fresh retry budget.
+pub(super) async fn redeliver(
+    writer: &SqlitePool,
+    readers: &SqlitePool,
+    id: &str,
+) -> Result<Result<(), RedeliverRefusal>, sqlx::Error> {
+    let done = sqlx::query(concat!(
+        "UPDATE deliveries SET status = 'pending', due_at = ",
+        now!(),
+        ", round_start = attempts WHERE request_id = ? AND status = 'failed'"
+    ))
+    .bind(id)
+    .execute(writer)
+    .await?;
+    if done.rows_affected() == 1 {
+        return Ok(Ok(()));
+    }
+    let state: Option<(Option<String>, bool)> = sqlx::query_as(
+        "SELECT d.status, r.callback_url IS NOT NULL FROM requests r \
+         LEFT JOIN deliveries d ON d.request_id = r.id WHERE r.id = ?",
+    )
+    .bind(id)
+    .fetch_optional(readers)
+    .await?;
+    Ok(Err(match state {
+        None => RedeliverRefusal::NotFound,
+        Some((status, has_callback)) => {
+            RedeliverRefusal::NotFailed(status.and_then(|s| s.parse::<DeliveryStatus>().ok()), has_callback)
+        }
+    }))
+}
+
+/// Every attempt for a request, oldest first.
+pub(super) async fn attempts(readers: &SqlitePool, id: &str) -> Result<Vec<AttemptRow>, sqlx::Error> {
+    type Row = (i64, String, f64, Option<i64>, Option<String>, Option<String>);
+    let rows: Vec<Row> = sqlx::query_as(
+        "SELECT number, attempted_at, duration_ms, status_code, error_class, error FROM callback_attempts \
+         WHERE request_id = ? ORDER BY number",
+    )
+    .bind(id)
+    .fetch_all(readers)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(
+            |(number, attempted_at, duration_ms, status_code, error_class, error)| AttemptRow {
+                number,
+                attempted_at,
+                duration_ms,
+                status_code,
+                error_class,
+                error,
+            },
+        )
+        .collect())
+}

@@ -1,0 +1,295 @@
+//! The job queue on SQLite: claims, fenced finishes (with the delivery written in the same
+//! transaction), releases at shutdown, the batched heartbeat, and the rescue of expired leases.
+
+use std::time::Duration;
+
+use serde_json::Value;
+use sqlx::types::Json;
+use sqlx::{Row, SqlitePool};
+
+use super::{now, plus};
+use crate::db::store::{ClaimedJob, Held, JobFinish, Lease, ReplicaBeat, Rescued};
+
+/// Claims up to `max` pending jobs, oldest first. SQLite runs one write at a time, so a claim
+/// can never overlap another: the subquery and the update are one statement.
+pub(super) async fn claim_jobs(
+    writer: &SqlitePool,
+    owner: &str,
+    max: usize,
+    lease: Duration,
+) -> Result<Vec<ClaimedJob>, sqlx::Error> {
+    if max == 0 {
+        return Ok(Vec::new());
+    }
+    let rows = sqlx::query(
+        "UPDATE requests SET status = 'processing', attempt = attempt + 1, lease_owner = ?1, \
+         lease_expires_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now', ?2), \
+         started_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now'), \
+         attempted_by = json_insert(attempted_by, '$[#]', ?1) \
+         WHERE id IN (SELECT id FROM requests WHERE status = 'pending' AND mode = 'async' \
+                      ORDER BY created_at, id LIMIT ?3) \
+         RETURNING id, attempt, payload, callback_url",
+    )
+    .bind(owner)
+    .bind(plus(lease))
+    .bind(i64::try_from(max).unwrap_or(i64::MAX))
+    .fetch_all(writer)
+    .await?;
+    rows.into_iter()
+        .map(|row| {
+            let Json(payload): Json<Value> = row.try_get("payload")?;
+            Ok(ClaimedJob {
+                lease: Lease {
+                    id: row.try_get("id")?,
+                    attempt: row.try_get("attempt")?,
+                },
+                payload,
+                callback_url: row.try_get("callback_url")?,
+            })
+        })
+        .collect()
+}
+
+/// Stores every finish that still holds its lease, and the delivery of each that has a
+/// callback, in one transaction.
+pub(super) async fn finish_jobs(
+    writer: &SqlitePool,
+    owner: &str,
+    finishes: &[JobFinish],
+) -> Result<Vec<bool>, sqlx::Error> {
+    let mut tx = writer.begin().await?;
+    let mut applied = Vec::with_capacity(finishes.len());
+    for finish in finishes {
+        let c = &finish.completion;
+        let updated: Option<Option<String>> = sqlx::query_scalar(
+            "UPDATE requests SET status = ?, result = ?, error = ?, completed_at = ?, execution_time_ms = ?, \
+             lease_owner = NULL, lease_expires_at = NULL \
+             WHERE id = ? AND status = 'processing' AND lease_owner = ? AND attempt = ? \
+             RETURNING callback_url",
+        )
+        .bind(c.status.as_str())
+        .bind(c.result.as_ref().map(Value::to_string))
+        .bind(&c.error)
+        .bind(&c.completed_at)
+        .bind(c.execution_time_ms)
+        .bind(&finish.lease.id)
+        .bind(owner)
+        .bind(finish.lease.attempt)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if let Some(Some(_callback)) = &updated {
+            insert_delivery(&mut tx, &finish.lease.id).await?;
+        }
+        applied.push(updated.is_some());
+    }
+    tx.commit().await?;
+    Ok(applied)
+}
+
+/// The outbox: a finished job's delivery, due now.
+async fn insert_delivery(tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>, id: &str) -> Result<(), sqlx::Error> {
+    sqlx::query(concat!(
+        "INSERT INTO deliveries (request_id, status, due_at) VALUES (?, 'pending', ",
+        now!(),
+        ") ON CONFLICT (request_id) DO NOTHING"
+    ))
+    .bind(id)
+    .execute(&mut **tx)
+    .await
+    .map(|_| ())
+}
+
+/// Puts claimed jobs back as pending, giving back the attempt their claim took. Returns how
+/// many went back.
+pub(super) async fn release_jobs(writer: &SqlitePool, owner: &str, jobs: &[Lease]) -> Result<u64, sqlx::Error> {
+    let mut released = 0;
+    let mut tx = writer.begin().await?;
+    for job in jobs {
+        released += sqlx::query(
+            "UPDATE requests SET status = 'pending', attempt = attempt - 1, lease_owner = NULL, \
+             lease_expires_at = NULL, started_at = NULL \
+             WHERE id = ? AND status = 'processing' AND lease_owner = ? AND attempt = ?",
+        )
+        .bind(&job.id)
+        .bind(owner)
+        .bind(job.attempt)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+    }
+    tx.commit().await?;
+    Ok(released)
+}
+
+/// `[[id, attempt], ...]`, for `json_each`.
+fn pairs(leases: &[Lease]) -> String {
+    let pairs: Vec<(&str, i64)> = leases.iter().map(|l| (l.id.as_str(), l.attempt)).collect();
+    serde_json::to_string(&pairs).unwrap_or_else(|_| "[]".to_owned())
+}
+
+/// Renews every lease `owner` holds: one statement for requests (jobs and sync), one for
+/// deliveries, and the replica's row. Returns the leases that were not renewed.
+pub(super) async fn heartbeat(
+    writer: &SqlitePool,
+    owner: &str,
+    held: &Held,
+    lease: Duration,
+    replica: &ReplicaBeat,
+) -> Result<Held, sqlx::Error> {
+    let mut tx = writer.begin().await?;
+    let requests: Vec<Lease> = held.jobs.iter().chain(&held.sync).cloned().collect();
+    let renewed: Vec<(String, i64)> = if requests.is_empty() {
+        Vec::new()
+    } else {
+        sqlx::query_as(
+            "UPDATE requests SET lease_expires_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now', ?2) \
+             WHERE lease_owner = ?1 AND status = 'processing' AND (id, attempt) IN \
+             (SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]') FROM json_each(?3)) \
+             RETURNING id, attempt",
+        )
+        .bind(owner)
+        .bind(plus(lease))
+        .bind(pairs(&requests))
+        .fetch_all(&mut *tx)
+        .await?
+    };
+    let delivered: Vec<(String, i64)> = if held.deliveries.is_empty() {
+        Vec::new()
+    } else {
+        sqlx::query_as(
+            "UPDATE deliveries SET lease_expires_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now', ?2) \
+             WHERE lease_owner = ?1 AND status = 'delivering' AND (request_id, claim) IN \
+             (SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]') FROM json_each(?3)) \
+             RETURNING request_id, claim",
+        )
+        .bind(owner)
+        .bind(plus(lease))
+        .bind(pairs(&held.deliveries))
+        .fetch_all(&mut *tx)
+        .await?
+    };
+    upsert_replica(&mut tx, owner, replica).await?;
+    tx.commit().await?;
+    let kept = |leases: &[Lease], renewed: &[(String, i64)]| -> Vec<Lease> {
+        leases
+            .iter()
+            .filter(|l| !renewed.iter().any(|(id, attempt)| *id == l.id && *attempt == l.attempt))
+            .cloned()
+            .collect()
+    };
+    Ok(Held {
+        jobs: kept(&held.jobs, &renewed),
+        sync: kept(&held.sync, &renewed),
+        deliveries: kept(&held.deliveries, &delivered),
+    })
+}
+
+/// Records the replica as alive, with its figures.
+pub(super) async fn upsert_replica(
+    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    owner: &str,
+    replica: &ReplicaBeat,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(concat!(
+        "INSERT INTO replicas (id, started_at, last_seen_at, workers, workers_busy, sync_in_flight, sync_max) VALUES (?1, ",
+        now!(),
+        ", ",
+        now!(),
+        ", ?2, ?3, ?4, ?5) ON CONFLICT (id) DO UPDATE SET last_seen_at = ",
+        now!(),
+        ", workers = ?2, workers_busy = ?3, sync_in_flight = ?4, sync_max = ?5"
+    ))
+    .bind(owner)
+    .bind(replica.workers)
+    .bind(replica.workers_busy)
+    .bind(replica.sync_in_flight)
+    .bind(replica.sync_max)
+    .execute(&mut **tx)
+    .await
+    .map(|_| ())
+}
+
+/// Why a job that kept losing its replica is failed for good.
+const GAVE_UP: &str = "gave up: the replicas running this job stopped before it finished, attempt after attempt";
+/// Why a sync request is failed when its replica is gone.
+const SYNC_ORPHANED: &str = "the server stopped before this request finished";
+/// Why a delivery that kept losing its replica is failed for good.
+const DELIVERY_GAVE_UP: &str =
+    "gave up: the replicas delivering this callback stopped before recording an attempt, time after time";
+
+/// Puts expired work back in the queue, or fails it once its attempts are used.
+pub(super) async fn rescue(writer: &SqlitePool, max_attempts: u32, everything: bool) -> Result<Rescued, sqlx::Error> {
+    let mut tx = writer.begin().await?;
+    let jobs: Vec<(String, String, Option<String>)> = sqlx::query(concat!(
+        "UPDATE requests SET \
+           status = CASE WHEN attempt >= ?2 THEN 'failed' ELSE 'pending' END, \
+           error = CASE WHEN attempt >= ?2 THEN ?3 ELSE error END, \
+           completed_at = CASE WHEN attempt >= ?2 THEN ",
+        now!(),
+        " ELSE completed_at END, \
+           started_at = CASE WHEN attempt >= ?2 THEN started_at ELSE NULL END, \
+           lease_owner = NULL, lease_expires_at = NULL \
+         WHERE mode = 'async' AND status = 'processing' \
+           AND (?1 OR lease_expires_at IS NULL OR lease_expires_at < ",
+        now!(),
+        ") RETURNING id, status, callback_url"
+    ))
+    .bind(everything)
+    .bind(i64::from(max_attempts))
+    .bind(GAVE_UP)
+    .try_map(|row: sqlx::sqlite::SqliteRow| Ok((row.try_get(0)?, row.try_get(1)?, row.try_get(2)?)))
+    .fetch_all(&mut *tx)
+    .await?;
+    let mut rescued = Rescued::default();
+    for (id, status, callback_url) in &jobs {
+        if status == "failed" {
+            rescued.jobs_failed += 1;
+            if callback_url.is_some() {
+                insert_delivery(&mut tx, id).await?;
+            }
+        } else {
+            rescued.jobs_requeued += 1;
+        }
+    }
+    rescued.sync_failed = sqlx::query(concat!(
+        "UPDATE requests SET status = 'failed', error = ?2, completed_at = ",
+        now!(),
+        ", lease_owner = NULL, lease_expires_at = NULL \
+         WHERE mode = 'sync' AND status IN ('pending', 'processing') \
+           AND (?1 OR lease_expires_at IS NULL OR lease_expires_at < ",
+        now!(),
+        ")"
+    ))
+    .bind(everything)
+    .bind(SYNC_ORPHANED)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    // A delivery whose lease expired may or may not have reached its receiver: it is made
+    // again (at least once), unless its replicas kept dying while holding it.
+    let deliveries: Vec<String> = sqlx::query_scalar(concat!(
+        "UPDATE deliveries SET \
+           status = CASE WHEN claim - attempts >= ?2 THEN 'failed' ELSE 'pending' END, \
+           last_error = CASE WHEN claim - attempts >= ?2 THEN ?3 ELSE last_error END, \
+           due_at = ",
+        now!(),
+        ", lease_owner = NULL, lease_expires_at = NULL \
+         WHERE status = 'delivering' AND (?1 OR lease_expires_at IS NULL OR lease_expires_at < ",
+        now!(),
+        ") RETURNING status"
+    ))
+    .bind(everything)
+    .bind(i64::from(max_attempts))
+    .bind(DELIVERY_GAVE_UP)
+    .fetch_all(&mut *tx)
+    .await?;
+    for status in deliveries {
+        if status == "failed" {
+            rescued.deliveries_failed += 1;
+        } else {
+            rescued.deliveries_requeued += 1;
+        }
+    }
+    tx.commit().await?;
+    Ok(rescued)
+}

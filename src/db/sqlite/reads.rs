@@ -1,0 +1,168 @@
+//! Reading on SQLite: one request with its delivery, a page of them, the running totals behind
+//! `/metrics`, the backlog and the replicas.
+
+use std::time::Duration;
+
+use serde_json::Value;
+use sqlx::sqlite::SqliteRow;
+use sqlx::types::Json;
+use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool};
+use strum::VariantArray;
+
+use super::plus;
+use crate::db::store::{DELIVERY_STATES, DeliveryRow, ListQuery, ReplicaRow, RequestRow, Summary};
+use crate::model::{DeliveryStatus, Mode, Status};
+
+/// The columns `request_row` reads, in one place.
+const COLUMNS: &str = "r.id, r.mode, r.status, r.payload, r.result, r.error, r.callback_url, r.created_at, \
+     r.started_at, r.completed_at, r.execution_time_ms, d.status AS delivery_status, d.attempts, \
+     d.last_status_code, d.last_error, d.due_at";
+
+fn request_row(row: &SqliteRow) -> Result<RequestRow, sqlx::Error> {
+    let decode = |e: strum::ParseError| sqlx::Error::Decode(Box::new(e));
+    let mode: String = row.try_get("mode")?;
+    let status: String = row.try_get("status")?;
+    let Json(payload): Json<Value> = row.try_get("payload")?;
+    let result: Option<Json<Value>> = row.try_get("result")?;
+    let callback_url: Option<String> = row.try_get("callback_url")?;
+    let delivery_status: Option<String> = row.try_get("delivery_status")?;
+    // A request with a callback has no delivery row until its job finishes: it is pending.
+    let delivery = match (&callback_url, delivery_status) {
+        (None, _) => None,
+        (Some(_), None) => Some(DeliveryRow {
+            status: DeliveryStatus::Pending,
+            attempts: 0,
+            last_status_code: None,
+            last_error: None,
+            next_attempt_at: None,
+        }),
+        (Some(_), Some(status)) => {
+            let status: DeliveryStatus = status.parse().map_err(decode)?;
+            Some(DeliveryRow {
+                status,
+                attempts: row.try_get("attempts")?,
+                last_status_code: row.try_get("last_status_code")?,
+                last_error: row.try_get("last_error")?,
+                next_attempt_at: match status {
+                    DeliveryStatus::Pending => row.try_get("due_at")?,
+                    _ => None,
+                },
+            })
+        }
+    };
+    Ok(RequestRow {
+        id: row.try_get("id")?,
+        mode: mode.parse::<Mode>().map_err(decode)?,
+        status: status.parse::<Status>().map_err(decode)?,
+        payload,
+        result: result.map(|r| r.0),
+        error: row.try_get("error")?,
+        callback_url,
+        created_at: row.try_get("created_at")?,
+        started_at: row.try_get("started_at")?,
+        completed_at: row.try_get("completed_at")?,
+        execution_time_ms: row.try_get("execution_time_ms")?,
+        delivery,
+    })
+}
+
+pub(super) async fn get(readers: &SqlitePool, id: &str) -> Result<Option<RequestRow>, sqlx::Error> {
+    let mut q = QueryBuilder::<Sqlite>::new(format!(
+        "SELECT {COLUMNS} FROM requests r LEFT JOIN deliveries d ON d.request_id = r.id WHERE r.id = "
+    ));
+    q.push_bind(id);
+    let row = q.build().fetch_optional(readers).await?;
+    row.as_ref().map(request_row).transpose()
+}
+
+/// One page of requests, newest first, and the total that match.
+pub(super) async fn list(readers: &SqlitePool, query: &ListQuery) -> Result<(i64, Vec<RequestRow>), sqlx::Error> {
+    let mut count = QueryBuilder::<Sqlite>::new("SELECT COUNT(*) FROM requests r");
+    push_filter(&mut count, query);
+    let total: i64 = count.build_query_scalar().fetch_one(readers).await?;
+
+    let mut page = QueryBuilder::<Sqlite>::new(format!(
+        "SELECT {COLUMNS} FROM requests r LEFT JOIN deliveries d ON d.request_id = r.id"
+    ));
+    push_filter(&mut page, query);
+    page.push(" ORDER BY r.created_at DESC, r.id DESC LIMIT ")
+        .push_bind(i64::from(query.limit));
+    page.push(" OFFSET ").push_bind(i64::from(query.offset));
+    let rows = page.build().fetch_all(readers).await?;
+    Ok((total, rows.iter().map(request_row).collect::<Result<_, _>>()?))
+}
+
+fn push_filter(q: &mut QueryBuilder<Sqlite>, query: &ListQuery) {
+    let mut sep = " WHERE ";
+    if let Some(mode) = query.mode {
+        q.push(sep).push("r.mode = ").push_bind(mode.as_str());
+        sep = " AND ";
+    }
+    if let Some(status) = query.status {
+        q.push(sep).push("r.status = ").push_bind(status.as_str());
+    }
+}
+
+/// Counts by mode and status, deliveries by state and the mean engine time, from the running
+/// totals that triggers keep (a few rows, however many requests are stored).
+pub(super) async fn summary(readers: &SqlitePool) -> Result<Summary, sqlx::Error> {
+    let stored: Vec<(String, String, i64, f64, i64)> =
+        sqlx::query_as("SELECT mode, status, count, execution_ms_sum, execution_ms_count FROM request_stats")
+            .fetch_all(readers)
+            .await?;
+    let states: Vec<(String, i64)> = sqlx::query_as("SELECT state, count FROM delivery_stats")
+        .fetch_all(readers)
+        .await?;
+    let mut summary = Summary::default();
+    for &mode in Mode::VARIANTS {
+        for &status in Status::VARIANTS {
+            let count = stored
+                .iter()
+                .find(|r| r.0 == mode.as_str() && r.1 == status.as_str())
+                .map_or(0, |r| r.2);
+            summary.requests.push((mode, status, count));
+        }
+    }
+    for state in DELIVERY_STATES {
+        let count = states.iter().find(|(s, _)| s == state).map_or(0, |(_, n)| *n);
+        summary.deliveries.push((state, count));
+    }
+    let (time_sum, timed) = stored
+        .iter()
+        .filter(|r| r.1 == Status::Done.as_str())
+        .fold((0.0, 0i64), |(sum, n), r| (sum + r.3, n + r.4));
+    summary.avg_execution_time_ms = (timed > 0).then(|| time_sum / timed as f64);
+    Ok(summary)
+}
+
+/// Async jobs waiting to be claimed, counted once at start.
+pub(super) async fn count_backlog(readers: &SqlitePool) -> Result<u64, sqlx::Error> {
+    let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM requests WHERE status = 'pending' AND mode = 'async'")
+        .fetch_one(readers)
+        .await?;
+    Ok(u64::try_from(n).unwrap_or(0))
+}
+
+/// The replicas seen within `within`.
+pub(super) async fn replicas(readers: &SqlitePool, within: Duration) -> Result<Vec<ReplicaRow>, sqlx::Error> {
+    let rows = sqlx::query(
+        "SELECT id, started_at, last_seen_at, workers, workers_busy, sync_in_flight, sync_max FROM replicas \
+         WHERE last_seen_at >= strftime('%Y-%m-%dT%H:%M:%fZ', 'now', ?) ORDER BY id",
+    )
+    .bind(format!("-{}", plus(within).trim_start_matches('+')))
+    .fetch_all(readers)
+    .await?;
+    rows.iter()
+        .map(|row| {
+            Ok(ReplicaRow {
+                id: row.try_get("id")?,
+                started_at: row.try_get("started_at")?,
+                last_seen_at: row.try_get("last_seen_at")?,
+                workers: row.try_get("workers")?,
+                workers_busy: row.try_get("workers_busy")?,
+                sync_in_flight: row.try_get("sync_in_flight")?,
+                sync_max: row.try_get("sync_max")?,
+            })
+        })
+        .collect()
+}

@@ -1,0 +1,56 @@
+//! Upkeep on SQLite: deleting finished requests after the retention period, and the health
+//! check's write.
+
+use sqlx::SqlitePool;
+
+use super::now;
+use crate::db::store::Purged;
+
+/// Deletes up to `batch` finished requests completed before `before` whose delivery, if any, has
+/// ended (their attempts, delivery and idempotency key go with them), then expired keys.
+pub(super) async fn purge(
+    writer: &SqlitePool,
+    before: &str,
+    keys_before: &str,
+    batch: u32,
+) -> Result<Purged, sqlx::Error> {
+    let requests = sqlx::query(
+        "DELETE FROM requests WHERE id IN ( \
+           SELECT r.id FROM requests r LEFT JOIN deliveries d ON d.request_id = r.id \
+           WHERE r.status IN ('done', 'failed') AND r.completed_at < ? \
+             AND (d.request_id IS NULL OR d.status IN ('delivered', 'failed')) \
+           LIMIT ?)",
+    )
+    .bind(before)
+    .bind(i64::from(batch))
+    .execute(writer)
+    .await?
+    .rows_affected();
+    let keys = sqlx::query("DELETE FROM idempotency_keys WHERE created_at < ?")
+        .bind(keys_before)
+        .execute(writer)
+        .await?
+        .rows_affected();
+    Ok(Purged {
+        requests,
+        keys,
+        skipped: false,
+    })
+}
+
+/// A write that goes all the way through the writer and the WAL: the health check's.
+pub(super) async fn ping_write(writer: &SqlitePool, owner: &str) -> Result<(), sqlx::Error> {
+    sqlx::query(concat!(
+        "INSERT INTO replicas (id, started_at, last_seen_at, workers, workers_busy, sync_in_flight, sync_max) \
+         VALUES (?1, ",
+        now!(),
+        ", ",
+        now!(),
+        ", 0, 0, 0, 0) ON CONFLICT (id) DO UPDATE SET last_seen_at = ",
+        now!()
+    ))
+    .bind(owner)
+    .execute(writer)
+    .await
+    .map(|_| ())
+}

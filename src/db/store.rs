@@ -1,0 +1,441 @@
+//! The store seam: one trait of domain verbs that both backends implement (`sqlite/`,
+//! `postgres/`), and the plain rows and commands they take and return. Nothing here knows SQL
+//! or HTTP.
+//!
+//! The queue lives in the database. A job is a `requests` row with `mode = async`; `pending`
+//! means claimable. A replica claims it under its owner id with a lease whose expiry comes from
+//! the database's clock, which bumps the row's `attempt`; every later write of the job checks
+//! `(owner, attempt)`, so a holder whose lease expired cannot overwrite a newer attempt (the
+//! write is "stale" and is dropped). A callback delivery is a `deliveries` row, written in the
+//! same transaction as the job's result, due at `due_at` and claimed the same way. Sync requests
+//! carry a lease too, so that a replica that dies mid-request leaves no row `processing`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde_json::Value;
+use tokio::sync::Notify;
+
+use crate::liveness::Liveness;
+use crate::model::{DeliveryStatus, Mode, Status};
+
+/// The domain verbs. Every method is one round trip or one transaction, and every write of a
+/// leased job or delivery is fenced by its owner and attempt.
+#[async_trait]
+pub trait Store: Send + Sync + std::fmt::Debug {
+    /// `sqlite` or `postgres`.
+    fn backend(&self) -> Backend;
+
+    // --- accepting ---
+
+    /// Stores an async job (`pending`) and, given one, its idempotency key, in one commit. The
+    /// job is refused (nothing stored) when `backlog_limit` jobs already wait, and not stored
+    /// when a live record of the key exists (the caller replays it).
+    async fn accept_job(
+        &self,
+        job: &NewJob,
+        key: Option<&KeyClaim>,
+        backlog_limit: u64,
+    ) -> Result<Accepted, sqlx::Error>;
+
+    /// The live record of an idempotency key.
+    async fn find_key(&self, scope: &str, key: &str, not_before: &str) -> Result<Option<StoredKey>, sqlx::Error>;
+
+    /// Stores a sync request, already `processing`, leased to `owner` while it runs.
+    async fn start_sync(&self, request: &NewSync, owner: &str, lease: Duration) -> Result<(), sqlx::Error>;
+
+    /// Stores how a sync run ended; false when the lease was lost (a stale write).
+    async fn finish_sync(&self, id: &str, owner: &str, completion: &Completion) -> Result<bool, sqlx::Error>;
+
+    // --- the job queue ---
+
+    /// Claims up to `max` pending jobs, oldest first, for `owner` until now + `lease` (the
+    /// database's clock). Never returns the same (job, attempt) twice, to any caller.
+    async fn claim_jobs(&self, owner: &str, max: usize, lease: Duration) -> Result<Vec<ClaimedJob>, sqlx::Error>;
+
+    /// Stores the outcomes of claimed jobs in one transaction, and for each job with a callback
+    /// writes its delivery, due now, in that same transaction. Returns, per finish, whether it
+    /// was applied (false: stale, the lease had passed to another attempt).
+    async fn finish_jobs(&self, owner: &str, finishes: &[JobFinish]) -> Result<Vec<bool>, sqlx::Error>;
+
+    /// Puts claimed jobs back (at shutdown), without using up an attempt.
+    async fn release_jobs(&self, owner: &str, jobs: &[Lease]) -> Result<(), sqlx::Error>;
+
+    /// Renews every lease `owner` holds in one statement per kind, and records the replica as
+    /// alive. Returns the leases that were not renewed (lost: another attempt owns them now).
+    async fn heartbeat(
+        &self,
+        owner: &str,
+        held: &Held,
+        lease: Duration,
+        replica: &ReplicaBeat,
+    ) -> Result<Held, sqlx::Error>;
+
+    /// Puts work whose lease expired back in the queue, or fails it once `max_attempts` are
+    /// used; fails sync requests whose lease expired. `everything` treats every lease as
+    /// expired: for SQLite's start, where the lock file proves no other process holds any.
+    async fn rescue(&self, max_attempts: u32, everything: bool) -> Result<Rescued, sqlx::Error>;
+
+    // --- deliveries ---
+
+    /// Claims up to `max` deliveries that are due, for `owner` until now + `lease`.
+    async fn claim_deliveries(
+        &self,
+        owner: &str,
+        max: usize,
+        lease: Duration,
+    ) -> Result<Vec<ClaimedDelivery>, sqlx::Error>;
+
+    /// How long until the next pending delivery is due (`None` when none is pending).
+    async fn next_delivery_due_in(&self) -> Result<Option<Duration>, sqlx::Error>;
+
+    /// Records an attempt and where the delivery goes next, fenced; false when stale.
+    async fn record_attempt(
+        &self,
+        owner: &str,
+        delivery: &Lease,
+        attempt: &AttemptRow,
+        next: &AfterAttempt,
+    ) -> Result<bool, sqlx::Error>;
+
+    /// Starts a new delivery round for a failed delivery: due now, with a fresh retry budget.
+    async fn redeliver(&self, id: &str) -> Result<Result<(), RedeliverRefusal>, sqlx::Error>;
+
+    // --- reading ---
+
+    async fn get(&self, id: &str) -> Result<Option<RequestRow>, sqlx::Error>;
+
+    /// One page, newest first, and the total that match.
+    async fn list(&self, query: &ListQuery) -> Result<(i64, Vec<RequestRow>), sqlx::Error>;
+
+    /// Every attempt for a request, oldest first.
+    async fn attempts(&self, id: &str) -> Result<Vec<AttemptRow>, sqlx::Error>;
+
+    /// Cluster-wide counts: requests by mode and status, deliveries by state, mean engine time.
+    async fn summary(&self) -> Result<Summary, sqlx::Error>;
+
+    /// Jobs waiting to be claimed, cluster-wide.
+    async fn backlog(&self) -> Result<u64, sqlx::Error>;
+
+    /// The replicas that beat within `within`, with their figures.
+    async fn replicas(&self, within: Duration) -> Result<Vec<ReplicaRow>, sqlx::Error>;
+
+    // --- upkeep ---
+
+    /// Deletes up to `batch` finished requests (and their attempts and keys) completed before
+    /// `before`, and expired idempotency keys. On PostgreSQL one replica at a time does this
+    /// (an advisory lock); the others get `Purged::skipped`.
+    async fn purge(&self, before: &str, keys_before: &str, batch: u32) -> Result<Purged, sqlx::Error>;
+
+    /// A real write round trip, for the health check.
+    async fn ping_write(&self, owner: &str) -> Result<(), sqlx::Error>;
+
+    /// The database's size on disk, and for SQLite the WAL's.
+    async fn storage(&self) -> Result<StorageFigures, sqlx::Error>;
+
+    /// Starts what tells this replica of work another replica made (PostgreSQL's LISTEN); the
+    /// SQLite store has no other replica to hear from.
+    fn listen(&self, wake: &Wakeups, liveness: &Liveness);
+
+    /// Stops the backend's own tasks and closes every connection (SQLite empties its WAL).
+    async fn close(&self);
+}
+
+/// How a replica learns that there is work: new jobs, and deliveries that became due.
+#[derive(Debug, Clone, Default)]
+pub struct Wakeups {
+    pub jobs: Arc<Notify>,
+    pub deliveries: Arc<Notify>,
+}
+
+/// Which backend a store is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+impl Backend {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Sqlite => "sqlite",
+            Self::Postgres => "postgres",
+        }
+    }
+}
+
+/// An async job to store.
+#[derive(Debug, Clone)]
+pub struct NewJob {
+    pub id: String,
+    pub payload: Value,
+    pub callback_url: Option<String>,
+    pub client_ip: String,
+    /// RFC 3339 UTC.
+    pub created_at: String,
+}
+
+/// A sync request to store as it starts.
+#[derive(Debug, Clone)]
+pub struct NewSync {
+    pub id: String,
+    pub payload: Value,
+    pub client_ip: String,
+    /// RFC 3339 UTC; also its start.
+    pub created_at: String,
+}
+
+/// An idempotency key to remember with the request it produced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyClaim {
+    /// Keys are per client (or per tenant): the same key from two clients is two keys.
+    pub scope: String,
+    pub key: String,
+    /// SHA-256 of the request body: the same key with another body is refused.
+    pub body_hash: String,
+    /// Records created before this are expired and may be replaced.
+    pub not_before: String,
+}
+
+/// A remembered key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredKey {
+    pub body_hash: String,
+    pub request_id: String,
+}
+
+/// What became of a submission.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Accepted {
+    /// Committed: the job is on disk.
+    Stored,
+    /// `backlog_limit` jobs were waiting; nothing was stored.
+    BacklogFull,
+    /// A live record of the key exists; nothing was stored.
+    KeyTaken,
+}
+
+/// How a run ended, to store.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Completion {
+    pub status: Status,
+    pub result: Option<Value>,
+    pub error: Option<String>,
+    /// RFC 3339 UTC.
+    pub completed_at: String,
+    pub execution_time_ms: Option<f64>,
+}
+
+/// A job or delivery held under a lease: its id and the attempt that holds it (the fencing
+/// token).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Lease {
+    pub id: String,
+    pub attempt: i64,
+}
+
+/// A claimed job, ready to run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClaimedJob {
+    pub lease: Lease,
+    pub payload: Value,
+    pub callback_url: Option<String>,
+}
+
+/// How a claimed job ended.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JobFinish {
+    pub lease: Lease,
+    pub completion: Completion,
+}
+
+/// Every lease a replica holds.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Held {
+    pub jobs: Vec<Lease>,
+    pub sync: Vec<Lease>,
+    pub deliveries: Vec<Lease>,
+}
+
+impl Held {
+    pub fn is_empty(&self) -> bool {
+        self.jobs.is_empty() && self.sync.is_empty() && self.deliveries.is_empty()
+    }
+}
+
+/// What a replica reports of itself at each heartbeat.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplicaBeat {
+    pub workers: u32,
+    pub workers_busy: u32,
+    pub sync_in_flight: u32,
+    pub sync_max: u32,
+}
+
+/// A replica as the database last heard of it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReplicaRow {
+    pub id: String,
+    /// RFC 3339 UTC.
+    pub started_at: String,
+    pub last_seen_at: String,
+    pub workers: u32,
+    pub workers_busy: u32,
+    pub sync_in_flight: u32,
+    pub sync_max: u32,
+}
+
+/// What a rescue did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Rescued {
+    pub jobs_requeued: u64,
+    pub jobs_failed: u64,
+    pub sync_failed: u64,
+    pub deliveries_requeued: u64,
+    pub deliveries_failed: u64,
+}
+
+impl Rescued {
+    pub fn total(&self) -> u64 {
+        self.jobs_requeued + self.jobs_failed + self.sync_failed + self.deliveries_requeued + self.deliveries_failed
+    }
+}
+
+/// A claimed delivery, with everything its attempt needs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClaimedDelivery {
+    pub lease: Lease,
+    pub callback_url: String,
+    /// Attempts made so far, over every round.
+    pub attempts: i64,
+    /// `attempts` when the current round began.
+    pub round_start: i64,
+    /// The job's outcome, the callback's body.
+    pub status: Status,
+    pub result: Option<Value>,
+    pub error: Option<String>,
+    pub execution_time_ms: Option<f64>,
+    pub completed_at: Option<String>,
+}
+
+/// One delivery attempt, as stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AttemptRow {
+    /// 1, 2, 3... across every round.
+    pub number: i64,
+    /// RFC 3339 UTC.
+    pub attempted_at: String,
+    pub duration_ms: f64,
+    /// `None` when no HTTP answer came back.
+    pub status_code: Option<i64>,
+    /// `None` on success; otherwise `timeout`, `connect`, `http_status`, `redirect` or `refused`.
+    pub error_class: Option<String>,
+    pub error: Option<String>,
+}
+
+/// Where a delivery goes after an attempt.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AfterAttempt {
+    /// `pending` (another attempt at `due_in`), `delivered` or `failed`.
+    pub status: DeliveryStatus,
+    /// How long until the next attempt, from the database's clock; with `pending` only.
+    pub due_in: Option<Duration>,
+}
+
+/// Why a redelivery was not started.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RedeliverRefusal {
+    NotFound,
+    /// The request has no callback (false), or its delivery is not `failed` (its status).
+    NotFailed(Option<DeliveryStatus>, bool),
+}
+
+/// A stored request, with its delivery when it has one.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RequestRow {
+    pub id: String,
+    pub mode: Mode,
+    pub status: Status,
+    pub payload: Value,
+    pub result: Option<Value>,
+    pub error: Option<String>,
+    pub callback_url: Option<String>,
+    /// RFC 3339 UTC, as every timestamp here.
+    pub created_at: String,
+    pub started_at: Option<String>,
+    pub completed_at: Option<String>,
+    pub execution_time_ms: Option<f64>,
+    pub delivery: Option<DeliveryRow>,
+}
+
+/// A request's callback delivery.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeliveryRow {
+    pub status: DeliveryStatus,
+    /// Attempts made, over every round.
+    pub attempts: i64,
+    pub last_status_code: Option<i64>,
+    pub last_error: Option<String>,
+    /// When the next attempt is due, while `pending`.
+    pub next_attempt_at: Option<String>,
+}
+
+/// Which requests `list` returns.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ListQuery {
+    pub mode: Option<Mode>,
+    pub status: Option<Status>,
+    pub limit: u32,
+    pub offset: u32,
+}
+
+/// Counts for `/metrics`.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Summary {
+    /// Every (mode, status) pair with its count, zeros included.
+    pub requests: Vec<(Mode, Status, i64)>,
+    /// Deliveries by state: `pending` (first attempt not made), `retrying` (waiting for a
+    /// retry), `delivering`, `delivered`, `failed`.
+    pub deliveries: Vec<(&'static str, i64)>,
+    /// Mean engine time over `done` requests; `None` before the first one.
+    pub avg_execution_time_ms: Option<f64>,
+}
+
+impl Summary {
+    pub fn count(&self, mode: Option<Mode>, status: Option<Status>) -> i64 {
+        self.requests
+            .iter()
+            .filter(|(m, s, _)| mode.is_none_or(|want| *m == want) && status.is_none_or(|want| *s == want))
+            .map(|(_, _, n)| n)
+            .sum()
+    }
+
+    pub fn deliveries(&self, state: &str) -> i64 {
+        self.deliveries
+            .iter()
+            .filter(|(s, _)| *s == state)
+            .map(|(_, n)| n)
+            .sum()
+    }
+}
+
+/// The delivery states `Summary::deliveries` counts.
+pub const DELIVERY_STATES: [&str; 5] = ["pending", "retrying", "delivering", "delivered", "failed"];
+
+/// What a purge did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Purged {
+    pub requests: u64,
+    pub keys: u64,
+    /// Another replica holds the purge (PostgreSQL); nothing was done here.
+    pub skipped: bool,
+}
+
+/// Sizes on disk.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StorageFigures {
+    pub database_bytes: u64,
+    /// SQLite only.
+    pub wal: Option<super::sqlite::WalFigures>,
+}
