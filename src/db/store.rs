@@ -134,12 +134,29 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// The database's size on disk, and for SQLite the WAL's.
     async fn storage(&self) -> Result<StorageFigures, sqlx::Error>;
 
+    /// Takes one request from `key`'s budget in the cluster-wide rate limit (GCRA: a burst of
+    /// `burst`, refilled evenly over `window`), or `None` when the backend keeps no shared state:
+    /// on SQLite one server owns the database and its in-process limiter is the whole truth.
+    async fn take_rate_token(
+        &self,
+        key: &str,
+        burst: u32,
+        window: Duration,
+    ) -> Result<Option<RateVerdict>, sqlx::Error>;
+
     /// Starts what tells this replica of work another replica made (PostgreSQL's LISTEN); the
     /// SQLite store has no other replica to hear from.
     fn listen(&self, wake: &Wakeups, liveness: &Liveness);
 
     /// Stops the backend's own tasks and closes every connection (SQLite empties its WAL).
     async fn close(&self);
+}
+
+/// What the shared rate limit decided for one request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RateVerdict {
+    Allowed { remaining: u32 },
+    Refused { retry_after: Duration },
 }
 
 /// How a replica learns that there is work: new jobs, and deliveries that became due.

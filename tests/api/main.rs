@@ -1,6 +1,7 @@
 //! Integration tests: the real server on port 0, a temp SQLite file, real HTTP.
 
 mod helpers;
+mod pg;
 
 mod asynchronous;
 mod callbacks;

@@ -306,6 +306,15 @@ impl Store for SqliteStore {
         })
     }
 
+    async fn take_rate_token(
+        &self,
+        _key: &str,
+        _burst: u32,
+        _window: Duration,
+    ) -> Result<Option<RateVerdict>, sqlx::Error> {
+        Ok(None)
+    }
+
     fn listen(&self, _wake: &Wakeups, _liveness: &Liveness) {}
 
     async fn close(&self) {
