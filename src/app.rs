@@ -293,6 +293,7 @@ pub fn router(state: AppState) -> Router {
                 limiter: state.rate_limiter.clone(),
                 client_ip: ClientIpSource::from_ref(&state),
                 refused: state.metrics.rate_limited.clone(),
+                db: state.db.clone(),
             },
             rate_limit::enforce,
         ))
