@@ -89,8 +89,15 @@ pub fn is_transient(e: &sqlx::Error) -> bool {
             // SQLite: SQLITE_BUSY (5) and SQLITE_LOCKED (6), any extended code.
             let sqlite_busy = code.parse::<i32>().is_ok_and(|c| matches!(c & 0xff, 5 | 6));
             // PostgreSQL: connection exceptions (08xxx), shutdown and "cannot connect now"
-            // (57P01 to 57P03), serialization failures and deadlocks (40001, 40P01).
-            let postgres = code.starts_with("08") || code.starts_with("57P") || code == "40001" || code == "40P01";
+            // (57P01 to 57P03), too many connections and other resource limits (53xxx), a
+            // database closed to connections (55000 at connect), serialization failures and
+            // deadlocks (40001, 40P01).
+            let postgres = code.starts_with("08")
+                || code.starts_with("57P")
+                || code.starts_with("53")
+                || code == "55000"
+                || code == "40001"
+                || code == "40P01";
             sqlite_busy || postgres
         }
         _ => false,

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+use sync_async::config::{DatabaseUrl, Secret};
 use sync_async::db::Db;
 use sync_async::liveness::Liveness;
 use sync_async::state::AppState;
@@ -17,6 +18,8 @@ use sync_async_loadtest::receiver::{Received, Receiver, ReceiverOptions, Receive
 use tempfile::TempDir;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
+
+use crate::pg::TestDatabase;
 
 /// The longest any `wait_until` may take before the test fails: generous, because it only
 /// matters when something is broken.
@@ -29,6 +32,10 @@ pub(crate) struct TestApp {
     pub state: AppState,
     pub db_path: PathBuf,
     pub dir: Arc<TempDir>,
+    /// The settings it runs with (open a store on them to read what it wrote).
+    pub config: Config,
+    /// The PostgreSQL database, when it runs on one: dropped (and the database with it) last.
+    pub database: Option<Arc<TestDatabase>>,
     shutdown: Option<oneshot::Sender<()>>,
     server: Option<JoinHandle<anyhow::Result<()>>>,
 }
@@ -58,10 +65,57 @@ pub(crate) async fn spawn_app_with(customise: impl FnOnce(&mut Config)) -> TestA
     spawn_app_in(dir, config).await
 }
 
+/// Which store a test app runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// What a test app needs before it starts: a temp directory, settings, and on PostgreSQL a fresh
+/// database.
+pub(crate) struct TestSetup {
+    pub dir: Arc<TempDir>,
+    pub config: Config,
+    pub database: Option<Arc<TestDatabase>>,
+}
+
+impl TestSetup {
+    /// `None` when the backend is PostgreSQL and none answers (the test is skipped, in one line).
+    pub(crate) async fn new(backend: Backend) -> Option<Self> {
+        let dir = Arc::new(tempfile::tempdir().expect("temp dir"));
+        let mut config = test_config(&dir);
+        let database = match backend {
+            Backend::Sqlite => None,
+            Backend::Postgres => {
+                let test = std::thread::current().name().unwrap_or("a test").to_owned();
+                let database = TestDatabase::create(&test).await?;
+                config.database_url = Some(DatabaseUrl::Postgres(Secret::new(database.url.clone())));
+                Some(Arc::new(database))
+            }
+        };
+        Some(Self { dir, config, database })
+    }
+
+    pub(crate) async fn spawn(self) -> TestApp {
+        let mut app = spawn_app_in(self.dir, self.config).await;
+        app.database = self.database;
+        app
+    }
+}
+
+/// Starts an app on `backend` with `customise`d settings; `None` when it is PostgreSQL and none
+/// answers.
+pub(crate) async fn spawn_app_on(backend: Backend, customise: impl FnOnce(&mut Config)) -> Option<TestApp> {
+    let mut setup = TestSetup::new(backend).await?;
+    customise(&mut setup.config);
+    Some(setup.spawn().await)
+}
+
 /// Starts an app on an existing directory (restart tests reuse the database).
 pub(crate) async fn spawn_app_in(dir: Arc<TempDir>, config: Config) -> TestApp {
     let db_path = config.database_path.clone();
-    let app = App::build(config).await.expect("app builds");
+    let app = App::build(config.clone()).await.expect("app builds");
     let base_url = format!("http://{}", app.local_addr());
     let state = app.state().clone();
     let (tx, rx) = oneshot::channel::<()>();
@@ -74,6 +128,8 @@ pub(crate) async fn spawn_app_in(dir: Arc<TempDir>, config: Config) -> TestApp {
         state,
         db_path,
         dir,
+        config,
+        database: None,
         shutdown: Some(tx),
         server: Some(server),
     }

@@ -3,14 +3,10 @@
 mod helpers;
 mod pg;
 
-mod asynchronous;
-mod callbacks;
+mod cluster;
 mod config_cli;
 mod docs;
-mod errors;
-mod observability;
-mod rate_limit;
+mod on_postgres;
+mod on_sqlite;
 mod recovery;
-mod requests;
 mod storage;
-mod sync;

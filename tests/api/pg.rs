@@ -48,18 +48,23 @@ impl TestDatabase {
     /// Runs `sql` against this database from outside the app (to terminate its connections, or
     /// to read what the cluster did), returning the first column of every row as text.
     pub(crate) async fn query_as_admin(&self, sql: &str) -> Vec<Option<String>> {
-        let mut conn = PgConnection::connect(&admin_url()).await.expect("admin connection");
-        let rows: Vec<(Option<String>,)> = sqlx::query_as(sqlx::AssertSqlSafe(sql.replace("$DB", &self.name)))
-            .fetch_all(&mut conn)
-            .await
-            .expect("admin query");
-        let _ = conn.close().await;
-        rows.into_iter().map(|(v,)| v).collect()
+        Self::query_on(&admin_url(), &sql.replace("$DB", &self.name)).await
     }
 
-    /// The database's name, for admin statements.
-    pub(crate) fn name(&self) -> &str {
-        &self.name
+    /// Runs `sql` in this database (to read what the cluster stored), returning the first column
+    /// of every row as text.
+    pub(crate) async fn query(&self, sql: &str) -> Vec<Option<String>> {
+        Self::query_on(&self.url, sql).await
+    }
+
+    async fn query_on(url: &str, sql: &str) -> Vec<Option<String>> {
+        let mut conn = PgConnection::connect(url).await.expect("a connection");
+        let rows: Vec<(Option<String>,)> = sqlx::query_as(sqlx::AssertSqlSafe(sql.to_owned()))
+            .fetch_all(&mut conn)
+            .await
+            .expect("the query runs");
+        let _ = conn.close().await;
+        rows.into_iter().map(|(v,)| v).collect()
     }
 }
 

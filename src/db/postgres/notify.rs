@@ -31,8 +31,7 @@ impl Announcer {
         for kind in ["jobs", "deliveries"] {
             let (announcer, pool) = (Arc::downgrade(&announcer), pool.clone());
             tokio::spawn(async move {
-                loop {
-                    let Some(news) = announcer.upgrade() else { break };
+                while let Some(news) = announcer.upgrade() {
                     let waiting = async {
                         match kind {
                             "jobs" => news.jobs.notified().await,

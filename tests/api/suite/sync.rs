@@ -4,11 +4,11 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::helpers::{problem, quick_payload, slow_payload, spawn_app, spawn_app_with, wait_until};
+use super::helpers::{problem, quick_payload, slow_payload, spawn_app, spawn_app_with, wait_until};
 
 #[tokio::test]
 async fn sync_returns_the_result_and_stores_a_done_row() {
-    let app = spawn_app().await;
+    let Some(app) = spawn_app().await else { return };
 
     let response = app
         .post_json(
@@ -34,7 +34,7 @@ async fn sync_returns_the_result_and_stores_a_done_row() {
 
 #[tokio::test]
 async fn the_same_payload_always_gives_the_same_result() {
-    let app = spawn_app().await;
+    let Some(app) = spawn_app().await else { return };
     let payloads = [
         json!({"operation": "hash", "complexity": 1, "data": {"input": "abc"}}),
         json!({"operation": "matrix", "complexity": 1, "data": {"size": 3}}),
@@ -52,7 +52,9 @@ async fn the_same_payload_always_gives_the_same_result() {
 
 #[tokio::test]
 async fn a_busy_server_answers_503_at_once_and_stores_nothing() {
-    let app = spawn_app_with(|c| c.max_sync_concurrency = 1).await;
+    let Some(app) = spawn_app_with(|c| c.max_sync_concurrency = 1).await else {
+        return;
+    };
     let holder = {
         let (client, url) = (app.client.clone(), app.url("/sync"));
         tokio::spawn(async move { client.post(url).json(&json!({"payload": slow_payload()})).send().await })
@@ -81,7 +83,9 @@ async fn a_busy_server_answers_503_at_once_and_stores_nothing() {
 
 #[tokio::test]
 async fn a_client_that_disconnects_cancels_its_work_and_the_row_ends_failed() {
-    let app = spawn_app_with(|c| c.max_sync_concurrency = 1).await;
+    let Some(app) = spawn_app_with(|c| c.max_sync_concurrency = 1).await else {
+        return;
+    };
     let holder = {
         let (client, url) = (app.client.clone(), app.url("/sync"));
         tokio::spawn(async move { client.post(url).json(&json!({"payload": slow_payload()})).send().await })
@@ -110,7 +114,9 @@ async fn a_client_that_disconnects_cancels_its_work_and_the_row_ends_failed() {
 
 #[tokio::test]
 async fn work_past_the_timeout_gets_504_and_its_cpu_is_already_free() {
-    let app = spawn_app_with(|c| c.work_timeout = Duration::from_millis(300)).await;
+    let Some(app) = spawn_app_with(|c| c.work_timeout = Duration::from_millis(300)).await else {
+        return;
+    };
 
     let response = app.post_json("/sync", &json!({"payload": slow_payload()})).await;
 
@@ -139,14 +145,19 @@ async fn work_past_the_timeout_gets_504_and_its_cpu_is_already_free() {
 
 #[tokio::test]
 async fn a_graceful_stop_lets_an_in_flight_sync_request_finish() {
-    let app = spawn_app().await;
+    let Some(app) = spawn_app().await else { return };
     let in_flight = {
         let (client, url) = (app.client.clone(), app.url("/sync"));
         let body = json!({"payload": {"operation": "prime", "complexity": 2}});
         tokio::spawn(async move { client.post(url).json(&body).send().await })
     };
     wait_until("the request is running", || async { app.state.sync_in_flight() == 1 }).await;
-    let (base_url, db_path, _dir) = (app.base_url.clone(), app.db_path.clone(), app.dir.clone());
+    let (base_url, config, _dir, _database) = (
+        app.base_url.clone(),
+        app.config.clone(),
+        app.dir.clone(),
+        app.database.clone(),
+    );
 
     app.stop().await;
 
@@ -157,11 +168,7 @@ async fn a_graceful_stop_lets_an_in_flight_sync_request_finish() {
     assert_eq!(response.status(), 200);
     let refused = reqwest::get(format!("{base_url}/healthz")).await;
     assert!(refused.is_err(), "the listener is closed after a stop");
-    let config = sync_async::Config {
-        database_path: db_path,
-        ..sync_async::Config::default()
-    };
-    let store = crate::helpers::open_store(&config).await;
+    let store = super::helpers::open_store(&config).await;
     let summary = store.summary().await.expect("summary");
     assert_eq!(summary.count(None, Some(sync_async::model::Status::Done)), 1);
     store.close().await;

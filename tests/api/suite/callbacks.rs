@@ -5,15 +5,14 @@ use base64::Engine;
 use hmac::{KeyInit, Mac};
 use serde_json::{Value, json};
 use std::time::Duration;
-use sync_async::Config;
 
 use sync_async::db::{Accepted, Completion, JobFinish, NewJob};
 use sync_async::model::Status;
 use sync_async::signing::SigningKey;
 use sync_async_loadtest::receiver::ReceiverOptions;
 
-use crate::helpers::{
-    TestReceiver, open_store, problem, quick_payload, spawn_app, spawn_app_in, spawn_app_with, test_config, wait_until,
+use super::helpers::{
+    BACKEND, TestReceiver, TestSetup, open_store, problem, quick_payload, spawn_app, spawn_app_with, wait_until,
 };
 
 const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
@@ -36,7 +35,10 @@ fn independently_verify(secret: &str, id: &str, timestamp: &str, body: &[u8], he
 
 #[tokio::test]
 async fn a_callback_arrives_with_the_result_and_signed_standard_webhooks_headers() {
-    let app = spawn_app_with(|c| c.callback_signing_key = Some(SigningKey::parse(SECRET).expect("secret"))).await;
+    let Some(app) = spawn_app_with(|c| c.callback_signing_key = Some(SigningKey::parse(SECRET).expect("secret"))).await
+    else {
+        return;
+    };
     let mut receiver = TestReceiver::reliable().await;
 
     let (status, accepted) = app
@@ -77,11 +79,14 @@ async fn a_callback_arrives_with_the_result_and_signed_standard_webhooks_headers
 
 #[tokio::test]
 async fn a_receiver_that_verifies_signatures_rejects_a_wrong_secret_with_401() {
-    let app = spawn_app_with(|c| {
+    let Some(app) = spawn_app_with(|c| {
         c.callback_signing_key = Some(SigningKey::parse("whsec_c2VjcmV0LW9mLWFub3RoZXItc2VydmljZQ==").expect("secret"));
         c.max_callback_retries = 0;
     })
-    .await;
+    .await
+    else {
+        return;
+    };
     let key = SigningKey::parse(SECRET).expect("secret");
     let receiver = TestReceiver::start(ReceiverOptions {
         secret: Some(key),
@@ -99,7 +104,7 @@ async fn a_receiver_that_verifies_signatures_rejects_a_wrong_secret_with_401() {
 
 #[tokio::test]
 async fn a_receiver_that_fails_twice_then_succeeds_gets_three_recorded_attempts() {
-    let app = spawn_app().await;
+    let Some(app) = spawn_app().await else { return };
     let mut receiver = TestReceiver::start(ReceiverOptions {
         fail_first: 2,
         fail_status: 503,
@@ -140,7 +145,9 @@ async fn a_receiver_that_fails_twice_then_succeeds_gets_three_recorded_attempts(
 
 #[tokio::test]
 async fn a_receiver_that_always_fails_ends_failed_and_redeliver_starts_a_new_round() {
-    let app = spawn_app_with(|c| c.max_callback_retries = 2).await;
+    let Some(app) = spawn_app_with(|c| c.max_callback_retries = 2).await else {
+        return;
+    };
     // Each callback's first three deliveries fail: the first round (1 + 2 retries) gives up.
     let mut receiver = TestReceiver::start(ReceiverOptions {
         fail_first: 3,
@@ -194,7 +201,7 @@ async fn a_receiver_that_always_fails_ends_failed_and_redeliver_starts_a_new_rou
 
 #[tokio::test]
 async fn redeliver_refuses_unknown_requests_and_requests_without_a_callback() {
-    let app = spawn_app().await;
+    let Some(app) = spawn_app().await else { return };
     let (status, _) = problem(
         app.client
             .post(app.url("/requests/nope/redeliver"))
@@ -227,7 +234,7 @@ async fn redeliver_refuses_unknown_requests_and_requests_without_a_callback() {
 
 #[tokio::test]
 async fn a_410_stops_retrying_after_one_attempt() {
-    let app = spawn_app().await;
+    let Some(app) = spawn_app().await else { return };
     let receiver = TestReceiver::start(ReceiverOptions {
         fail_rate: 1.0,
         fail_status: 410,
@@ -245,7 +252,7 @@ async fn a_410_stops_retrying_after_one_attempt() {
 
 #[tokio::test]
 async fn a_redirect_is_not_followed_and_fails_the_delivery() {
-    let app = spawn_app().await;
+    let Some(app) = spawn_app().await else { return };
     let receiver = TestReceiver::start(ReceiverOptions {
         fail_rate: 1.0,
         fail_status: 307,
@@ -266,7 +273,9 @@ async fn a_redirect_is_not_followed_and_fails_the_delivery() {
 #[tokio::test]
 async fn a_receiver_retry_after_is_honoured_within_the_cap() {
     let cap = std::time::Duration::from_millis(50);
-    let app = spawn_app_with(|c| c.callback_max_retry_after = cap).await;
+    let Some(app) = spawn_app_with(|c| c.callback_max_retry_after = cap).await else {
+        return;
+    };
     let options = ReceiverOptions {
         fail_first: 1,
         fail_status: 429,
@@ -295,11 +304,14 @@ async fn a_receiver_retry_after_is_honoured_within_the_cap() {
 
 #[tokio::test]
 async fn a_receiver_slower_than_the_callback_timeout_gets_timeout_attempts() {
-    let app = spawn_app_with(|c| {
+    let Some(app) = spawn_app_with(|c| {
         c.callback_timeout = std::time::Duration::from_millis(100);
         c.max_callback_retries = 1;
     })
-    .await;
+    .await
+    else {
+        return;
+    };
     let slow = TestReceiver::start(ReceiverOptions {
         delay: std::time::Duration::from_secs(2),
         ..ReceiverOptions::default()
@@ -319,7 +331,9 @@ async fn a_receiver_slower_than_the_callback_timeout_gets_timeout_attempts() {
 
 #[tokio::test]
 async fn a_failed_job_is_delivered_with_its_error() {
-    let app = spawn_app_with(|c| c.work_timeout = std::time::Duration::from_millis(50)).await;
+    let Some(app) = spawn_app_with(|c| c.work_timeout = std::time::Duration::from_millis(50)).await else {
+        return;
+    };
     let mut receiver = TestReceiver::reliable().await;
     let (_, accepted) = app
         .submit_async(&json!({"payload": {"operation": "hash", "complexity": 10}, "callback_url": receiver.url()}))
@@ -335,11 +349,12 @@ async fn a_failed_job_is_delivered_with_its_error() {
 
 #[tokio::test]
 async fn a_policy_tightened_after_acceptance_refuses_the_delivery() {
-    let dir = std::sync::Arc::new(tempfile::tempdir().expect("temp dir"));
+    let Some(mut setup) = TestSetup::new(BACKEND).await else {
+        return;
+    };
     let receiver = TestReceiver::reliable().await;
     // A job accepted and finished while localhost was allowed, its callback not yet delivered.
-    let config = test_config(&dir);
-    let store = open_store(&config).await;
+    let store = open_store(&setup.config).await;
     let (id, now) = (
         sync_async::submission::new_request_id(),
         sync_async::db::timestamp(chrono::Utc::now()),
@@ -373,14 +388,8 @@ async fn a_policy_tightened_after_acceptance_refuses_the_delivery() {
     assert_eq!(stored, vec![true]);
     store.close().await;
 
-    let strict = spawn_app_in(
-        dir.clone(),
-        Config {
-            block_localhost: true,
-            ..config
-        },
-    )
-    .await;
+    setup.config.block_localhost = true;
+    let strict = setup.spawn().await;
 
     let record = strict.wait_for(&id, "/delivery/status", "failed").await;
     let attempts = strict.get_json(&format!("/requests/{id}/attempts")).await;
@@ -402,7 +411,9 @@ async fn a_name_that_resolves_to_loopback_is_refused_when_it_is_resolved() {
         eprintln!("skipped: this machine does not resolve ip6-localhost");
         return;
     }
-    let app = spawn_app_with(|c| c.block_localhost = true).await;
+    let Some(app) = spawn_app_with(|c| c.block_localhost = true).await else {
+        return;
+    };
     let (status, accepted) = app
         .submit_async(&json!({"payload": quick_payload(), "callback_url": "http://ip6-localhost:9/cb"}))
         .await;
@@ -416,7 +427,7 @@ async fn a_name_that_resolves_to_loopback_is_refused_when_it_is_resolved() {
 
 #[tokio::test]
 async fn sync_requests_never_get_a_delivery() {
-    let app = spawn_app().await;
+    let Some(app) = spawn_app().await else { return };
     let body: Value = app
         .post_json("/sync", &json!({"payload": quick_payload()}))
         .await

@@ -1,0 +1,435 @@
+//! PostgreSQL with several replicas: real server processes on one fresh database, killed and
+//! restarted; connections cut under a running replica; fencing and concurrent claims on the
+//! store itself; the backlog and the rate limit shared by two replicas. Each test skips in one
+//! line when no PostgreSQL answers (fails instead when `CI` is set).
+
+use std::collections::{HashMap, HashSet};
+use std::process::Child;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use sync_async::db::{Accepted, Completion, JobFinish, NewJob};
+use sync_async::model::Status;
+
+use crate::helpers::{
+    Backend, TestReceiver, TestSetup, fetch_json, kill_hard, open_store, quick_payload, spawn_app_in, start_server,
+    wait_until,
+};
+use crate::pg::TestDatabase;
+
+/// A server process that is killed when the test ends, however it ends.
+struct Replica {
+    child: Child,
+    addr: String,
+}
+
+impl Replica {
+    fn start(database: &TestDatabase, extra: &[(&str, String)]) -> Self {
+        let mut env = vec![
+            ("DATABASE_URL", database.url.clone()),
+            ("NUM_WORKERS", "2".to_owned()),
+            ("MAX_QUEUE_SIZE", "10000".to_owned()),
+            ("RATE_LIMIT_REQUESTS", "1000000".to_owned()),
+            ("LEASE_SECONDS", "2".to_owned()),
+            ("RESCUE_INTERVAL_SECONDS", "0.5".to_owned()),
+            ("CALLBACK_RETRY_UNIT_MS", "1".to_owned()),
+        ];
+        env.extend(extra.iter().map(|(k, v)| (*k, v.clone())));
+        let (child, addr) = start_server(&env);
+        Self { child, addr }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+}
+
+impl Drop for Replica {
+    fn drop(&mut self) {
+        // SIGKILL (a replica killed earlier in the test is already gone: nothing to do).
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A job of some tens of milliseconds, so that a replica killed mid-run holds some.
+fn short_job(callback_url: &str) -> Value {
+    json!({"payload": {"operation": "prime", "complexity": 1, "data": {"n": 15000}}, "callback_url": callback_url})
+}
+
+async fn submit(client: &reqwest::Client, url: &str, body: &Value) -> String {
+    let response = client.post(url).json(body).send().await.expect("sent");
+    assert_eq!(response.status(), 202);
+    let accepted: Value = response.json().await.expect("json");
+    accepted["request_id"].as_str().expect("id").to_owned()
+}
+
+/// Every job's claims, in order: the owners in `attempted_by`.
+async fn claims(database: &TestDatabase) -> HashMap<String, Vec<String>> {
+    database
+        .query("SELECT id || ' ' || array_to_string(attempted_by, ' ') FROM requests")
+        .await
+        .into_iter()
+        .flatten()
+        .map(|line| {
+            let mut words = line.split(' ').map(str::to_owned);
+            let id = words.next().expect("id");
+            (id, words.collect())
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_replicas_finish_every_job_through_a_kill_9_and_a_restart() {
+    let Some(database) = TestDatabase::create("three_replicas_finish_every_job").await else {
+        return;
+    };
+    let mut receiver = TestReceiver::reliable().await;
+    let mut replicas: Vec<Replica> = (0..3).map(|_| Replica::start(&database, &[])).collect();
+    let client = reqwest::Client::new();
+    let victim_id = fetch_json(&client, &replicas[0].url("/metrics")).await["replica"]["id"]
+        .as_str()
+        .expect("replica id")
+        .to_owned();
+
+    let body = short_job(&receiver.url());
+    let mut submissions = tokio::task::JoinSet::new();
+    for n in 0..300 {
+        let (client, url, body) = (client.clone(), replicas[n % 3].url("/async"), body.clone());
+        submissions.spawn(async move { submit(&client, &url, &body).await });
+    }
+    let ids = submissions.join_all().await;
+    let mut deliveries: HashMap<String, u32> = HashMap::new();
+    while deliveries.len() < 60 {
+        *deliveries.entry(receiver.next().await.webhook_id).or_default() += 1;
+    }
+    // Mid-run: the victim holds jobs (or deliveries) under leases it will never finish.
+    kill_hard(&mut replicas[0].child);
+    replicas[0] = Replica::start(&database, &[]);
+    let restarted_id = fetch_json(&client, &replicas[0].url("/metrics")).await["replica"]["id"]
+        .as_str()
+        .expect("replica id")
+        .to_owned();
+
+    while deliveries.len() < ids.len() {
+        *deliveries.entry(receiver.next().await.webhook_id).or_default() += 1;
+    }
+
+    assert_eq!(
+        deliveries.keys().cloned().collect::<HashSet<_>>(),
+        ids.iter().cloned().collect::<HashSet<_>>()
+    );
+    let unfinished = database
+        .query("SELECT count(*)::text FROM requests WHERE status <> 'done'")
+        .await;
+    assert_eq!(unfinished, vec![Some("0".to_owned())]);
+    let undelivered = database
+        .query("SELECT count(*)::text FROM deliveries WHERE status <> 'delivered'")
+        .await;
+    assert_eq!(undelivered, vec![Some("0".to_owned())]);
+    let claims = claims(&database).await;
+    assert_eq!(claims.len(), 300);
+    let taken_over = database
+        .query(
+            "SELECT ((SELECT count(*) FROM requests WHERE cardinality(attempted_by) > 1) + \
+                     (SELECT count(*) FROM deliveries WHERE cardinality(attempted_by) > 1))::text",
+        )
+        .await;
+    assert_ne!(
+        taken_over,
+        vec![Some("0".to_owned())],
+        "the kill came while the victim held work"
+    );
+    for (id, owners) in &claims {
+        // Every claim but the last was the victim's: only its leases were ever taken over, so no
+        // job had two live holders, and the restarted replica re-ran only what the victim held.
+        let (_last, earlier) = owners.split_last().expect("claimed at least once");
+        assert!(
+            earlier.iter().all(|owner| *owner == victim_id),
+            "job {id} was claimed by {owners:?}; only {victim_id} died"
+        );
+        assert!(
+            !(owners.contains(&restarted_id) && earlier.iter().any(|o| *o != victim_id)),
+            "the restarted replica took over a live replica's job {id}: {owners:?}"
+        );
+    }
+    let delivery_claims: HashMap<String, Vec<String>> = database
+        .query("SELECT request_id || ' ' || array_to_string(attempted_by, ' ') FROM deliveries")
+        .await
+        .into_iter()
+        .flatten()
+        .map(|line| {
+            let mut words = line.split(' ').map(str::to_owned);
+            (words.next().expect("id"), words.collect())
+        })
+        .collect();
+    for (id, times) in &deliveries {
+        if *times > 1 {
+            let job_rerun = claims[id].len() > 1;
+            let delivery_taken_over = delivery_claims[id].iter().any(|o| *o == victim_id);
+            assert!(
+                job_rerun || delivery_taken_over,
+                "{id} was delivered {times} times without the victim holding it"
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cut_database_connections_show_in_health_and_the_work_finishes_without_a_restart() {
+    let Some(setup) = TestSetup::new(Backend::Postgres).await else {
+        return;
+    };
+    let database = setup.database.clone().expect("a PostgreSQL setup");
+    let mut receiver = TestReceiver::reliable().await;
+    let mut config = setup.config.clone();
+    config.lease = Duration::from_secs(2);
+    config.rescue_interval = Duration::from_millis(500);
+    let app = spawn_app_in(setup.dir.clone(), config).await;
+    let body = json!({"payload": quick_payload(), "callback_url": receiver.url()});
+    let mut ids = HashSet::new();
+    for _ in 0..50 {
+        let (status, accepted) = app.submit_async(&body).await;
+        assert_eq!(status, 202, "{accepted}");
+        ids.insert(accepted["request_id"].as_str().expect("id").to_owned());
+    }
+
+    // The fault: no new connections, and every open one terminated.
+    database
+        .query_as_admin("ALTER DATABASE $DB ALLOW_CONNECTIONS false")
+        .await;
+    database
+        .query_as_admin(
+            "SELECT pg_terminate_backend(pid)::text FROM pg_stat_activity \
+             WHERE datname = '$DB' AND pid <> pg_backend_pid()",
+        )
+        .await;
+    wait_until("/healthz reports the lost database", || async {
+        let response = app.get("/healthz").await;
+        let body: Value = response.json().await.unwrap_or_default();
+        body["status"] == 503 && body["database"] == "unavailable"
+    })
+    .await;
+    let (status, refused) = app.submit_async(&body).await;
+    assert_eq!(status, 503, "{refused}");
+
+    database
+        .query_as_admin("ALTER DATABASE $DB ALLOW_CONNECTIONS true")
+        .await;
+    wait_until("/healthz is ok again", || async {
+        app.get("/healthz").await.status() == 200
+    })
+    .await;
+    let mut delivered = HashSet::new();
+    while delivered.len() < ids.len() {
+        delivered.insert(receiver.next().await.webhook_id);
+    }
+    assert_eq!(delivered, ids);
+    app.stop().await;
+}
+
+fn finish(lease: sync_async::db::Lease, result: Value) -> JobFinish {
+    JobFinish {
+        lease,
+        completion: Completion {
+            status: Status::Done,
+            result: Some(result),
+            error: None,
+            completed_at: sync_async::db::timestamp(chrono::Utc::now()),
+            execution_time_ms: Some(1.0),
+        },
+    }
+}
+
+fn new_job() -> NewJob {
+    NewJob {
+        id: sync_async::submission::new_request_id(),
+        payload: quick_payload(),
+        callback_url: None,
+        client_ip: "127.0.0.1".to_owned(),
+        created_at: sync_async::db::timestamp(chrono::Utc::now()),
+    }
+}
+
+#[tokio::test]
+async fn a_holder_whose_lease_expired_cannot_overwrite_the_newer_attempt() {
+    let Some(setup) = TestSetup::new(Backend::Postgres).await else {
+        return;
+    };
+    let store = open_store(&setup.config).await;
+    let job = new_job();
+    assert_eq!(
+        store.accept_job(&job, None, 10).await.expect("accept"),
+        Accepted::Stored
+    );
+    let first = store
+        .claim_jobs("replica-a", 1, Duration::from_millis(300))
+        .await
+        .expect("claim");
+    assert_eq!(first.len(), 1);
+    wait_until(
+        "replica-a's lease has expired and the rescuer requeued the job",
+        || async { store.rescue(5, false).await.expect("rescue").jobs_requeued == 1 },
+    )
+    .await;
+    let second = store
+        .claim_jobs("replica-b", 1, Duration::from_secs(30))
+        .await
+        .expect("claim");
+    assert_eq!(second[0].lease.attempt, first[0].lease.attempt + 1);
+
+    let stale = store
+        .finish_jobs("replica-a", &[finish(first[0].lease.clone(), json!({"by": "a"}))])
+        .await
+        .expect("finish");
+    let fresh = store
+        .finish_jobs("replica-b", &[finish(second[0].lease.clone(), json!({"by": "b"}))])
+        .await
+        .expect("finish");
+
+    assert_eq!((stale, fresh), (vec![false], vec![true]));
+    let stored = store.get(&job.id).await.expect("get").expect("row");
+    assert_eq!(stored.result, Some(json!({"by": "b"})));
+    store.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_concurrent_claimers_never_get_the_same_job_attempt() {
+    let Some(setup) = TestSetup::new(Backend::Postgres).await else {
+        return;
+    };
+    let store = open_store(&setup.config).await;
+    let jobs: Vec<NewJob> = (0..400).map(|_| new_job()).collect();
+    for job in &jobs {
+        store.accept_job(job, None, 1_000).await.expect("accept");
+    }
+    let claimers = (0..8).map(|n| {
+        let store = store.clone();
+        tokio::spawn(async move {
+            let mut got = Vec::new();
+            loop {
+                let claimed = store
+                    .claim_jobs(&format!("claimer-{n}"), 7, Duration::from_secs(30))
+                    .await
+                    .expect("claim");
+                if claimed.is_empty() {
+                    break got;
+                }
+                got.extend(claimed.into_iter().map(|c| (c.lease.id, c.lease.attempt)));
+            }
+        })
+    });
+    let mut all = Vec::new();
+    for claimer in claimers {
+        all.extend(claimer.await.expect("claimer"));
+    }
+    let unique: HashSet<_> = all.iter().cloned().collect();
+    assert_eq!(all.len(), 400, "every job claimed once");
+    assert_eq!(unique.len(), 400, "no (job, attempt) twice");
+    store.close().await;
+}
+
+/// Two replicas (in this process) on one database.
+async fn two_replicas(customise: impl Fn(&mut sync_async::Config)) -> Option<[crate::helpers::TestApp; 2]> {
+    let setup = TestSetup::new(Backend::Postgres).await?;
+    let mut config = setup.config.clone();
+    customise(&mut config);
+    let first = spawn_app_in(setup.dir.clone(), config.clone()).await;
+    let second = spawn_app_in(Arc::new(tempfile::tempdir().expect("dir")), config).await;
+    let mut apps = [first, second];
+    apps[0].database = setup.database.clone();
+    apps[1].database = setup.database;
+    Some(apps)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_share_one_backlog_limit() {
+    const LIMIT: usize = 30;
+    let Some(apps) = two_replicas(|c| {
+        c.max_queue_size = LIMIT;
+        c.num_workers = 1;
+    })
+    .await
+    else {
+        return;
+    };
+    // Both workers busy for seconds, so nothing leaves the backlog while it fills.
+    let slow = json!({"payload": {"operation": "hash", "complexity": 10}});
+    for app in &apps {
+        let (status, _) = app.submit_async(&slow).await;
+        assert_eq!(status, 202);
+    }
+    wait_until("both workers are busy", || async {
+        let mut busy = 0;
+        for app in &apps {
+            busy += app.metrics().await["workers"]["busy"].as_u64().unwrap_or(0);
+        }
+        busy == 2
+    })
+    .await;
+
+    let quick = json!({"payload": quick_payload()});
+    let submissions = (0..100).map(|n| {
+        let (client, url) = (apps[n % 2].client.clone(), apps[n % 2].url("/async"));
+        let quick = quick.clone();
+        tokio::spawn(async move {
+            client
+                .post(url)
+                .json(&quick)
+                .send()
+                .await
+                .expect("sent")
+                .status()
+                .as_u16()
+        })
+    });
+    let mut accepted = 0;
+    for submission in submissions {
+        match submission.await.expect("joined") {
+            202 => accepted += 1,
+            429 => {}
+            other => panic!("unexpected status {other}"),
+        }
+    }
+
+    // The documented bound: one group-commit batch per other replica, (N - 1) x 128.
+    assert!(
+        accepted >= LIMIT,
+        "{accepted} accepted; the backlog had room for {LIMIT}"
+    );
+    assert!(accepted <= LIMIT + 128, "{accepted} accepted past a limit of {LIMIT}");
+    let backlog = apps[0].metrics().await["queue"]["size"].as_u64().expect("size") as usize;
+    assert_eq!(backlog, accepted);
+    for app in &apps {
+        let (status, _) = app.submit_async(&quick).await;
+        assert_eq!(status, 429, "a full cluster backlog refuses on every replica");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_together_admit_the_configured_rate() {
+    const BURST: u32 = 10;
+    let Some(apps) = two_replicas(|c| {
+        c.rate_limit_requests = BURST;
+        c.rate_limit_window = Duration::from_secs(600);
+    })
+    .await
+    else {
+        return;
+    };
+    let mut allowed = 0;
+    for n in 0..40 {
+        let status = apps[n % 2].get("/requests").await.status().as_u16();
+        match status {
+            200 => allowed += 1,
+            429 => {}
+            other => panic!("unexpected status {other}"),
+        }
+    }
+    // One request refills every 60 s: the test ends long before another is due.
+    assert_eq!(
+        allowed, BURST,
+        "two replicas admitted {allowed}, not the burst of {BURST}"
+    );
+}
