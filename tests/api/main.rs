@@ -1,4 +1,7 @@
-//! Integration tests: the real server on port 0, a temp SQLite file, real HTTP.
+//! Integration tests: the real server on port 0, a temp SQLite file or a fresh PostgreSQL
+//! database, real HTTP. The API suite (`suite/`) is compiled twice, once per backend
+//! (`on_sqlite`, `on_postgres`): loading its files twice is the point.
+#![allow(clippy::duplicate_mod)]
 
 mod helpers;
 mod pg;
