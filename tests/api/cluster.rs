@@ -167,7 +167,7 @@ async fn three_replicas_finish_every_job_through_a_kill_9_and_a_restart() {
     for (id, times) in &deliveries {
         if *times > 1 {
             let job_rerun = claims[id].len() > 1;
-            let delivery_taken_over = delivery_claims[id].iter().any(|o| *o == victim_id);
+            let delivery_taken_over = delivery_claims[id].contains(&victim_id);
             assert!(
                 job_rerun || delivery_taken_over,
                 "{id} was delivered {times} times without the victim holding it"
