@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use sync_async::model::{Mode, Status};
 
-use super::helpers::{TestApp, problem, quick_payload, slow_payload, spawn_app, spawn_app_with};
+use super::helpers::{TestApp, problem, quick_payload, slow_payload, spawn_app, spawn_app_with, wait_until};
 
 /// A request made through the API, finished: `done` with quick work, `failed` with work that
 /// passes the test app's 300 ms work timeout.
@@ -133,4 +133,28 @@ async fn metrics_totals_follow_requests_and_their_status_changes() {
     assert_eq!(after["by_mode"], json!({"sync": 1, "async": 1}));
     let done_ms = app.get_json(&format!("/requests/{done}")).await["execution_time_ms"].clone();
     assert_eq!(after["avg_execution_time_ms"], done_ms, "only the done row counts");
+}
+
+#[tokio::test]
+async fn finished_requests_are_deleted_after_the_retention_period() {
+    // Purged about a second after they finish (the purge runs every second at this setting).
+    let Some(app) = spawn_app_with(|c| c.retention = Some(Duration::from_millis(500))).await else {
+        return;
+    };
+    let (status, accepted) = app.submit_async(&json!({"payload": quick_payload()})).await;
+    assert_eq!(status, 202, "{accepted}");
+    let id = accepted["request_id"].as_str().expect("id").to_owned();
+    app.wait_for(&id, "/status", "done").await;
+
+    wait_until("the finished request is purged", || async {
+        app.get(&format!("/requests/{id}")).await.status() == 404
+    })
+    .await;
+
+    let metrics = app.metrics().await;
+    assert!(
+        metrics["replica"]["purged"].as_u64().is_some_and(|n| n >= 1),
+        "{metrics}"
+    );
+    assert_eq!(metrics["total_requests"], 0, "{metrics}");
 }

@@ -1,0 +1,72 @@
+#!/usr/bin/env bash
+# Issue 9's benchmarks, side by side in one run: durable acks/s at 30 connections and tiny jobs
+# end to end (prime with data.n = 1; without callbacks, then with them), on SQLite, then
+# PostgreSQL with one and with three replicas. Needs release binaries (cargo build --release)
+# and PostgreSQL at $PG (trust auth). Prints one line per measurement.
+#
+#   bash bench/cluster.sh [seconds per run, default 20]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+SECS=${1:-20}
+PG=${PG:-postgres://postgres@127.0.0.1:5432}
+BIN=target/release
+TMP=$(mktemp -d)
+PIDS=()
+cleanup() { for p in "${PIDS[@]:-}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$TMP"; }
+trap cleanup EXIT
+
+COMMON=(MAX_QUEUE_SIZE=100000000 RATE_LIMIT_REQUESTS=1000000000 LOG_LEVEL=error RETENTION_HOURS=0)
+
+start() { # start <port> <env...>
+  local port=$1; shift
+  env "${COMMON[@]}" PORT="$port" HOST=127.0.0.1 "$@" "$BIN/sync-async" >"$TMP/server-$port.log" 2>&1 &
+  PIDS+=($!)
+  for _ in $(seq 100); do curl -sf "http://127.0.0.1:$port/healthz" >/dev/null && return; sleep 0.1; done
+  echo "server on $port did not start" >&2; cat "$TMP/server-$port.log" >&2; exit 1
+}
+stop_all() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; PIDS=(); }
+done_count() { curl -s "http://127.0.0.1:$1/metrics" | python3 -c 'import json,sys; print(json.load(sys.stdin)["by_status"]["done"])'; }
+backlog() { curl -s "http://127.0.0.1:$1/metrics" | python3 -c 'import json,sys; d=json.load(sys.stdin)["queue"]; print(d["size"] + d["running"])'; }
+
+# run <label> <port...>: acks without callbacks, the drain (jobs end to end), then with callbacks
+run() {
+  local label=$1; shift
+  local urls=(); for p in "$@"; do urls+=(--url "http://127.0.0.1:$p"); done
+  local first=$1 before start_ns end_ns
+  before=$(done_count "$first"); start_ns=$(date +%s%N)
+  "$BIN/loadtest" --mode async --no-callback --concurrency 30 --duration "${SECS}s" --warmup 2s \
+    --operation prime --complexity 1 --data '{"n": 1}' "${urls[@]}" --quiet --json "$TMP/acks.json" >/dev/null
+  while [ "$(backlog "$first")" != 0 ]; do sleep 0.2; done
+  end_ns=$(date +%s%N)
+  local after; after=$(done_count "$first")
+  python3 - "$TMP/acks.json" "$label" "$before" "$after" "$start_ns" "$end_ns" <<'PY'
+import json, sys
+r = json.load(open(sys.argv[1]))["runs"][0]
+label, before, after, t0, t1 = sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]), int(sys.argv[6])
+l = r["latency"]
+print(f"{label:16} acks/s {r['throughput_rps']:8.0f}  ack p50 {l['p50_ms']:6.2f} ms  p99 {l['p99_ms']:6.2f} ms  "
+      f"jobs done/s (no callbacks) {(after - before) / ((t1 - t0) / 1e9):8.0f}")
+PY
+  "$BIN/loadtest" --mode async --concurrency 30 --duration "${SECS}s" --warmup 2s --callback-timeout 120s \
+    --operation prime --complexity 1 --data '{"n": 1}' "${urls[@]}" --callback-port 9123 --quiet --json "$TMP/cb.json" >/dev/null
+  python3 - "$TMP/cb.json" "$label" <<'PY'
+import json, sys
+r = json.load(open(sys.argv[1]))["runs"][0]
+c = r.get("callbacks") or {}
+print(f"{sys.argv[2]:16} with callbacks: acks/s {r['throughput_rps']:8.0f}  completed/s {r.get('completion_throughput_rps') or 0:8.0f}  "
+      f"callbacks {c}")
+PY
+}
+
+start 8101 DATABASE_PATH="$TMP/bench.db"
+run "sqlite" 8101
+stop_all
+
+for n in 1 3; do
+  db=sync_async_bench
+  psql "$PG/postgres" -qc "DROP DATABASE IF EXISTS $db WITH (FORCE)" -c "CREATE DATABASE $db" >/dev/null
+  ports=()
+  for i in $(seq "$n"); do start $((8110 + i)) DATABASE_URL="$PG/$db" REPLICA_NAME="r$i"; ports+=($((8110 + i))); done
+  run "postgres x$n" "${ports[@]}"
+  stop_all
+done
