@@ -116,7 +116,7 @@ pub(crate) async fn enforce(State(rate_limit): State<RateLimit>, mut req: Reques
         return next.run(req).await;
     }
     let limiter = &rate_limit.limiter;
-    match limiter.check(client.0) {
+    match limiter.check(client.ip) {
         Decision::Allowed { remaining } => {
             let mut response = next.run(req).await;
             let headers = response.headers_mut();

@@ -53,7 +53,7 @@ pub struct AppState {
 impl FromRef<AppState> for ClientIpSource {
     fn from_ref(state: &AppState) -> Self {
         ClientIpSource {
-            trust_forwarded_for: state.config.trust_forwarded_for,
+            trusted_proxies: state.config.trusted_proxies.clone(),
         }
     }
 }

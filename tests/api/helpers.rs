@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+use sync_async::config::TrustedProxies;
 use sync_async::db::Db;
 use sync_async::liveness::Liveness;
 use sync_async::state::AppState;
@@ -45,6 +46,12 @@ pub(crate) fn test_config(dir: &TempDir) -> Config {
         callback_timeout: Duration::from_secs(5),
         ..Config::default()
     }
+}
+
+/// TRUSTED_PROXIES=127.0.0.1/32: the tests' own requests come through a "proxy", so that an
+/// `X-Forwarded-For` header simulates a client on another machine.
+pub(crate) fn trust_loopback_proxy(config: &mut Config) {
+    config.trusted_proxies = TrustedProxies::parse(&["127.0.0.1/32"]).expect("a valid CIDR");
 }
 
 pub(crate) async fn spawn_app() -> TestApp {

@@ -8,6 +8,7 @@ mod callbacks;
 mod config_cli;
 mod docs;
 mod errors;
+mod loopback;
 mod observability;
 mod rate_limit;
 mod recovery;
