@@ -153,11 +153,16 @@ impl TestApp {
         }
     }
 
-    /// Graceful stop: stop accepting, drain, and wait for the app to finish.
-    pub(crate) async fn stop(mut self) {
+    /// Sends the shutdown signal and returns at once: the app drains on its own.
+    pub(crate) fn begin_stop(&mut self) {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }
+    }
+
+    /// Graceful stop: stop accepting, drain, and wait for the app to finish.
+    pub(crate) async fn stop(mut self) {
+        self.begin_stop();
         if let Some(server) = self.server.take() {
             server.await.expect("server task").expect("server stops cleanly");
         }

@@ -13,5 +13,6 @@ mod observability;
 mod rate_limit;
 mod recovery;
 mod requests;
+mod shutdown;
 mod storage;
 mod sync;
