@@ -303,6 +303,7 @@ fn with_layers(routes: Router<AppState>, state: &AppState) -> Router<AppState> {
                 limiter: state.rate_limiter.clone(),
                 client_ip: ClientIpSource::from_ref(state),
                 refused: state.metrics.rate_limited.clone(),
+                db: state.db.clone(),
             },
             rate_limit::enforce,
         ))

@@ -2,6 +2,11 @@
 //! evenly over RATE_LIMIT_WINDOW_SECONDS. Every answer carries `X-RateLimit-Limit` and
 //! `X-RateLimit-Remaining`; a refusal is a problem+json 429 with `Retry-After`. `/healthz` is
 //! exempt so that a busy client cannot make a load balancer think the service is down.
+//!
+//! On PostgreSQL the limit holds for the whole cluster: the same GCRA runs in the database (one
+//! upsert per request, see `db::Store::take_rate_token`), so N replicas together admit the
+//! configured rate, not N times it. If that write fails, the replica's own governor decides
+//! (fail open to the local limit rather than refuse everyone while the database is away).
 
 use std::net::{IpAddr, SocketAddr};
 use std::num::NonZeroU32;
@@ -20,6 +25,7 @@ use governor::{Quota, RateLimiter};
 use prometheus_client::metrics::counter::Counter;
 
 use crate::client_ip::ClientIpSource;
+use crate::db::{Db, RateVerdict};
 use crate::error::ApiError;
 
 /// Paths that never count against the limit.
@@ -32,6 +38,8 @@ pub(crate) struct ClientRateLimiter {
     limiter: KeyedLimiter,
     /// The burst size, reported as `X-RateLimit-Limit`.
     limit: u32,
+    /// The time the whole burst takes to refill.
+    window: Duration,
     clock: DefaultClock,
 }
 
@@ -55,6 +63,7 @@ impl ClientRateLimiter {
         Self {
             limiter,
             limit: burst.get(),
+            window,
             clock,
         }
     }
@@ -69,6 +78,24 @@ impl ClientRateLimiter {
                 Decision::Refused {
                     retry_after_secs: wait.as_secs_f64().ceil().max(1.0) as u64,
                 }
+            }
+        }
+    }
+
+    /// Decides with the cluster-wide state in `db` when the backend keeps one, else locally.
+    pub(crate) async fn check_shared(&self, db: &Db, ip: IpAddr) -> Decision {
+        match db
+            .take_rate_token(&limit_key(ip).to_string(), self.limit, self.window)
+            .await
+        {
+            Ok(Some(RateVerdict::Allowed { remaining })) => Decision::Allowed { remaining },
+            Ok(Some(RateVerdict::Refused { retry_after })) => Decision::Refused {
+                retry_after_secs: retry_after.as_secs_f64().ceil().max(1.0) as u64,
+            },
+            Ok(None) => self.check(ip),
+            Err(e) => {
+                tracing::debug!(error = %e, "the shared rate limit is out of reach; this replica's own limit decides");
+                self.check(ip)
             }
         }
     }
@@ -104,6 +131,8 @@ pub(crate) struct RateLimit {
     pub client_ip: ClientIpSource,
     /// Counts refusals (`sync_async_rate_limited` in the metrics).
     pub refused: Counter,
+    /// The store, whose shared limit applies on PostgreSQL.
+    pub db: Db,
 }
 
 /// The middleware: resolves the client IP once (handlers read it from the extensions), then
@@ -116,7 +145,7 @@ pub(crate) async fn enforce(State(rate_limit): State<RateLimit>, mut req: Reques
         return next.run(req).await;
     }
     let limiter = &rate_limit.limiter;
-    match limiter.check(client.ip) {
+    match limiter.check_shared(&rate_limit.db, client.ip).await {
         Decision::Allowed { remaining } => {
             let mut response = next.run(req).await;
             let headers = response.headers_mut();

@@ -2,6 +2,7 @@
 //! the embedded default) and PostgreSQL (`postgres/`, for several replicas on one database).
 //! All SQL in the project lives under this module, and what comes out of it are plain rows.
 
+pub mod postgres;
 pub mod sqlite;
 mod store;
 
@@ -46,7 +47,13 @@ pub async fn connect(target: &DatabaseTarget, liveness: &Liveness) -> Result<Db,
         DatabaseTarget::Sqlite { path, wal_limit_bytes } => {
             Ok(Db::new(sqlite::connect(path, *wal_limit_bytes, liveness).await?))
         }
-        DatabaseTarget::Postgres { .. } => Err(ConnectError(anyhow::anyhow!("PostgreSQL support is being built"))),
+        DatabaseTarget::Postgres {
+            url,
+            max_connections,
+            notify_interval,
+        } => Ok(Db::new(
+            postgres::connect(url.expose(), *max_connections, *notify_interval, liveness).await?,
+        )),
     }
 }
 

@@ -123,10 +123,11 @@ pub trait Store: Send + Sync + std::fmt::Debug {
 
     // --- upkeep ---
 
-    /// Deletes up to `batch` finished requests (and their attempts and keys) completed before
-    /// `before`, and expired idempotency keys. On PostgreSQL one replica at a time does this
-    /// (an advisory lock); the others get `Purged::skipped`.
-    async fn purge(&self, before: &str, keys_before: &str, batch: u32) -> Result<Purged, sqlx::Error>;
+    /// Deletes up to `round.batch` finished requests (and their attempts and keys) completed
+    /// before `round.before`, and expired idempotency keys. On PostgreSQL one replica at a time
+    /// does this (an advisory lock), and one round per interval for the cluster; the others get
+    /// `Purged::skipped`.
+    async fn purge(&self, round: PurgeRound<'_>) -> Result<Purged, sqlx::Error>;
 
     /// A real write round trip, for the health check.
     async fn ping_write(&self, owner: &str) -> Result<(), sqlx::Error>;
@@ -398,6 +399,23 @@ pub struct DeliveryRow {
     pub next_attempt_at: Option<String>,
 }
 
+impl DeliveryRow {
+    /// A request with a callback has no delivery row until its job finishes: it is pending.
+    pub fn or_waiting(delivery: Option<Self>, has_callback: bool) -> Option<Self> {
+        match (has_callback, delivery) {
+            (false, _) => None,
+            (true, Some(delivery)) => Some(delivery),
+            (true, None) => Some(DeliveryRow {
+                status: DeliveryStatus::Pending,
+                attempts: 0,
+                last_status_code: None,
+                last_error: None,
+                next_attempt_at: None,
+            }),
+        }
+    }
+}
+
 /// Which requests `list` returns.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ListQuery {
@@ -420,6 +438,33 @@ pub struct Summary {
 }
 
 impl Summary {
+    /// Builds the summary from stored totals: (mode, status, count, engine ms sum, timed count)
+    /// rows and (delivery state, count) rows; missing pairs count zero.
+    pub fn from_totals(requests: &[(String, String, i64, f64, i64)], deliveries: &[(String, i64)]) -> Self {
+        use strum::VariantArray;
+        let mut summary = Summary::default();
+        for &mode in Mode::VARIANTS {
+            for &status in Status::VARIANTS {
+                let count = requests
+                    .iter()
+                    .filter(|r| r.0 == mode.as_str() && r.1 == status.as_str())
+                    .map(|r| r.2)
+                    .sum();
+                summary.requests.push((mode, status, count));
+            }
+        }
+        for state in DELIVERY_STATES {
+            let count = deliveries.iter().filter(|(s, _)| s == state).map(|(_, n)| *n).sum();
+            summary.deliveries.push((state, count));
+        }
+        let (time_sum, timed) = requests
+            .iter()
+            .filter(|r| r.1 == Status::Done.as_str())
+            .fold((0.0, 0i64), |(sum, n), r| (sum + r.3, n + r.4));
+        summary.avg_execution_time_ms = (timed > 0).then(|| time_sum / timed as f64);
+        summary
+    }
+
     pub fn count(&self, mode: Option<Mode>, status: Option<Status>) -> i64 {
         self.requests
             .iter()
@@ -439,6 +484,19 @@ impl Summary {
 
 /// The delivery states `Summary::deliveries` counts.
 pub const DELIVERY_STATES: [&str; 5] = ["pending", "retrying", "delivering", "delivered", "failed"];
+
+/// One purge batch.
+#[derive(Debug, Clone, Copy)]
+pub struct PurgeRound<'a> {
+    /// Requests completed before this (RFC 3339 UTC) go.
+    pub before: &'a str,
+    /// Idempotency keys created before this go.
+    pub keys_before: &'a str,
+    pub batch: u32,
+    /// On the first batch of a round: start the round only if no replica started one within this
+    /// (PostgreSQL; SQLite has one server and ignores it).
+    pub starts_round_unless_within: Option<Duration>,
+}
 
 /// What a purge did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

@@ -127,10 +127,20 @@ pub(crate) async fn purge_loop(
             _ = tick.tick() => {}
         }
         beat.tick();
+        let mut first = true;
         loop {
             let before = db::timestamp_ago(retention);
             let keys_before = db::timestamp_ago(key_ttl);
-            match db.purge(&before, &keys_before, PURGE_BATCH).await {
+            let round = db::PurgeRound {
+                before: &before,
+                keys_before: &keys_before,
+                batch: PURGE_BATCH,
+                // Replicas' rounds drift apart; a round is skipped when another replica's began
+                // less than most of an interval ago.
+                starts_round_unless_within: first.then(|| every.mul_f64(0.9)),
+            };
+            first = false;
+            match db.purge(round).await {
                 Ok(purged) => {
                     metrics.requests_purged.inc_by(purged.requests);
                     if purged.skipped || purged.requests < u64::from(PURGE_BATCH) || halt.is_cancelled() {

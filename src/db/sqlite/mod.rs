@@ -290,8 +290,8 @@ impl Store for SqliteStore {
         reads::replicas(&self.readers, within).await
     }
 
-    async fn purge(&self, before: &str, keys_before: &str, batch: u32) -> Result<Purged, sqlx::Error> {
-        upkeep::purge(&self.writer, before, keys_before, batch).await
+    async fn purge(&self, round: PurgeRound<'_>) -> Result<Purged, sqlx::Error> {
+        upkeep::purge(&self.writer, round).await
     }
 
     async fn ping_write(&self, owner: &str) -> Result<(), sqlx::Error> {

@@ -7,10 +7,9 @@ use serde_json::Value;
 use sqlx::sqlite::SqliteRow;
 use sqlx::types::Json;
 use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool};
-use strum::VariantArray;
 
 use super::plus;
-use crate::db::store::{DELIVERY_STATES, DeliveryRow, ListQuery, ReplicaRow, RequestRow, Summary};
+use crate::db::store::{DeliveryRow, ListQuery, ReplicaRow, RequestRow, Summary};
 use crate::model::{DeliveryStatus, Mode, Status};
 
 /// The columns `request_row` reads, in one place.
@@ -26,17 +25,9 @@ fn request_row(row: &SqliteRow) -> Result<RequestRow, sqlx::Error> {
     let result: Option<Json<Value>> = row.try_get("result")?;
     let callback_url: Option<String> = row.try_get("callback_url")?;
     let delivery_status: Option<String> = row.try_get("delivery_status")?;
-    // A request with a callback has no delivery row until its job finishes: it is pending.
-    let delivery = match (&callback_url, delivery_status) {
-        (None, _) => None,
-        (Some(_), None) => Some(DeliveryRow {
-            status: DeliveryStatus::Pending,
-            attempts: 0,
-            last_status_code: None,
-            last_error: None,
-            next_attempt_at: None,
-        }),
-        (Some(_), Some(status)) => {
+    let delivery = match delivery_status {
+        None => None,
+        Some(status) => {
             let status: DeliveryStatus = status.parse().map_err(decode)?;
             Some(DeliveryRow {
                 status,
@@ -56,13 +47,13 @@ fn request_row(row: &SqliteRow) -> Result<RequestRow, sqlx::Error> {
         status: status.parse::<Status>().map_err(decode)?,
         payload,
         result: result.map(|r| r.0),
+        delivery: DeliveryRow::or_waiting(delivery, callback_url.is_some()),
         error: row.try_get("error")?,
         callback_url,
         created_at: row.try_get("created_at")?,
         started_at: row.try_get("started_at")?,
         completed_at: row.try_get("completed_at")?,
         execution_time_ms: row.try_get("execution_time_ms")?,
-        delivery,
     })
 }
 
@@ -113,26 +104,7 @@ pub(super) async fn summary(readers: &SqlitePool) -> Result<Summary, sqlx::Error
     let states: Vec<(String, i64)> = sqlx::query_as("SELECT state, count FROM delivery_stats")
         .fetch_all(readers)
         .await?;
-    let mut summary = Summary::default();
-    for &mode in Mode::VARIANTS {
-        for &status in Status::VARIANTS {
-            let count = stored
-                .iter()
-                .find(|r| r.0 == mode.as_str() && r.1 == status.as_str())
-                .map_or(0, |r| r.2);
-            summary.requests.push((mode, status, count));
-        }
-    }
-    for state in DELIVERY_STATES {
-        let count = states.iter().find(|(s, _)| s == state).map_or(0, |(_, n)| *n);
-        summary.deliveries.push((state, count));
-    }
-    let (time_sum, timed) = stored
-        .iter()
-        .filter(|r| r.1 == Status::Done.as_str())
-        .fold((0.0, 0i64), |(sum, n), r| (sum + r.3, n + r.4));
-    summary.avg_execution_time_ms = (timed > 0).then(|| time_sum / timed as f64);
-    Ok(summary)
+    Ok(Summary::from_totals(&stored, &states))
 }
 
 /// Async jobs waiting to be claimed, counted once at start.

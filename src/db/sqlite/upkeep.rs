@@ -4,16 +4,11 @@
 use sqlx::SqlitePool;
 
 use super::now;
-use crate::db::store::Purged;
+use crate::db::store::{PurgeRound, Purged};
 
 /// Deletes up to `batch` finished requests completed before `before` whose delivery, if any, has
 /// ended (their attempts, delivery and idempotency key go with them), then expired keys.
-pub(super) async fn purge(
-    writer: &SqlitePool,
-    before: &str,
-    keys_before: &str,
-    batch: u32,
-) -> Result<Purged, sqlx::Error> {
+pub(super) async fn purge(writer: &SqlitePool, round: PurgeRound<'_>) -> Result<Purged, sqlx::Error> {
     let requests = sqlx::query(
         "DELETE FROM requests WHERE id IN ( \
            SELECT r.id FROM requests r LEFT JOIN deliveries d ON d.request_id = r.id \
@@ -21,13 +16,13 @@ pub(super) async fn purge(
              AND (d.request_id IS NULL OR d.status IN ('delivered', 'failed')) \
            LIMIT ?)",
     )
-    .bind(before)
-    .bind(i64::from(batch))
+    .bind(round.before)
+    .bind(i64::from(round.batch))
     .execute(writer)
     .await?
     .rows_affected();
     let keys = sqlx::query("DELETE FROM idempotency_keys WHERE created_at < ?")
-        .bind(keys_before)
+        .bind(round.keys_before)
         .execute(writer)
         .await?
         .rows_affected();

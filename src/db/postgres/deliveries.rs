@@ -1,0 +1,165 @@
+//! Callback deliveries on PostgreSQL: claimed when due with `FOR UPDATE SKIP LOCKED`, an attempt
+//! recorded (fenced) with where the delivery goes next, redelivery, and the attempt log.
+
+use std::time::Duration;
+
+use serde_json::Value;
+use sqlx::types::Json;
+use sqlx::{PgPool, Row};
+
+use super::{big, secs};
+use crate::db::store::{AfterAttempt, AttemptRow, ClaimedDelivery, Lease, RedeliverRefusal};
+use crate::model::{DeliveryStatus, Status};
+
+/// Claims up to `max` due deliveries, soonest due first, with what their attempt needs, in one
+/// statement.
+pub(super) async fn claim(
+    pool: &PgPool,
+    owner: &str,
+    max: usize,
+    lease: Duration,
+) -> Result<Vec<ClaimedDelivery>, sqlx::Error> {
+    if max == 0 {
+        return Ok(Vec::new());
+    }
+    let rows = sqlx::query(
+        "WITH picked AS ( \
+           SELECT request_id FROM deliveries WHERE status = 'pending' AND due_at <= now() \
+           ORDER BY due_at LIMIT $3 FOR UPDATE SKIP LOCKED), \
+         claimed AS ( \
+           UPDATE deliveries d SET status = 'delivering', claim = d.claim + 1, lease_owner = $1, \
+             lease_expires_at = now() + make_interval(secs => $2), \
+             attempted_by = array_append(d.attempted_by, $1) \
+           FROM picked WHERE d.request_id = picked.request_id AND d.status = 'pending' \
+           RETURNING d.request_id, d.claim, d.attempts, d.round_start) \
+         SELECT c.request_id, c.claim, c.attempts, c.round_start, r.callback_url, r.status, r.result, r.error, \
+                r.execution_time_ms, rfc3339(r.completed_at) AS completed_at \
+         FROM claimed c JOIN requests r ON r.id = c.request_id",
+    )
+    .bind(owner)
+    .bind(secs(lease))
+    .bind(big(max))
+    .fetch_all(pool)
+    .await?;
+    rows.iter()
+        .map(|row| {
+            let status: String = row.try_get("status")?;
+            let result: Option<Json<Value>> = row.try_get("result")?;
+            Ok(ClaimedDelivery {
+                lease: Lease {
+                    id: row.try_get("request_id")?,
+                    attempt: row.try_get("claim")?,
+                },
+                callback_url: row.try_get::<Option<String>, _>("callback_url")?.unwrap_or_default(),
+                attempts: row.try_get("attempts")?,
+                round_start: row.try_get("round_start")?,
+                status: status.parse().unwrap_or(Status::Failed),
+                result: result.map(|r| r.0),
+                error: row.try_get("error")?,
+                execution_time_ms: row.try_get("execution_time_ms")?,
+                completed_at: row.try_get("completed_at")?,
+            })
+        })
+        .collect()
+}
+
+/// How long until the soonest pending delivery is due; zero when one is due now.
+pub(super) async fn next_due_in(pool: &PgPool) -> Result<Option<Duration>, sqlx::Error> {
+    let seconds: Option<f64> = sqlx::query_scalar(
+        "SELECT extract(epoch FROM min(due_at) - now())::float8 FROM deliveries WHERE status = 'pending'",
+    )
+    .fetch_one(pool)
+    .await?;
+    Ok(seconds.map(|s| Duration::try_from_secs_f64(s.max(0.0)).unwrap_or(Duration::ZERO)))
+}
+
+/// Records an attempt, and where the delivery goes next, if `owner` still holds this claim: one
+/// statement, so both or neither are stored.
+pub(super) async fn record_attempt(
+    pool: &PgPool,
+    owner: &str,
+    delivery: &Lease,
+    attempt: &AttemptRow,
+    next: &AfterAttempt,
+) -> Result<bool, sqlx::Error> {
+    let updated: i64 = sqlx::query_scalar(
+        "WITH moved AS ( \
+           UPDATE deliveries SET status = $1, \
+             due_at = CASE WHEN $2::float8 IS NULL THEN due_at ELSE now() + make_interval(secs => $2) END, \
+             attempts = $3, last_status_code = $4, last_error = $5, lease_owner = NULL, lease_expires_at = NULL \
+           WHERE request_id = $6 AND status = 'delivering' AND lease_owner = $7 AND claim = $8 \
+           RETURNING request_id), \
+         logged AS ( \
+           INSERT INTO callback_attempts (request_id, number, attempted_at, duration_ms, status_code, error_class, error) \
+           SELECT request_id, $3, $9::timestamptz, $10, $4, $11, $12 FROM moved \
+           ON CONFLICT (request_id, number) DO NOTHING) \
+         SELECT count(*) FROM moved",
+    )
+    .bind(next.status.as_str())
+    .bind(next.due_in.map(secs))
+    .bind(attempt.number)
+    .bind(attempt.status_code)
+    .bind(&attempt.error)
+    .bind(&delivery.id)
+    .bind(owner)
+    .bind(delivery.attempt)
+    .bind(&attempt.attempted_at)
+    .bind(attempt.duration_ms)
+    .bind(&attempt.error_class)
+    .bind(&attempt.error)
+    .fetch_one(pool)
+    .await?;
+    Ok(updated == 1)
+}
+
+/// Starts a new round for a failed delivery: due now, with a fresh retry budget.
+pub(super) async fn redeliver(pool: &PgPool, id: &str) -> Result<Result<(), RedeliverRefusal>, sqlx::Error> {
+    let done = sqlx::query(
+        "UPDATE deliveries SET status = 'pending', due_at = now(), round_start = attempts \
+         WHERE request_id = $1 AND status = 'failed'",
+    )
+    .bind(id)
+    .execute(pool)
+    .await?;
+    if done.rows_affected() == 1 {
+        return Ok(Ok(()));
+    }
+    let state: Option<(Option<String>, bool)> = sqlx::query_as(
+        "SELECT d.status, r.callback_url IS NOT NULL FROM requests r \
+         LEFT JOIN deliveries d ON d.request_id = r.id WHERE r.id = $1",
+    )
+    .bind(id)
+    .fetch_optional(pool)
+    .await?;
+    Ok(Err(match state {
+        None => RedeliverRefusal::NotFound,
+        Some((status, has_callback)) => {
+            RedeliverRefusal::NotFailed(status.and_then(|s| s.parse::<DeliveryStatus>().ok()), has_callback)
+        }
+    }))
+}
+
+/// Every attempt for a request, oldest first.
+pub(super) async fn attempts(pool: &PgPool, id: &str) -> Result<Vec<AttemptRow>, sqlx::Error> {
+    type Row = (i64, String, f64, Option<i64>, Option<String>, Option<String>);
+    let rows: Vec<Row> = sqlx::query_as(
+        "SELECT number, rfc3339(attempted_at), duration_ms, status_code, error_class, error FROM callback_attempts \
+         WHERE request_id = $1 ORDER BY number",
+    )
+    .bind(id)
+    .fetch_all(pool)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(
+            |(number, attempted_at, duration_ms, status_code, error_class, error)| AttemptRow {
+                number,
+                attempted_at,
+                duration_ms,
+                status_code,
+                error_class,
+                error,
+            },
+        )
+        .collect())
+}

@@ -1,0 +1,99 @@
+//! Group commit for new `requests` rows on PostgreSQL: a task takes every insert waiting at that
+//! moment (up to `MAX_BATCH`) and stores them with one statement and one commit, then answers
+//! each caller, which gets its answer only after its row is committed. One commit per batch
+//! instead of one per request is what lets a replica acknowledge thousands of jobs a second.
+
+use std::sync::Arc;
+
+use sqlx::PgPool;
+use tokio::sync::{mpsc, oneshot};
+
+use super::accept::{InsertRow, MAX_BATCH, insert_many, outcome};
+use super::notify::Announcer;
+use crate::db::store::Accepted;
+use crate::liveness::Beat;
+
+/// Inserts that may wait for the task before callers wait to hand theirs over.
+const BACKLOG: usize = 4096;
+/// Batches committed at the same time: a commit waits for its WAL flush, and the next batch
+/// can fill meanwhile.
+const IN_FLIGHT: usize = 2;
+
+#[derive(Clone, Debug)]
+pub(super) struct GroupCommit {
+    sender: mpsc::Sender<Pending>,
+}
+
+#[derive(Debug)]
+struct Pending {
+    row: InsertRow,
+    done: oneshot::Sender<Result<Accepted, sqlx::Error>>,
+}
+
+impl GroupCommit {
+    /// Starts the committing task; it ends when the last `GroupCommit` is dropped.
+    pub(super) fn start(pool: PgPool, announce: Arc<Announcer>, beat: Beat) -> Self {
+        let (sender, receiver) = mpsc::channel(BACKLOG);
+        tokio::spawn(commit_loop(pool, receiver, announce, beat));
+        Self { sender }
+    }
+
+    /// Inserts `row`; returns once it is committed (or refused, or failed).
+    pub(super) async fn insert(&self, row: InsertRow) -> Result<Accepted, sqlx::Error> {
+        let (done, committed) = oneshot::channel();
+        self.sender
+            .send(Pending { row, done })
+            .await
+            .map_err(|_| sqlx::Error::PoolClosed)?;
+        committed.await.map_err(|_| sqlx::Error::PoolClosed)?
+    }
+}
+
+async fn commit_loop(pool: PgPool, mut receiver: mpsc::Receiver<Pending>, announce: Arc<Announcer>, beat: Beat) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(IN_FLIGHT));
+    loop {
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            break;
+        };
+        let mut batch = Vec::with_capacity(MAX_BATCH);
+        if receiver.recv_many(&mut batch, MAX_BATCH).await == 0 {
+            break;
+        }
+        beat.tick();
+        let (pool, announce) = (pool.clone(), announce.clone());
+        tokio::spawn(async move {
+            commit(&pool, batch, &announce).await;
+            drop(slot);
+        });
+    }
+    // Let the last batches finish before the task (and its beat) ends.
+    let _ = slots.acquire_many(IN_FLIGHT as u32).await;
+}
+
+async fn commit(pool: &PgPool, batch: Vec<Pending>, announce: &Announcer) {
+    let rows: Vec<&InsertRow> = batch.iter().map(|p| &p.row).collect();
+    match insert_many(pool, &rows).await {
+        Ok(stored) => {
+            if !stored.is_empty() {
+                announce.jobs();
+            }
+            for pending in batch {
+                let answer = outcome(&stored, &pending.row.id);
+                let _ = pending.done.send(Ok(answer));
+            }
+        }
+        Err(e) if batch.len() == 1 => {
+            let _ = batch.into_iter().next().map(|p| p.done.send(Err(e)));
+        }
+        Err(_) => {
+            // Something in the batch failed and nothing was stored: go row by row so that only
+            // the failing row fails.
+            for pending in batch {
+                let answer = insert_many(pool, &[&pending.row])
+                    .await
+                    .map(|stored| outcome(&stored, &pending.row.id));
+                let _ = pending.done.send(answer);
+            }
+        }
+    }
+}

@@ -1,0 +1,260 @@
+//! The PostgreSQL backend, for several replicas on one database. The database is the queue:
+//! jobs and deliveries are claimed with `FOR UPDATE SKIP LOCKED` under leases from the
+//! database's clock, outcomes are written in batches fenced by (owner, attempt), new rows are
+//! committed in groups, and replicas wake each other with a debounced NOTIFY.
+
+mod accept;
+mod deliveries;
+mod group_commit;
+mod notify;
+mod queue;
+mod reads;
+mod upkeep;
+
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use async_trait::async_trait;
+use sqlx::PgPool;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+
+use super::store::*;
+use crate::liveness::Liveness;
+
+/// How long a caller waits for a pooled connection before failing: when the database is gone,
+/// a submission answers 503 in about this time instead of hanging.
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long any statement may run, and how long a transaction may sit idle: nothing this service
+/// does takes longer, and a stuck session must not pin the vacuum horizon.
+const STATEMENT_TIMEOUT_MS: &str = "15000";
+const IDLE_IN_TRANSACTION_TIMEOUT_MS: &str = "15000";
+
+/// The PostgreSQL store.
+#[derive(Debug)]
+pub struct PgStore {
+    pool: PgPool,
+    /// Concurrent inserts of new requests share one statement and one commit.
+    group_commit: group_commit::GroupCommit,
+    /// Tells the other replicas (NOTIFY) that there are new jobs, at most once per interval.
+    announce: Arc<notify::Announcer>,
+}
+
+/// Connects to `url`, brings the schema up to date (migrations take an advisory lock, so
+/// replicas starting together do not race), and starts the commit and announce loops.
+pub async fn connect(
+    url: &str,
+    max_connections: u32,
+    notify_interval: Duration,
+    liveness: &Liveness,
+) -> anyhow::Result<PgStore> {
+    let options = PgConnectOptions::from_str(url)
+        .context("reading DATABASE_URL")?
+        .application_name("sync-async")
+        .options([
+            ("statement_timeout", STATEMENT_TIMEOUT_MS),
+            ("idle_in_transaction_session_timeout", IDLE_IN_TRANSACTION_TIMEOUT_MS),
+        ]);
+    let pool = PgPoolOptions::new()
+        .max_connections(max_connections.max(2))
+        .acquire_timeout(ACQUIRE_TIMEOUT)
+        .connect_with(options)
+        .await
+        .context("connecting to PostgreSQL")?;
+    sqlx::migrate!("./migrations/postgres")
+        .run(&pool)
+        .await
+        .context("running database migrations")?;
+    let announce = notify::Announcer::start(pool.clone(), notify_interval);
+    let group_commit =
+        group_commit::GroupCommit::start(pool.clone(), announce.clone(), liveness.register("commit", None));
+    Ok(PgStore {
+        pool,
+        group_commit,
+        announce,
+    })
+}
+
+/// A duration as the seconds PostgreSQL's `make_interval(secs => …)` takes.
+pub(super) fn secs(duration: Duration) -> f64 {
+    duration.as_secs_f64()
+}
+
+/// A count or limit as PostgreSQL's bigint.
+pub(super) fn big(n: usize) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+#[async_trait]
+impl Store for PgStore {
+    fn backend(&self) -> Backend {
+        Backend::Postgres
+    }
+
+    async fn accept_job(
+        &self,
+        job: &NewJob,
+        key: Option<&KeyClaim>,
+        backlog_limit: u64,
+    ) -> Result<Accepted, sqlx::Error> {
+        let accepted = match key {
+            None => {
+                self.group_commit
+                    .insert(accept::InsertRow::job(job, backlog_limit))
+                    .await?
+            }
+            Some(key) => accept::insert_with_key(&self.pool, job, key, backlog_limit).await?,
+        };
+        if accepted == Accepted::Stored {
+            self.announce.jobs();
+        }
+        Ok(accepted)
+    }
+
+    async fn find_key(&self, scope: &str, key: &str, not_before: &str) -> Result<Option<StoredKey>, sqlx::Error> {
+        accept::find_key(&self.pool, scope, key, not_before).await
+    }
+
+    async fn start_sync(&self, request: &NewSync, owner: &str, lease: Duration) -> Result<(), sqlx::Error> {
+        self.group_commit
+            .insert(accept::InsertRow::sync(request, owner, lease))
+            .await
+            .map(|_| ())
+    }
+
+    async fn finish_sync(&self, id: &str, owner: &str, completion: &Completion) -> Result<bool, sqlx::Error> {
+        accept::finish_sync(&self.pool, id, owner, completion).await
+    }
+
+    async fn claim_jobs(&self, owner: &str, max: usize, lease: Duration) -> Result<Vec<ClaimedJob>, sqlx::Error> {
+        queue::claim_jobs(&self.pool, owner, max, lease).await
+    }
+
+    async fn finish_jobs(&self, owner: &str, finishes: &[JobFinish]) -> Result<Vec<bool>, sqlx::Error> {
+        let (applied, deliveries) = queue::finish_jobs(&self.pool, owner, finishes).await?;
+        if deliveries {
+            self.announce.deliveries();
+        }
+        Ok(applied)
+    }
+
+    async fn release_jobs(&self, owner: &str, jobs: &[Lease]) -> Result<(), sqlx::Error> {
+        if queue::release_jobs(&self.pool, owner, jobs).await? > 0 {
+            self.announce.jobs();
+        }
+        Ok(())
+    }
+
+    async fn heartbeat(
+        &self,
+        owner: &str,
+        held: &Held,
+        lease: Duration,
+        replica: &ReplicaBeat,
+    ) -> Result<Held, sqlx::Error> {
+        queue::heartbeat(&self.pool, owner, held, lease, replica).await
+    }
+
+    async fn rescue(&self, max_attempts: u32, everything: bool) -> Result<Rescued, sqlx::Error> {
+        let rescued = queue::rescue(&self.pool, max_attempts, everything).await?;
+        if rescued.jobs_requeued > 0 {
+            self.announce.jobs();
+        }
+        if rescued.deliveries_requeued + rescued.jobs_failed > 0 {
+            self.announce.deliveries();
+        }
+        Ok(rescued)
+    }
+
+    async fn claim_deliveries(
+        &self,
+        owner: &str,
+        max: usize,
+        lease: Duration,
+    ) -> Result<Vec<ClaimedDelivery>, sqlx::Error> {
+        deliveries::claim(&self.pool, owner, max, lease).await
+    }
+
+    async fn next_delivery_due_in(&self) -> Result<Option<Duration>, sqlx::Error> {
+        deliveries::next_due_in(&self.pool).await
+    }
+
+    async fn record_attempt(
+        &self,
+        owner: &str,
+        delivery: &Lease,
+        attempt: &AttemptRow,
+        next: &AfterAttempt,
+    ) -> Result<bool, sqlx::Error> {
+        deliveries::record_attempt(&self.pool, owner, delivery, attempt, next).await
+    }
+
+    async fn redeliver(&self, id: &str) -> Result<Result<(), RedeliverRefusal>, sqlx::Error> {
+        let outcome = deliveries::redeliver(&self.pool, id).await?;
+        if outcome.is_ok() {
+            self.announce.deliveries();
+        }
+        Ok(outcome)
+    }
+
+    async fn get(&self, id: &str) -> Result<Option<RequestRow>, sqlx::Error> {
+        reads::get(&self.pool, id).await
+    }
+
+    async fn list(&self, query: &ListQuery) -> Result<(i64, Vec<RequestRow>), sqlx::Error> {
+        reads::list(&self.pool, query).await
+    }
+
+    async fn attempts(&self, id: &str) -> Result<Vec<AttemptRow>, sqlx::Error> {
+        deliveries::attempts(&self.pool, id).await
+    }
+
+    async fn summary(&self) -> Result<Summary, sqlx::Error> {
+        reads::summary(&self.pool).await
+    }
+
+    async fn backlog(&self) -> Result<u64, sqlx::Error> {
+        reads::backlog(&self.pool).await
+    }
+
+    async fn replicas(&self, within: Duration) -> Result<Vec<ReplicaRow>, sqlx::Error> {
+        reads::replicas(&self.pool, within).await
+    }
+
+    async fn purge(&self, round: PurgeRound<'_>) -> Result<Purged, sqlx::Error> {
+        upkeep::purge(&self.pool, round).await
+    }
+
+    async fn ping_write(&self, owner: &str) -> Result<(), sqlx::Error> {
+        upkeep::ping_write(&self.pool, owner).await
+    }
+
+    async fn storage(&self) -> Result<StorageFigures, sqlx::Error> {
+        Ok(StorageFigures {
+            database_bytes: upkeep::database_bytes(&self.pool).await?,
+            wal: None,
+        })
+    }
+
+    async fn take_rate_token(
+        &self,
+        key: &str,
+        burst: u32,
+        window: Duration,
+    ) -> Result<Option<RateVerdict>, sqlx::Error> {
+        upkeep::take_rate_token(&self.pool, key, burst, window).await.map(Some)
+    }
+
+    fn listen(&self, wake: &Wakeups, liveness: &Liveness) {
+        notify::listen(
+            self.pool.clone(),
+            wake.clone(),
+            liveness.register("listener", Some(notify::LISTEN_TICK)),
+        );
+    }
+
+    async fn close(&self) {
+        self.pool.close().await;
+    }
+}

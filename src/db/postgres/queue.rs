@@ -1,0 +1,304 @@
+//! The job queue on PostgreSQL: claims with `FOR UPDATE SKIP LOCKED`, fenced finishes in one
+//! statement per batch (the deliveries written by that same statement), releases at shutdown,
+//! the batched heartbeat, and the rescue of expired leases.
+
+use std::time::Duration;
+
+use serde_json::Value;
+use sqlx::types::Json;
+use sqlx::{PgPool, Row};
+
+use super::{big, secs};
+use crate::db::store::{ClaimedJob, Held, JobFinish, Lease, ReplicaBeat, Rescued};
+
+/// Claims up to `max` pending jobs, oldest first. The CTE picks rows no other claimer has locked
+/// (so concurrent claimers never block on, or get, the same job) and fences the planner from
+/// updating more rows than the limit; the outer update checks the state again.
+pub(super) async fn claim_jobs(
+    pool: &PgPool,
+    owner: &str,
+    max: usize,
+    lease: Duration,
+) -> Result<Vec<ClaimedJob>, sqlx::Error> {
+    if max == 0 {
+        return Ok(Vec::new());
+    }
+    let rows = sqlx::query(
+        "WITH picked AS ( \
+           SELECT id FROM requests WHERE status = 'pending' AND mode = 'async' \
+           ORDER BY created_at, id LIMIT $3 FOR UPDATE SKIP LOCKED) \
+         UPDATE requests r SET status = 'processing', attempt = r.attempt + 1, lease_owner = $1, \
+           lease_expires_at = now() + make_interval(secs => $2), started_at = now(), \
+           attempted_by = array_append(r.attempted_by, $1) \
+         FROM picked WHERE r.id = picked.id AND r.status = 'pending' \
+         RETURNING r.id, r.attempt, r.payload, r.callback_url",
+    )
+    .bind(owner)
+    .bind(secs(lease))
+    .bind(big(max))
+    .fetch_all(pool)
+    .await?;
+    rows.into_iter()
+        .map(|row| {
+            let Json(payload): Json<Value> = row.try_get("payload")?;
+            Ok(ClaimedJob {
+                lease: Lease {
+                    id: row.try_get("id")?,
+                    attempt: row.try_get("attempt")?,
+                },
+                payload,
+                callback_url: row.try_get("callback_url")?,
+            })
+        })
+        .collect()
+}
+
+/// Stores every finish that still holds its lease, and the delivery of each that has a callback,
+/// in one statement (one transaction). Returns which were applied, and whether any delivery was
+/// written.
+pub(super) async fn finish_jobs(
+    pool: &PgPool,
+    owner: &str,
+    finishes: &[JobFinish],
+) -> Result<(Vec<bool>, bool), sqlx::Error> {
+    if finishes.is_empty() {
+        return Ok((Vec::new(), false));
+    }
+    let applied: Vec<(String, bool)> = sqlx::query_as(
+        "WITH f AS (SELECT * FROM unnest($2::text[], $3::int8[], $4::text[], $5::text[], $6::text[], $7::text[], \
+                      $8::float8[]) AS f(id, attempt, status, result, error, completed_at, ms)), \
+         done AS (UPDATE requests r SET status = f.status, result = f.result::jsonb, error = f.error, \
+                    completed_at = f.completed_at::timestamptz, execution_time_ms = f.ms, \
+                    lease_owner = NULL, lease_expires_at = NULL \
+                  FROM f WHERE r.id = f.id AND r.status = 'processing' AND r.lease_owner = $1 \
+                    AND r.attempt = f.attempt \
+                  RETURNING r.id, r.callback_url), \
+         outbox AS (INSERT INTO deliveries (request_id, status, due_at) \
+                    SELECT id, 'pending', now() FROM done WHERE callback_url IS NOT NULL \
+                    ON CONFLICT (request_id) DO NOTHING) \
+         SELECT id, callback_url IS NOT NULL FROM done",
+    )
+    .bind(owner)
+    .bind(finishes.iter().map(|f| f.lease.id.as_str()).collect::<Vec<_>>())
+    .bind(finishes.iter().map(|f| f.lease.attempt).collect::<Vec<_>>())
+    .bind(
+        finishes
+            .iter()
+            .map(|f| f.completion.status.as_str())
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        finishes
+            .iter()
+            .map(|f| f.completion.result.as_ref().map(Value::to_string))
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        finishes
+            .iter()
+            .map(|f| f.completion.error.as_deref())
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        finishes
+            .iter()
+            .map(|f| f.completion.completed_at.as_str())
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        finishes
+            .iter()
+            .map(|f| f.completion.execution_time_ms)
+            .collect::<Vec<_>>(),
+    )
+    .fetch_all(pool)
+    .await?;
+    let delivered = applied.iter().any(|(_, callback)| *callback);
+    let was_applied = finishes
+        .iter()
+        .map(|f| applied.iter().any(|(id, _)| *id == f.lease.id))
+        .collect();
+    Ok((was_applied, delivered))
+}
+
+/// Puts claimed jobs back as pending, giving back the attempt their claim took. Returns how many
+/// went back.
+pub(super) async fn release_jobs(pool: &PgPool, owner: &str, jobs: &[Lease]) -> Result<u64, sqlx::Error> {
+    if jobs.is_empty() {
+        return Ok(0);
+    }
+    let (ids, attempts) = columns(jobs);
+    let released = sqlx::query(
+        "UPDATE requests r SET status = 'pending', attempt = r.attempt - 1, lease_owner = NULL, \
+           lease_expires_at = NULL, started_at = NULL \
+         FROM unnest($2::text[], $3::int8[]) AS j(id, attempt) \
+         WHERE r.id = j.id AND r.status = 'processing' AND r.lease_owner = $1 AND r.attempt = j.attempt",
+    )
+    .bind(owner)
+    .bind(ids)
+    .bind(attempts)
+    .execute(pool)
+    .await?
+    .rows_affected();
+    Ok(released)
+}
+
+/// Ids and attempts as two arrays, for `unnest`.
+fn columns(leases: &[Lease]) -> (Vec<&str>, Vec<i64>) {
+    leases.iter().map(|l| (l.id.as_str(), l.attempt)).unzip()
+}
+
+/// Renews every lease `owner` holds (one statement for requests, one for deliveries) and the
+/// replica's row, in one transaction. Returns the leases that were not renewed.
+pub(super) async fn heartbeat(
+    pool: &PgPool,
+    owner: &str,
+    held: &Held,
+    lease: Duration,
+    replica: &ReplicaBeat,
+) -> Result<Held, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let requests: Vec<Lease> = held.jobs.iter().chain(&held.sync).cloned().collect();
+    let renewed: Vec<(String, i64)> = if requests.is_empty() {
+        Vec::new()
+    } else {
+        let (ids, attempts) = columns(&requests);
+        sqlx::query_as(
+            "UPDATE requests r SET lease_expires_at = now() + make_interval(secs => $2) \
+             FROM unnest($3::text[], $4::int8[]) AS h(id, attempt) \
+             WHERE r.id = h.id AND r.attempt = h.attempt AND r.lease_owner = $1 AND r.status = 'processing' \
+             RETURNING r.id, r.attempt",
+        )
+        .bind(owner)
+        .bind(secs(lease))
+        .bind(ids)
+        .bind(attempts)
+        .fetch_all(&mut *tx)
+        .await?
+    };
+    let delivered: Vec<(String, i64)> = if held.deliveries.is_empty() {
+        Vec::new()
+    } else {
+        let (ids, claims) = columns(&held.deliveries);
+        sqlx::query_as(
+            "UPDATE deliveries d SET lease_expires_at = now() + make_interval(secs => $2) \
+             FROM unnest($3::text[], $4::int8[]) AS h(id, claim) \
+             WHERE d.request_id = h.id AND d.claim = h.claim AND d.lease_owner = $1 AND d.status = 'delivering' \
+             RETURNING d.request_id, d.claim",
+        )
+        .bind(owner)
+        .bind(secs(lease))
+        .bind(ids)
+        .bind(claims)
+        .fetch_all(&mut *tx)
+        .await?
+    };
+    upsert_replica(&mut *tx, owner, replica).await?;
+    tx.commit().await?;
+    let lost = |leases: &[Lease], renewed: &[(String, i64)]| -> Vec<Lease> {
+        leases
+            .iter()
+            .filter(|l| !renewed.iter().any(|(id, attempt)| *id == l.id && *attempt == l.attempt))
+            .cloned()
+            .collect()
+    };
+    Ok(Held {
+        jobs: lost(&held.jobs, &renewed),
+        sync: lost(&held.sync, &renewed),
+        deliveries: lost(&held.deliveries, &delivered),
+    })
+}
+
+/// Records the replica as alive, with its figures.
+pub(super) async fn upsert_replica(
+    db: impl sqlx::PgExecutor<'_>,
+    owner: &str,
+    replica: &ReplicaBeat,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO replicas (id, started_at, last_seen_at, workers, workers_busy, sync_in_flight, sync_max) \
+         VALUES ($1, now(), now(), $2, $3, $4, $5) ON CONFLICT (id) DO UPDATE SET last_seen_at = now(), \
+         workers = $2, workers_busy = $3, sync_in_flight = $4, sync_max = $5",
+    )
+    .bind(owner)
+    .bind(i32::try_from(replica.workers).unwrap_or(i32::MAX))
+    .bind(i32::try_from(replica.workers_busy).unwrap_or(i32::MAX))
+    .bind(i32::try_from(replica.sync_in_flight).unwrap_or(i32::MAX))
+    .bind(i32::try_from(replica.sync_max).unwrap_or(i32::MAX))
+    .execute(db)
+    .await
+    .map(|_| ())
+}
+
+/// Why a job that kept losing its replica is failed for good.
+const GAVE_UP: &str = "gave up: the replicas running this job stopped before it finished, attempt after attempt";
+/// Why a sync request is failed when its replica is gone.
+const SYNC_ORPHANED: &str = "the server stopped before this request finished";
+/// Why a delivery that kept losing its replica is failed for good.
+const DELIVERY_GAVE_UP: &str =
+    "gave up: the replicas delivering this callback stopped before recording an attempt, time after time";
+
+/// Puts expired work back in the queue, or fails it once its attempts are used. Every replica
+/// runs this; two at once are harmless (each row is updated by one of them, and the other finds
+/// it no longer expired).
+pub(super) async fn rescue(pool: &PgPool, max_attempts: u32, everything: bool) -> Result<Rescued, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let (jobs_failed, jobs_requeued): (i64, i64) = sqlx::query_as(
+        "WITH expired AS ( \
+           UPDATE requests SET \
+             status = CASE WHEN attempt >= $2 THEN 'failed' ELSE 'pending' END, \
+             error = CASE WHEN attempt >= $2 THEN $3 ELSE error END, \
+             completed_at = CASE WHEN attempt >= $2 THEN now() ELSE completed_at END, \
+             started_at = CASE WHEN attempt >= $2 THEN started_at ELSE NULL END, \
+             lease_owner = NULL, lease_expires_at = NULL \
+           WHERE mode = 'async' AND status = 'processing' \
+             AND ($1 OR lease_expires_at IS NULL OR lease_expires_at < now()) \
+           RETURNING id, status, callback_url), \
+         outbox AS (INSERT INTO deliveries (request_id, status, due_at) \
+                    SELECT id, 'pending', now() FROM expired WHERE status = 'failed' AND callback_url IS NOT NULL \
+                    ON CONFLICT (request_id) DO NOTHING) \
+         SELECT count(*) FILTER (WHERE status = 'failed'), count(*) FILTER (WHERE status = 'pending') FROM expired",
+    )
+    .bind(everything)
+    .bind(i64::from(max_attempts))
+    .bind(GAVE_UP)
+    .fetch_one(&mut *tx)
+    .await?;
+    let sync_failed = sqlx::query(
+        "UPDATE requests SET status = 'failed', error = $2, completed_at = now(), \
+           lease_owner = NULL, lease_expires_at = NULL \
+         WHERE mode = 'sync' AND status IN ('pending', 'processing') \
+           AND ($1 OR lease_expires_at IS NULL OR lease_expires_at < now())",
+    )
+    .bind(everything)
+    .bind(SYNC_ORPHANED)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    // A delivery whose lease expired may or may not have reached its receiver: it is made again
+    // (at least once), unless its replicas kept dying while holding it.
+    let (deliveries_failed, deliveries_requeued): (i64, i64) = sqlx::query_as(
+        "WITH expired AS ( \
+           UPDATE deliveries SET \
+             status = CASE WHEN claim - attempts >= $2 THEN 'failed' ELSE 'pending' END, \
+             last_error = CASE WHEN claim - attempts >= $2 THEN $3 ELSE last_error END, \
+             due_at = now(), lease_owner = NULL, lease_expires_at = NULL \
+           WHERE status = 'delivering' AND ($1 OR lease_expires_at IS NULL OR lease_expires_at < now()) \
+           RETURNING status) \
+         SELECT count(*) FILTER (WHERE status = 'failed'), count(*) FILTER (WHERE status = 'pending') FROM expired",
+    )
+    .bind(everything)
+    .bind(i64::from(max_attempts))
+    .bind(DELIVERY_GAVE_UP)
+    .fetch_one(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    let n = |v: i64| u64::try_from(v).unwrap_or(0);
+    Ok(Rescued {
+        jobs_requeued: n(jobs_requeued),
+        jobs_failed: n(jobs_failed),
+        sync_failed,
+        deliveries_requeued: n(deliveries_requeued),
+        deliveries_failed: n(deliveries_failed),
+    })
+}
