@@ -79,7 +79,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_database_url_loses_its_user_and_password_and_other_secrets_everything() {
+    fn a_database_url_shows_no_credentials_and_other_secrets_show_nothing() {
         assert_eq!(
             shown("DATABASE_URL", "postgres://app:pw@db:5432/x"),
             "postgres://<redacted>@db:5432/x"
