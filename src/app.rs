@@ -13,12 +13,13 @@ use axum::Router;
 use axum::extract::{DefaultBodyLimit, FromRef, MatchedPath, Request, State};
 use axum::http::{HeaderName, HeaderValue, Method, header};
 use axum::middleware::{self, Next};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::{DefaultOnRequest, DefaultOnResponse, TraceLayer};
@@ -28,6 +29,7 @@ use crate::callback::Deliveries;
 use crate::client_ip::ClientIpSource;
 use crate::config::{Config, CorsOrigins, DatabaseTarget};
 use crate::db::{self, Backend, Wakeups};
+use crate::error::ApiError;
 use crate::execution::{EnginePool, Executor};
 use crate::jobs::{self, JobsContext, Leases, QueueSettings};
 use crate::liveness::Liveness;
@@ -283,15 +285,23 @@ fn lock_instance(database_path: &std::path::Path) -> anyhow::Result<std::fs::Fil
 }
 
 /// The routes with every cross-cutting layer: request id, tracing, CORS, HTTP metrics, rate
-/// limit and body limit.
+/// limit, a panic guard and body limit.
 pub fn router(state: AppState) -> Router {
+    with_layers(routes::router(), &state).with_state(state)
+}
+
+/// Wraps `routes` in the layer stack; the tests put a route that panics under the same stack.
+fn with_layers(routes: Router<AppState>, state: &AppState) -> Router<AppState> {
     let x_request_id = HeaderName::from_static("x-request-id");
-    routes::router()
+    routes
         .layer(DefaultBodyLimit::max(state.config.max_payload_bytes()))
+        // Inside the metrics and the request id, so a panic is counted and answered like any
+        // 500; around the rate limiter and the handlers, where a bug could panic.
+        .layer(CatchPanicLayer::custom(answer_panic))
         .layer(middleware::from_fn_with_state(
             RateLimit {
                 limiter: state.rate_limiter.clone(),
-                client_ip: ClientIpSource::from_ref(&state),
+                client_ip: ClientIpSource::from_ref(state),
                 refused: state.metrics.rate_limited.clone(),
                 db: state.db.clone(),
             },
@@ -322,7 +332,17 @@ pub fn router(state: AppState) -> Router {
                 .on_failure(()),
         )
         .layer(SetRequestIdLayer::new(x_request_id, MakeRequestUuid))
-        .with_state(state)
+}
+
+/// A panic in a handler or a middleware becomes a problem+json 500, logged once with its
+/// message; the connection and the server go on.
+fn answer_panic(panic: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    let message = panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic with a non-text payload".to_owned());
+    ApiError::internal(anyhow::anyhow!("panicked: {message}")).into_response()
 }
 
 fn cors(config: &Config) -> CorsLayer {
@@ -388,5 +408,53 @@ async fn housekeeping(rate_limiter: Arc<ClientRateLimiter>, halt: CancellationTo
             () = halt.cancelled() => break,
             _ = tick.tick() => rate_limiter.forget_idle_clients(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::body::Body;
+    use axum::routing::get;
+    use tower::ServiceExt;
+
+    /// The real layer stack around a route that only exists here: a panic anywhere under the
+    /// stack must come back as a problem+json 500 with the request id, not a dropped connection.
+    #[tokio::test]
+    async fn a_panicking_handler_gets_a_problem_json_500() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let app = App::build(Config {
+            host: [127, 0, 0, 1].into(),
+            port: 0,
+            database_path: dir.path().join("requests.db"),
+            ..Config::default()
+        })
+        .await
+        .expect("app builds");
+        let state = app.state().clone();
+        async fn panics() -> &'static str {
+            panic!("a bug")
+        }
+        let routes = Router::new().route("/panics", get(panics));
+        let service = with_layers(routes, &state).with_state(state);
+
+        let response = service
+            .oneshot(Request::get("/panics").body(Body::empty()).expect("request"))
+            .await
+            .expect("an answer, not a panic");
+
+        assert_eq!(response.status(), 500);
+        assert_eq!(response.headers()[header::CONTENT_TYPE], crate::error::PROBLEM_JSON);
+        assert!(response.headers().contains_key("x-request-id"));
+        let body = axum::body::to_bytes(response.into_body(), 64 * 1024)
+            .await
+            .expect("body");
+        let problem: serde_json::Value = serde_json::from_slice(&body).expect("JSON");
+        assert_eq!(problem["type"], "urn:sync-async:problem:internal");
+        assert_eq!(problem["status"], 500);
+        assert!(
+            !problem.to_string().contains("a bug"),
+            "the panic message is logged, not sent: {problem}"
+        );
     }
 }

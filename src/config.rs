@@ -7,15 +7,34 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+mod read;
+mod secret;
+
 use crate::signing::SigningKey;
+pub use crate::trusted_proxies::TrustedProxies;
+use read::{Lookup, MAX_PAYLOAD_SIZE_KB, default_replica_name, is_origin};
+pub use secret::Secret;
+use secret::{dotenv_error, shown};
 
 /// A setting that could not be used; its `Display` is the one line printed before exiting.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("invalid {key}={value:?}: expected {expected}")]
 pub struct ConfigError {
     pub key: &'static str,
+    /// The value as given, or redacted for a secret.
     pub value: String,
     pub expected: String,
+}
+
+impl ConfigError {
+    /// An error about `value` of `key`, with the value redacted if the key holds a secret.
+    fn new(key: &'static str, value: &str, expected: impl Into<String>) -> Self {
+        Self {
+            key,
+            value: shown(key, value),
+            expected: expected.into(),
+        }
+    }
 }
 
 /// How log lines are written.
@@ -61,25 +80,15 @@ pub enum DatabaseTarget {
     },
 }
 
-/// A value that must not be printed: `Debug` shows `Secret(..)`.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn new(value: impl Into<String>) -> Self {
-        Self(value.into())
-    }
-
-    /// The value itself, for the one place that needs it.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl std::fmt::Debug for Secret {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Secret(..)")
-    }
+/// Who may have the server call its own loopback (127.0.0.0/8, ::1, 0.0.0.0, `localhost`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LoopbackCallbacks {
+    /// `local`: only clients on this host (the demo: curl and `callback-server` on one machine).
+    Local,
+    /// `any`: every client, for a server only trusted clients can reach.
+    Any,
+    /// `never`: no one, not even a client on this host (what BLOCK_LOCALHOST=true means).
+    Never,
 }
 
 /// Which browser origins may call the API.
@@ -155,16 +164,18 @@ pub struct Config {
     pub rate_limit_requests: u32,
     /// The burst refills evenly over this window.
     pub rate_limit_window: Duration,
-    /// Take the client IP from the first `X-Forwarded-For` entry (only behind a trusted proxy).
-    pub trust_forwarded_for: bool,
+    /// TRUSTED_PROXIES: peers whose `X-Forwarded-For` tells the client IP. Empty: the peer is
+    /// the client.
+    pub trusted_proxies: TrustedProxies,
     /// Larger request bodies get 413.
     pub max_payload_size_kb: usize,
     /// Lower-case schemes a callback URL may use.
     pub allowed_callback_schemes: Vec<String>,
-    /// Refuse callbacks to private, link-local, shared, multicast and reserved addresses.
+    /// Refuse callbacks to every address that is not globally routable (metadata services are
+    /// refused whatever this says).
     pub block_private_ips: bool,
-    /// Refuse callbacks to loopback and `localhost`.
-    pub block_localhost: bool,
+    /// LOOPBACK_CALLBACKS (BLOCK_LOCALHOST=true is `never`): who may use loopback callbacks.
+    pub loopback_callbacks: LoopbackCallbacks,
     /// How long an `Idempotency-Key` is remembered.
     pub idempotency_ttl: Duration,
     /// How engine threads are scheduled against the threads that answer HTTP.
@@ -189,13 +200,7 @@ impl Config {
         match dotenvy::dotenv() {
             Ok(_) => {}
             Err(e) if e.not_found() => {}
-            Err(e) => {
-                return Err(ConfigError {
-                    key: ".env",
-                    value: e.to_string(),
-                    expected: "KEY=value lines (quote values that contain spaces)".to_owned(),
-                });
-            }
+            Err(e) => return Err(dotenv_error(&e)),
         }
         Self::from_lookup(|key| std::env::var(key).ok())
     }
@@ -210,7 +215,7 @@ impl Config {
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
         let env = Lookup(&lookup);
         let config = Self {
-            app_name: env.string("APP_NAME", "Sync vs Async API Demo"),
+            app_name: env.text("APP_NAME", "Sync vs Async API Demo")?,
             host: env.parse("HOST", "0.0.0.0", "an IP address such as 0.0.0.0 or 127.0.0.1")?,
             port: env.parse("PORT", "8000", "a port number from 0 to 65535")?,
             database_path: PathBuf::from(env.string("DATABASE_PATH", "./data/requests.db")),
@@ -220,66 +225,57 @@ impl Config {
                 "10",
                 "a whole number of connections from 4 to 1000",
             )?,
-            lease: env.seconds("LEASE_SECONDS", "30")?,
-            rescue_interval: env.seconds("RESCUE_INTERVAL_SECONDS", "5")?,
-            poll_interval: env.seconds("POLL_INTERVAL_SECONDS", "1")?,
-            notify_interval: env.millis("NOTIFY_INTERVAL_MS", "75")?,
+            lease: env.seconds("LEASE_SECONDS", "30", 0.3, 3600.0)?,
+            rescue_interval: env.seconds("RESCUE_INTERVAL_SECONDS", "5", 0.01, 3600.0)?,
+            poll_interval: env.seconds("POLL_INTERVAL_SECONDS", "1", 0.001, 1.0)?,
+            notify_interval: env.millis("NOTIFY_INTERVAL_MS", "75", 50..=100)?,
             job_max_attempts: env.parse("JOB_MAX_ATTEMPTS", "5", "a whole number from 1 to 100")?,
             retention: env.retention("RETENTION_HOURS", "168")?,
-            replica_name: env.string("REPLICA_NAME", &default_replica_name()),
+            replica_name: env.text("REPLICA_NAME", &default_replica_name())?,
             sqlite_wal_limit_mb: env.parse("SQLITE_WAL_LIMIT_MB", "64", "a whole number of MiB from 1 to 65536")?,
-            max_sync_concurrency: env.count("MAX_SYNC_CONCURRENCY", 10)?,
-            work_timeout: env.seconds("WORK_TIMEOUT_SECONDS", "30")?,
-            num_workers: env.count("NUM_WORKERS", 5)?,
-            max_queue_size: env.count("MAX_QUEUE_SIZE", 100)?,
-            shutdown_grace: env.seconds("SHUTDOWN_GRACE_SECONDS", "10")?,
-            callback_timeout: env.seconds("CALLBACK_TIMEOUT_SECONDS", "10")?,
+            max_sync_concurrency: env.count("MAX_SYNC_CONCURRENCY", 10, 1024)?,
+            work_timeout: env.seconds("WORK_TIMEOUT_SECONDS", "30", 0.001, 3600.0)?,
+            num_workers: env.count("NUM_WORKERS", 5, 1024)?,
+            max_queue_size: env.count("MAX_QUEUE_SIZE", 100, 1_000_000_000)?,
+            shutdown_grace: env.seconds("SHUTDOWN_GRACE_SECONDS", "10", 0.001, 3600.0)?,
+            callback_timeout: env.seconds("CALLBACK_TIMEOUT_SECONDS", "10", 0.001, 600.0)?,
             max_callback_retries: env.parse("MAX_CALLBACK_RETRIES", "3", "a whole number from 0 to 20")?,
             retry_backoff_base: env.parse("RETRY_BACKOFF_BASE", "2", "a number from 1 to 10")?,
-            callback_retry_unit: env.millis("CALLBACK_RETRY_UNIT_MS", "1000")?,
-            callback_max_retry_after: env.seconds("CALLBACK_MAX_RETRY_AFTER_SECONDS", "300")?,
-            max_concurrent_deliveries: env.count("MAX_CONCURRENT_DELIVERIES", 20)?,
+            callback_retry_unit: env.millis("CALLBACK_RETRY_UNIT_MS", "1000", 1..=3_600_000)?,
+            callback_max_retry_after: env.seconds("CALLBACK_MAX_RETRY_AFTER_SECONDS", "300", 0.001, 86_400.0)?,
+            max_concurrent_deliveries: env.count("MAX_CONCURRENT_DELIVERIES", 20, 10_000)?,
             callback_signing_key: env.signing_key("CALLBACK_SIGNING_SECRET")?,
             rate_limit_requests: env.parse("RATE_LIMIT_REQUESTS", "100", "a whole number of at least 1")?,
-            rate_limit_window: env.seconds("RATE_LIMIT_WINDOW_SECONDS", "60")?,
-            trust_forwarded_for: env.flag("TRUST_FORWARDED_FOR", false)?,
-            max_payload_size_kb: env.count("MAX_PAYLOAD_SIZE_KB", 100)?,
+            rate_limit_window: env.seconds("RATE_LIMIT_WINDOW_SECONDS", "60", 0.001, 86_400.0)?,
+            trusted_proxies: env.trusted_proxies("TRUSTED_PROXIES")?,
+            max_payload_size_kb: env.count("MAX_PAYLOAD_SIZE_KB", 100, MAX_PAYLOAD_SIZE_KB)?,
             allowed_callback_schemes: env.schemes("ALLOWED_CALLBACK_SCHEMES", "http,https")?,
             block_private_ips: env.flag("BLOCK_PRIVATE_IPS", true)?,
-            block_localhost: env.flag("BLOCK_LOCALHOST", false)?,
-            idempotency_ttl: env.seconds("IDEMPOTENCY_TTL_SECONDS", "86400")?,
+            loopback_callbacks: env.loopback_callbacks("LOOPBACK_CALLBACKS", "BLOCK_LOCALHOST")?,
+            idempotency_ttl: env.seconds("IDEMPOTENCY_TTL_SECONDS", "86400", 1.0, 31_536_000.0)?,
             engine_priority: env.engine_priority("ENGINE_PRIORITY", "idle")?,
             log_level: env.string("LOG_LEVEL", "info"),
             log_format: env.log_format("LOG_FORMAT", "pretty")?,
             cors_origins: env.cors_origins("CORS_ORIGINS", "*"),
             cors_allow_credentials: env.flag("CORS_ALLOW_CREDENTIALS", false)?,
         };
+        env.check_retired()?;
         config.check_ranges(&env)?;
         Ok(config)
     }
 
     /// Bounds that need more than one value or a range check after parsing.
     fn check_ranges(&self, env: &Lookup<'_>) -> Result<(), ConfigError> {
-        let checks: [(&'static str, bool, &str); 13] = [
+        let checks: [(&'static str, bool, &str); 10] = [
             (
                 "DATABASE_MAX_CONNECTIONS",
                 (4..=1000).contains(&self.database_max_connections),
                 "a whole number of connections from 4 to 1000",
             ),
             (
-                "LEASE_SECONDS",
-                (Duration::from_millis(300)..=Duration::from_secs(3600)).contains(&self.lease),
-                "a number of seconds from 0.3 to 3600",
-            ),
-            (
-                "POLL_INTERVAL_SECONDS",
-                self.poll_interval <= Duration::from_secs(1),
-                "a positive number of seconds up to 1",
-            ),
-            (
-                "NOTIFY_INTERVAL_MS",
-                (Duration::from_millis(50)..=Duration::from_millis(100)).contains(&self.notify_interval),
-                "a whole number of milliseconds from 50 to 100",
+                "DATABASE_PATH",
+                !self.database_path.as_os_str().as_encoded_bytes().contains(&0),
+                "a file path",
             ),
             (
                 "JOB_MAX_ATTEMPTS",
@@ -290,11 +286,6 @@ impl Config {
                 "SQLITE_WAL_LIMIT_MB",
                 (1..=65_536).contains(&self.sqlite_wal_limit_mb),
                 "a whole number of MiB from 1 to 65536",
-            ),
-            (
-                "CALLBACK_MAX_RETRY_AFTER_SECONDS",
-                self.callback_max_retry_after <= Duration::from_secs(86_400),
-                "a positive number of seconds up to 86400",
             ),
             (
                 "CORS_ORIGINS",
@@ -360,195 +351,11 @@ impl Config {
         self.sqlite_wal_limit_mb * 1024 * 1024
     }
 
-    /// The largest accepted request body, in bytes.
+    /// The largest accepted request body, in bytes. MAX_PAYLOAD_SIZE_KB is bounded at start, so
+    /// this cannot overflow; it saturates all the same, for a `Config` built by hand.
     pub fn max_payload_bytes(&self) -> usize {
-        self.max_payload_size_kb * 1024
+        self.max_payload_size_kb.saturating_mul(1024)
     }
-}
-
-/// Typed reads over a key -> value source, each producing a `ConfigError` that names the key.
-struct Lookup<'a>(&'a dyn Fn(&str) -> Option<String>);
-
-impl Lookup<'_> {
-    fn raw(&self, key: &str) -> Option<String> {
-        (self.0)(key).map(|v| v.trim().to_owned()).filter(|v| !v.is_empty())
-    }
-
-    fn error(&self, key: &'static str, expected: &str) -> ConfigError {
-        ConfigError {
-            key,
-            value: self.raw(key).unwrap_or_default(),
-            expected: expected.to_owned(),
-        }
-    }
-
-    fn string(&self, key: &str, default: &str) -> String {
-        self.raw(key).unwrap_or_else(|| default.to_owned())
-    }
-
-    fn optional(&self, key: &str) -> Option<String> {
-        self.raw(key)
-    }
-
-    fn parse<T: std::str::FromStr>(&self, key: &'static str, default: &str, expected: &str) -> Result<T, ConfigError> {
-        let value = self.string(key, default);
-        value.parse().map_err(|_| ConfigError {
-            key,
-            value,
-            expected: expected.to_owned(),
-        })
-    }
-
-    /// A whole number of at least 1.
-    fn count(&self, key: &'static str, default: usize) -> Result<usize, ConfigError> {
-        let n: usize = self.parse(key, &default.to_string(), "a whole number of at least 1")?;
-        if n == 0 {
-            return Err(self.error(key, "a whole number of at least 1"));
-        }
-        Ok(n)
-    }
-
-    /// Positive seconds; fractions allowed (`0.25`).
-    fn seconds(&self, key: &'static str, default: &str) -> Result<Duration, ConfigError> {
-        let expected = "a positive number of seconds such as 30 or 0.5";
-        let secs: f64 = self.parse(key, default, expected)?;
-        Duration::try_from_secs_f64(secs)
-            .ok()
-            .filter(|d| !d.is_zero())
-            .ok_or_else(|| self.error(key, expected))
-    }
-
-    /// Positive whole milliseconds.
-    fn millis(&self, key: &'static str, default: &str) -> Result<Duration, ConfigError> {
-        let expected = "a whole number of milliseconds of at least 1";
-        let ms: u64 = self.parse(key, default, expected)?;
-        if ms == 0 {
-            return Err(self.error(key, expected));
-        }
-        Ok(Duration::from_millis(ms))
-    }
-
-    /// A `postgres://`, `postgresql://` or `sqlite://` URL; any other scheme stops the start.
-    fn database_url(&self, key: &'static str) -> Result<Option<DatabaseUrl>, ConfigError> {
-        let Some(raw) = self.optional(key) else {
-            return Ok(None);
-        };
-        let expected = "a postgres://user@host:port/database URL, or sqlite://path";
-        let scheme = raw.split_once(':').map(|(scheme, _)| scheme.to_ascii_lowercase());
-        match scheme.as_deref() {
-            Some("postgres" | "postgresql") => match url::Url::parse(&raw) {
-                Ok(url) if url.host().is_some() || url.query().is_some_and(|q| q.contains("host=")) => {
-                    Ok(Some(DatabaseUrl::Postgres(Secret::new(raw))))
-                }
-                _ => Err(self.error(key, expected)),
-            },
-            Some("sqlite") => {
-                let path = raw["sqlite:".len()..].trim_start_matches("//");
-                if path.is_empty() {
-                    return Err(self.error(key, expected));
-                }
-                Ok(Some(DatabaseUrl::Sqlite(PathBuf::from(path))))
-            }
-            _ => Err(self.error(key, expected)),
-        }
-    }
-
-    /// Hours, fractions allowed; 0 keeps everything.
-    fn retention(&self, key: &'static str, default: &str) -> Result<Option<Duration>, ConfigError> {
-        let expected = "a number of hours from 0 (keep everything) to 87600";
-        let hours: f64 = self.parse(key, default, expected)?;
-        if !(0.0..=87_600.0).contains(&hours) {
-            return Err(self.error(key, expected));
-        }
-        Ok((hours > 0.0).then(|| Duration::from_secs_f64(hours * 3600.0)))
-    }
-
-    /// A Standard Webhooks secret, decoded once here.
-    fn signing_key(&self, key: &'static str) -> Result<Option<SigningKey>, ConfigError> {
-        self.optional(key)
-            .map(|secret| SigningKey::parse(&secret).map_err(|_| self.error(key, "`whsec_` followed by base64")))
-            .transpose()
-    }
-
-    fn flag(&self, key: &'static str, default: bool) -> Result<bool, ConfigError> {
-        match self.raw(key).map(|v| v.to_ascii_lowercase()).as_deref() {
-            None => Ok(default),
-            Some("true" | "1" | "yes" | "on") => Ok(true),
-            Some("false" | "0" | "no" | "off") => Ok(false),
-            Some(_) => Err(self.error(key, "true or false")),
-        }
-    }
-
-    fn engine_priority(&self, key: &'static str, default: &str) -> Result<EnginePriority, ConfigError> {
-        match self.string(key, default).to_ascii_lowercase().as_str() {
-            "idle" => Ok(EnginePriority::Idle),
-            "low" => Ok(EnginePriority::Low),
-            "normal" => Ok(EnginePriority::Normal),
-            _ => Err(self.error(key, "idle, low or normal")),
-        }
-    }
-
-    fn log_format(&self, key: &'static str, default: &str) -> Result<LogFormat, ConfigError> {
-        match self.string(key, default).to_ascii_lowercase().as_str() {
-            "pretty" | "text" => Ok(LogFormat::Pretty),
-            "json" => Ok(LogFormat::Json),
-            _ => Err(self.error(key, "json or pretty")),
-        }
-    }
-
-    /// Accepts `http,https` and the original's JSON form `["http","https"]`.
-    fn schemes(&self, key: &'static str, default: &str) -> Result<Vec<String>, ConfigError> {
-        let expected = "a list such as http,https or [\"http\",\"https\"] of http and https";
-        let schemes: Vec<String> = list(&self.string(key, default))
-            .iter()
-            .map(|s| s.to_ascii_lowercase())
-            .collect();
-        if schemes.is_empty() || schemes.iter().any(|s| s != "http" && s != "https") {
-            return Err(self.error(key, expected));
-        }
-        Ok(schemes)
-    }
-
-    fn cors_origins(&self, key: &'static str, default: &str) -> CorsOrigins {
-        let origins = list(&self.string(key, default));
-        if origins.is_empty() || origins.iter().any(|o| o == "*") {
-            CorsOrigins::Any
-        } else {
-            CorsOrigins::List(origins)
-        }
-    }
-}
-
-/// The host name, for the default REPLICA_NAME.
-fn default_replica_name() -> String {
-    std::fs::read_to_string("/etc/hostname")
-        .ok()
-        .map(|name| name.trim().to_owned())
-        .filter(|name| !name.is_empty())
-        .unwrap_or_else(|| "replica".to_owned())
-}
-
-/// `scheme://host[:port]` with nothing after it: what a browser sends as `Origin`.
-fn is_origin(origin: &str) -> bool {
-    url::Url::parse(origin).is_ok_and(|u| {
-        matches!(u.scheme(), "http" | "https")
-            && u.host().is_some()
-            && u.path() == "/"
-            && !origin.ends_with('/')
-            && u.query().is_none()
-            && u.fragment().is_none()
-            && u.username().is_empty()
-    })
-}
-
-/// Splits `a,b` or `["a","b"]` into trimmed, unquoted, non-empty items.
-fn list(raw: &str) -> Vec<String> {
-    let inner = raw.trim().trim_start_matches('[').trim_end_matches(']');
-    inner
-        .split(',')
-        .map(|item| item.trim().trim_matches(|c| c == '"' || c == '\'').trim().to_owned())
-        .filter(|item| !item.is_empty())
-        .collect()
 }
 
 #[cfg(test)]
@@ -559,7 +366,6 @@ mod tests {
         let map: HashMap<String, String> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         Config::from_map(&map)
     }
-
     #[test]
     fn defaults_match_the_documented_values() {
         let c = Config::default();
@@ -574,10 +380,10 @@ mod tests {
             (100, Duration::from_secs(60))
         );
         assert_eq!(c.allowed_callback_schemes, vec!["http", "https"]);
-        assert!(c.block_private_ips && !c.block_localhost && !c.trust_forwarded_for);
+        assert!(c.block_private_ips && c.trusted_proxies.is_empty());
+        assert_eq!(c.loopback_callbacks, LoopbackCallbacks::Local);
         assert_eq!(c.max_payload_bytes(), 100 * 1024);
     }
-
     #[test]
     fn both_scheme_list_forms_are_accepted() {
         for raw in [
@@ -592,7 +398,6 @@ mod tests {
         let https_only = with(&[("ALLOWED_CALLBACK_SCHEMES", "[\"https\"]")]).expect("https only");
         assert_eq!(https_only.allowed_callback_schemes, vec!["https"]);
     }
-
     #[test]
     fn a_bad_value_names_the_key_and_the_expected_form() {
         let err = with(&[("PORT", "eighty")]).expect_err("not a port");
@@ -625,13 +430,11 @@ mod tests {
             assert!(err.to_string().starts_with(&format!("invalid {key}=")), "{err}");
         }
     }
-
     #[test]
     fn fractional_seconds_allow_millisecond_timeouts() {
         let c = with(&[("WORK_TIMEOUT_SECONDS", "0.25")]).expect("valid");
         assert_eq!(c.work_timeout, Duration::from_millis(250));
     }
-
     #[test]
     fn credentials_with_a_wildcard_origin_are_refused() {
         let err = with(&[("CORS_ALLOW_CREDENTIALS", "true")]).expect_err("wildcard");
@@ -645,13 +448,11 @@ mod tests {
             CorsOrigins::List(vec!["http://localhost:3000".into()])
         );
     }
-
     #[test]
     fn unknown_keys_and_empty_values_fall_back_to_defaults() {
         let c = with(&[("SOMETHING_ELSE", "x"), ("PORT", "")]).expect("valid");
         assert_eq!(c, Config::default());
     }
-
     fn env_example() -> HashMap<String, String> {
         let path = concat!(env!("CARGO_MANIFEST_DIR"), "/.env.example");
         dotenvy::from_path_iter(path)
@@ -659,12 +460,10 @@ mod tests {
             .map(|kv| kv.expect("parses"))
             .collect()
     }
-
     #[test]
     fn the_env_example_file_parses_to_the_defaults() {
         assert_eq!(Config::from_map(&env_example()).expect("valid"), Config::default());
     }
-
     #[test]
     fn the_env_example_lists_every_key_the_config_reads() {
         let asked = std::cell::RefCell::new(Vec::new());
@@ -676,8 +475,55 @@ mod tests {
         let example = env_example();
         let asked = asked.into_inner();
         assert!(asked.len() >= 28, "only {} keys read", asked.len());
-        for key in asked {
+        let retired: Vec<&str> = read::RETIRED_KEYS.iter().map(|(key, _)| *key).collect();
+        for key in asked.into_iter().filter(|key| !retired.contains(&key.as_str())) {
             assert!(example.contains_key(&key), "{key} is missing from .env.example");
         }
+    }
+    #[test]
+    fn the_largest_settings_leave_every_derived_figure_in_range() {
+        let c = with(&[
+            ("MAX_PAYLOAD_SIZE_KB", "65536"),
+            ("IDEMPOTENCY_TTL_SECONDS", "31536000"),
+            ("SQLITE_WAL_LIMIT_MB", "65536"),
+        ])
+        .expect("valid");
+        assert_eq!(c.max_payload_bytes(), 64 * 1024 * 1024);
+        assert!(
+            chrono::Utc::now()
+                .checked_sub_signed(chrono::Duration::from_std(c.idempotency_ttl).expect("fits"))
+                .is_some()
+        );
+        assert_eq!(c.sqlite_wal_limit_bytes(), 64 << 30);
+    }
+    const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+    #[test]
+    fn debug_output_shows_no_secret() {
+        let c = with(&[
+            ("CALLBACK_SIGNING_SECRET", SECRET),
+            ("DATABASE_URL", "postgres://app:hunter2-pw@db.internal:5432/sync"),
+        ])
+        .expect("valid");
+        let debug = format!("{c:?} {:?}", c.database());
+        assert!(c.callback_signing_key.is_some());
+        for secret in ["MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", "hunter2-pw", "whsec_"] {
+            assert!(!debug.contains(secret), "{secret} in {debug}");
+        }
+    }
+    #[test]
+    fn error_lines_show_no_secret() {
+        let err = with(&[("CALLBACK_SIGNING_SECRET", "whsec_***my-real-secret***")]).expect_err("malformed");
+        let line = err.to_string();
+        assert!(!line.contains("my-real-secret"), "{line}");
+        assert!(!format!("{err:?}").contains("my-real-secret"));
+        assert!(
+            line.starts_with("invalid CALLBACK_SIGNING_SECRET=\"<redacted>\""),
+            "{line}"
+        );
+
+        let err = with(&[("DATABASE_URL", "mysql://app:hunter2-pw@db.internal/sync")]).expect_err("scheme");
+        let line = err.to_string();
+        assert!(!line.contains("hunter2-pw") && !line.contains("app:"), "{line}");
+        assert!(line.contains("mysql://<redacted>@db.internal/sync"), "{line}");
     }
 }

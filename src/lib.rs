@@ -6,7 +6,8 @@
 //! - [`config`]: every setting, its default and environment name, validated once.
 //! - [`error`]: `ApiError` and its `application/problem+json` form.
 //! - [`extract`]: request extractors whose rejections are `ApiError`s.
-//! - [`client_ip`]: the client address a request is attributed to.
+//! - [`client_ip`]: the client address a request is attributed to, and whether it is on this host.
+//! - [`trusted_proxies`]: TRUSTED_PROXIES and the address forms proxies write.
 //! - [`engine`]: the pure, deterministic, cancellable CPU work (hash, prime, matrix, transform).
 //! - [`calibrate`]: measures the engine against its documented durations.
 //! - [`execution`]: runs engine work on low-priority blocking threads with a deadline, and records it.
@@ -50,6 +51,7 @@ mod metrics;
 mod openapi;
 mod rate_limit;
 mod ssrf;
+mod trusted_proxies;
 
 pub use app::App;
 pub use config::Config;

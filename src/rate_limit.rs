@@ -145,7 +145,7 @@ pub(crate) async fn enforce(State(rate_limit): State<RateLimit>, mut req: Reques
         return next.run(req).await;
     }
     let limiter = &rate_limit.limiter;
-    match limiter.check_shared(&rate_limit.db, client.0).await {
+    match limiter.check_shared(&rate_limit.db, client.ip).await {
         Decision::Allowed { remaining } => {
             let mut response = next.run(req).await;
             let headers = response.headers_mut();

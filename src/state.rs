@@ -53,7 +53,7 @@ pub struct AppState {
 impl FromRef<AppState> for ClientIpSource {
     fn from_ref(state: &AppState) -> Self {
         ClientIpSource {
-            trust_forwarded_for: state.config.trust_forwarded_for,
+            trusted_proxies: state.config.trusted_proxies.clone(),
         }
     }
 }
@@ -65,6 +65,11 @@ impl FromRef<AppState> for BodyLimitKb {
 }
 
 impl AppState {
+    /// True once shutdown has begun: from then on new work gets 503.
+    pub fn is_stopping(&self) -> bool {
+        self.stopping.is_cancelled()
+    }
+
     /// Sync requests holding a slot right now.
     pub fn sync_in_flight(&self) -> usize {
         self.config.max_sync_concurrency - self.sync_slots.available_permits()

@@ -7,7 +7,8 @@
 //! - [`runner`]: sending load, closed or open loop; [`target`]: the requests themselves.
 //! - [`run`]: one mode run, collected into a report; [`stats`]: HDR histograms and timelines.
 //! - [`callbacks`]: matching callbacks to acknowledgements; [`receiver`]: the demo callback
-//!   receiver, shared with the `callback-server` binary and the server's integration tests.
+//!   receiver, shared with the `callback-server` binary and the server's integration tests;
+//!   `recent_ids`: the capped map of ids that keeps the receiver's memory bounded.
 //! - [`sampler`]: the server's `/metrics` during a run; [`background`]: sync load beside a run.
 //! - [`report`], [`text`], [`html`]: the results as data, as text, and as an HTML page.
 //! - [`server`]: the server started in-process when no `--url` is given.
@@ -16,6 +17,7 @@ pub mod background;
 pub mod callbacks;
 pub mod html;
 pub mod receiver;
+mod recent_ids;
 pub mod report;
 pub mod run;
 pub mod runner;

@@ -2,6 +2,8 @@
 //! and recent callbacks, `GET /healthz` answers. It verifies Standard Webhooks signatures when
 //! given the secret, and can play an unreliable receiver (failures, a chosen status, delays).
 //! One module, used by the `callback-server` binary, the load tester and the integration tests.
+//! Its memory is bounded: the last `keep_recent` callbacks, and what it knows of the last
+//! `remember_ids` ids (for `fail_first` and de-duplication); the totals are counters.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -22,6 +24,8 @@ use tokio_util::sync::CancellationToken;
 
 use sync_async::error::ApiError;
 use sync_async::signing::SigningKey;
+
+use crate::recent_ids::RecentIds;
 
 /// How far a `webhook-timestamp` may be from now before the callback is refused as a replay
 /// (the Standard Webhooks recommendation).
@@ -45,8 +49,11 @@ pub struct ReceiverOptions {
     pub delay: Duration,
     /// Print nothing per callback.
     pub quiet: bool,
-    /// How many recent callbacks `/stats` shows.
+    /// How many recent callbacks `/stats` shows (a ring: the oldest is dropped).
     pub keep_recent: usize,
+    /// How many `webhook-id`s are remembered for `fail_first` and de-duplication. Past that,
+    /// the oldest is forgotten, and a redelivery of it counts as new.
+    pub remember_ids: usize,
 }
 
 impl Default for ReceiverOptions {
@@ -61,6 +68,7 @@ impl Default for ReceiverOptions {
             delay: Duration::ZERO,
             quiet: true,
             keep_recent: 20,
+            remember_ids: 100_000,
         }
     }
 }
@@ -110,6 +118,8 @@ pub struct ReceiverTotals {
 pub struct ReceiverStats {
     #[serde(flatten)]
     pub totals: ReceiverTotals,
+    /// Ids held for de-duplication now (at most `remember_ids`).
+    pub remembered_ids: usize,
     /// The most recent accepted callbacks, newest first.
     pub recent: Vec<Value>,
 }
@@ -125,15 +135,21 @@ struct Shared {
     book: Mutex<Book>,
 }
 
-#[derive(Default)]
 struct Book {
     totals: ReceiverTotals,
-    /// How many times each `webhook-id` has been seen (for `fail_first` and duplicates).
-    deliveries: HashMap<String, u32>,
-    /// Ids that were accepted with 200.
-    accepted: HashMap<String, ()>,
+    /// What is known of each recent `webhook-id`.
+    ids: RecentIds<IdRecord>,
     recent: VecDeque<Value>,
     subscribers: Vec<mpsc::UnboundedSender<Received>>,
+}
+
+/// What the receiver knows of one `webhook-id`.
+#[derive(Debug, Default)]
+struct IdRecord {
+    /// Deliveries seen, whatever the answer (for `fail_first`).
+    deliveries: u32,
+    /// Accepted with 200 before (the next one is a duplicate).
+    accepted: bool,
 }
 
 /// A receiver serving on a bound port.
@@ -165,8 +181,13 @@ impl Receiver {
     pub fn new(options: ReceiverOptions) -> Self {
         Self {
             shared: Arc::new(Shared {
+                book: Mutex::new(Book {
+                    totals: ReceiverTotals::default(),
+                    ids: RecentIds::new(options.remember_ids),
+                    recent: VecDeque::with_capacity(options.keep_recent.min(1024)),
+                    subscribers: Vec::new(),
+                }),
                 options,
-                book: Mutex::new(Book::default()),
             }),
         }
     }
@@ -232,6 +253,7 @@ impl Receiver {
         let book = self.book();
         ReceiverStats {
             totals: book.totals.clone(),
+            remembered_ids: book.ids.len(),
             recent: book.recent.iter().cloned().collect(),
         }
     }
@@ -281,9 +303,9 @@ async fn receive(State(receiver): State<Receiver>, headers: HeaderMap, body: Byt
     }
     let seen_before = {
         let mut book = receiver.book();
-        let count = book.deliveries.entry(id.clone()).or_insert(0);
-        *count += 1;
-        *count - 1
+        let record = book.ids.entry(&id);
+        record.deliveries = record.deliveries.saturating_add(1);
+        record.deliveries - 1
     };
     if seen_before < options.fail_first || (options.fail_rate > 0.0 && rand::random::<f64>() < options.fail_rate) {
         receiver.book().totals.simulated_failures += 1;
@@ -317,7 +339,7 @@ async fn receive(State(receiver): State<Receiver>, headers: HeaderMap, body: Byt
 /// Counts an accepted callback and tells the subscribers.
 fn record(receiver: &Receiver, mut received: Received) -> Received {
     let mut book = receiver.book();
-    received.duplicate = book.accepted.insert(received.webhook_id.clone(), ()).is_some();
+    received.duplicate = std::mem::replace(&mut book.ids.entry(&received.webhook_id).accepted, true);
     book.totals.accepted += 1;
     if received.duplicate {
         book.totals.duplicates += 1;

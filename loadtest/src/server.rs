@@ -7,6 +7,7 @@ use std::thread::JoinHandle;
 use anyhow::Context;
 use tokio::sync::oneshot;
 
+use sync_async::config::LoopbackCallbacks;
 use sync_async::{App, Config};
 
 /// The rate limit of a spawned server: high enough that the load test never trips it.
@@ -22,15 +23,16 @@ pub struct SpawnedServer {
 }
 
 /// Settings for a spawned server: the user's (environment and `.env`), then loopback on a free
-/// port, a temporary database, no rate limit to speak of, and localhost callbacks allowed (the
-/// tool's receiver is on this machine).
+/// port, a temporary database, no rate limit to speak of, and loopback callbacks allowed for the
+/// clients on this host even if the user's settings say `never` (the tool's receiver is here).
 pub fn loadtest_config(base: Config, dir: &tempfile::TempDir) -> Config {
     Config {
         host: [127, 0, 0, 1].into(),
         port: 0,
         database_path: dir.path().join("loadtest.db"),
         rate_limit_requests: LOADTEST_RATE_LIMIT,
-        block_localhost: false,
+        // The tool's receiver is on this host, and so is every client of a spawned server.
+        loopback_callbacks: LoopbackCallbacks::Local,
         ..base
     }
 }

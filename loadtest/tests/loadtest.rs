@@ -9,6 +9,7 @@ use axum::Router;
 use axum::routing::{get, post};
 use serde_json::{Value, json};
 use sync_async::engine::Operation;
+use sync_async_loadtest::receiver::{Receiver, ReceiverOptions};
 use sync_async_loadtest::report::{LoadtestReport, SCHEMA_VERSION};
 use sync_async_loadtest::run::{self, RunMode, RunSpec};
 use sync_async_loadtest::runner::Plan;
@@ -441,6 +442,49 @@ async fn the_callback_server_counts_callbacks_and_rejects_bad_signatures() {
 
 /// Every field path of a JSON document (`runs[].latency.p99_ms`); the keys of maps keyed by
 /// data (status codes, error kinds) collapse to `*`.
+#[tokio::test]
+async fn the_receiver_keeps_bounded_memory_however_many_callbacks_arrive() {
+    let receiver = Receiver::new(ReceiverOptions {
+        keep_recent: 5,
+        remember_ids: 10,
+        ..ReceiverOptions::default()
+    });
+    let running = receiver.clone().spawn(([127, 0, 0, 1], 0).into()).await.expect("binds");
+    let client = reqwest::Client::new();
+    let deliver = |id: String| {
+        client
+            .post(running.callback_url())
+            .header("webhook-id", id)
+            .json(&json!({"status": "done", "result": {}}))
+            .send()
+    };
+
+    for n in 0..50 {
+        assert_eq!(deliver(format!("req-{n}")).await.expect("sent").status(), 200);
+    }
+    // Still remembered: a duplicate. Long forgotten: counted as new.
+    let again: Value = deliver("req-49".into())
+        .await
+        .expect("sent")
+        .json()
+        .await
+        .expect("json");
+    let forgotten: Value = deliver("req-0".into()).await.expect("sent").json().await.expect("json");
+
+    assert_eq!(
+        (again["duplicate"].clone(), forgotten["duplicate"].clone()),
+        (json!(true), json!(false))
+    );
+    let stats = receiver.stats();
+    assert_eq!(
+        (stats.totals.accepted, stats.totals.unique, stats.totals.duplicates),
+        (52, 51, 1)
+    );
+    assert_eq!(stats.remembered_ids, 10);
+    assert_eq!(stats.recent.len(), 5);
+    assert_eq!(stats.recent[0]["request_id"], "req-0", "newest first");
+}
+
 fn field_paths(value: &Value, prefix: &str, out: &mut std::collections::BTreeSet<String>) {
     match value {
         Value::Object(map) => {

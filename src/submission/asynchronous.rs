@@ -101,7 +101,7 @@ pub async fn accept_async(
     let callback_url = match request.callback_url.as_deref() {
         Some(raw) => Some(
             policy
-                .check_url(raw)
+                .check_submitted(raw, client)
                 .map_err(|why| ApiError::CallbackRefused(why.to_string()))?
                 .to_string(),
         ),
@@ -109,7 +109,7 @@ pub async fn accept_async(
     };
     let claim = key
         .0
-        .map(|key| key_claim(state, client.0.to_string(), key, &request))
+        .map(|key| key_claim(state, client.ip.to_string(), key, &request))
         .transpose()?;
     if let Some(claim) = &claim
         && let Some(replay) = replay(state, claim, complexity).await?
@@ -124,7 +124,7 @@ pub async fn accept_async(
         id: id.clone(),
         payload,
         callback_url: callback_url.clone(),
-        client_ip: client.0.to_string(),
+        client_ip: client.ip.to_string(),
         created_at: db::timestamp(chrono::Utc::now()),
     };
     // The commit runs in its own task: a client that disconnects mid-commit cannot leave a

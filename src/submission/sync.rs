@@ -65,7 +65,7 @@ pub async fn run_sync(state: &AppState, request: SyncRequest, client: ClientIp) 
     let id = new_request_id();
     tracing::Span::current().record("request_id", id.as_str());
     let payload_json = serde_json::to_value(&payload).map_err(ApiError::internal)?;
-    let client_ip = client.0.to_string();
+    let client_ip = client.ip.to_string();
 
     // Storing and running live in their own task, so the request is recorded and finished even
     // if this handler is dropped (the client went away); the guard then cancels the engine,

@@ -1,5 +1,5 @@
-//! The real binary: a fresh start creates the database, a bad setting stops it with one clear
-//! line, SIGTERM stops it cleanly.
+//! The real binary: a fresh start creates the database, a bad or out-of-bounds setting stops it
+//! with one clear line (a secret never in it), SIGTERM stops it cleanly.
 
 use std::process::Command;
 
@@ -21,6 +21,41 @@ fn a_bad_setting_stops_the_start_with_one_line_naming_the_key() {
         stderr.contains("MAX_QUEUE_SIZE=\"lots\"") && stderr.contains("expected a whole number"),
         "{stderr}"
     );
+}
+
+/// Runs the binary with one setting and returns its exit code and standard error.
+fn start_with(key: &str, value: &str) -> (Option<i32>, String) {
+    let output = Command::new(BIN)
+        .current_dir(std::env::temp_dir())
+        .env_clear()
+        .env(key, value)
+        .output()
+        .expect("runs");
+    (output.status.code(), String::from_utf8(output.stderr).expect("utf-8"))
+}
+
+#[test]
+fn a_setting_out_of_bounds_stops_the_start_with_one_line_not_a_panic() {
+    for (key, value) in [
+        ("IDEMPOTENCY_TTL_SECONDS", "1e15"),
+        ("MAX_PAYLOAD_SIZE_KB", "18014398509481984"),
+        ("WORK_TIMEOUT_SECONDS", "1e300"),
+        ("NUM_WORKERS", "0"),
+    ] {
+        let (code, stderr) = start_with(key, value);
+        assert_eq!(code, Some(2), "{key}={value}: {stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+        assert!(stderr.starts_with(&format!("sync-async: invalid {key}=")), "{stderr}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+    }
+}
+
+#[test]
+fn a_malformed_secret_is_not_echoed_in_the_startup_error() {
+    let (code, stderr) = start_with("CALLBACK_SIGNING_SECRET", "whsec_***my-real-secret***");
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("CALLBACK_SIGNING_SECRET"), "{stderr}");
+    assert!(!stderr.contains("my-real-secret"), "{stderr}");
 }
 
 #[tokio::test]

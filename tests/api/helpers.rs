@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use sync_async::config::{DatabaseUrl, Secret};
+use sync_async::config::{DatabaseUrl, Secret, TrustedProxies};
 use sync_async::db::Db;
 use sync_async::liveness::Liveness;
 use sync_async::state::AppState;
@@ -52,6 +52,12 @@ pub(crate) fn test_config(dir: &TempDir) -> Config {
         callback_timeout: Duration::from_secs(5),
         ..Config::default()
     }
+}
+
+/// TRUSTED_PROXIES=127.0.0.1/32: the tests' own requests come through a "proxy", so that an
+/// `X-Forwarded-For` header simulates a client on another machine.
+pub(crate) fn trust_loopback_proxy(config: &mut Config) {
+    config.trusted_proxies = TrustedProxies::parse(&["127.0.0.1/32"]).expect("a valid CIDR");
 }
 
 pub(crate) async fn spawn_app() -> TestApp {
@@ -202,11 +208,16 @@ impl TestApp {
         }
     }
 
-    /// Graceful stop: stop accepting, drain, and wait for the app to finish.
-    pub(crate) async fn stop(mut self) {
+    /// Sends the shutdown signal and returns at once: the app drains on its own.
+    pub(crate) fn begin_stop(&mut self) {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }
+    }
+
+    /// Graceful stop: stop accepting, drain, and wait for the app to finish.
+    pub(crate) async fn stop(mut self) {
+        self.begin_stop();
         if let Some(server) = self.server.take() {
             server.await.expect("server task").expect("server stops cleanly");
         }

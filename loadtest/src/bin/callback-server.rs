@@ -40,6 +40,13 @@ struct Args {
     /// Print nothing per callback.
     #[arg(long)]
     quiet: bool,
+    /// How many recent callbacks `/stats` shows.
+    #[arg(long, default_value_t = 20)]
+    keep_recent: usize,
+    /// How many callback ids are remembered for de-duplication and `--fail-first`; past that
+    /// the oldest is forgotten, so memory stays bounded however long the receiver runs.
+    #[arg(long, default_value_t = 100_000)]
+    remember_ids: usize,
 }
 
 fn main() -> ExitCode {
@@ -51,8 +58,14 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    if !(0.0..=1.0).contains(&args.fail_rate) || !(100..=599).contains(&args.status) {
-        eprintln!("callback-server: --fail-rate takes 0 to 1 and --status 100 to 599");
+    if !(0.0..=1.0).contains(&args.fail_rate)
+        || !(100..=599).contains(&args.status)
+        || !(1..=10_000_000).contains(&args.remember_ids)
+        || args.keep_recent > 10_000
+    {
+        eprintln!(
+            "callback-server: --fail-rate takes 0 to 1, --status 100 to 599, --remember-ids 1 to 10000000 and --keep-recent 0 to 10000"
+        );
         return ExitCode::from(2);
     }
     let options = ReceiverOptions {
@@ -64,7 +77,8 @@ fn main() -> ExitCode {
         retry_after_secs: args.retry_after,
         delay: Duration::from_millis(args.delay_ms),
         quiet: args.quiet,
-        ..ReceiverOptions::default()
+        keep_recent: args.keep_recent,
+        remember_ids: args.remember_ids,
     };
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,

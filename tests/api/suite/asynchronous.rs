@@ -1,8 +1,11 @@
 //! `POST /async`: acknowledgement, polling, the queue limit, idempotency, the URL policy.
 
 use serde_json::{Value, json};
+use sync_async::config::LoopbackCallbacks;
 
-use super::helpers::{TestReceiver, problem, quick_payload, slow_payload, spawn_app, spawn_app_with, wait_until};
+use super::helpers::{
+    TestReceiver, problem, quick_payload, slow_payload, spawn_app, spawn_app_with, trust_loopback_proxy, wait_until,
+};
 
 #[tokio::test]
 async fn a_job_without_callback_is_acknowledged_then_polled_to_its_result() {
@@ -163,9 +166,7 @@ async fn the_same_idempotency_key_with_another_body_is_a_422() {
 
 #[tokio::test]
 async fn idempotency_keys_are_scoped_per_client() {
-    let Some(app) = spawn_app_with(|c| c.trust_forwarded_for = true).await else {
-        return;
-    };
+    let Some(app) = spawn_app_with(trust_loopback_proxy).await else { return };
     let send = |client: &'static str| {
         app.client
             .post(app.url("/async"))
@@ -188,7 +189,7 @@ async fn idempotency_keys_are_scoped_per_client() {
 
 #[tokio::test]
 async fn callback_urls_refused_by_policy_are_a_400_and_store_nothing() {
-    let Some(app) = spawn_app_with(|c| c.block_localhost = true).await else {
+    let Some(app) = spawn_app_with(|c| c.loopback_callbacks = LoopbackCallbacks::Never).await else {
         return;
     };
     for url in [

@@ -1,12 +1,12 @@
 //! The per-IP rate limit: burst, 429 shape, exemption.
 
-use super::helpers::{problem, spawn_app_with};
+use super::helpers::{problem, spawn_app_with, trust_loopback_proxy};
 
 #[tokio::test]
 async fn the_burst_passes_and_one_more_request_gets_exactly_one_429() {
     let Some(app) = spawn_app_with(|c| {
         c.rate_limit_requests = 5;
-        c.trust_forwarded_for = true;
+        trust_loopback_proxy(c);
     })
     .await
     else {
@@ -66,7 +66,7 @@ async fn health_checks_are_never_rate_limited() {
 }
 
 #[tokio::test]
-async fn forwarded_for_is_ignored_unless_trusted() {
+async fn forwarded_for_is_ignored_unless_the_peer_is_a_trusted_proxy() {
     let Some(app) = spawn_app_with(|c| c.rate_limit_requests = 1).await else {
         return;
     };
@@ -80,7 +80,7 @@ async fn forwarded_for_is_ignored_unless_trusted() {
 
     let Some(trusting) = spawn_app_with(|c| {
         c.rate_limit_requests = 1;
-        c.trust_forwarded_for = true;
+        trust_loopback_proxy(c);
     })
     .await
     else {
