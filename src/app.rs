@@ -27,6 +27,7 @@ use tracing::Level;
 use crate::callback::Deliveries;
 use crate::client_ip::ClientIpSource;
 use crate::config::{Config, CorsOrigins, DatabaseTarget};
+use crate::dashboard::{self, Dashboard, Rates};
 use crate::db::{self, Backend, Wakeups};
 use crate::execution::{EnginePool, Executor};
 use crate::jobs::{self, JobsContext, Leases, QueueSettings};
@@ -64,6 +65,8 @@ pub struct App {
     stop: CancellationToken,
     /// Tells the upkeep loops to stop.
     halt: CancellationToken,
+    /// The dashboard's handles: its rates (fed by `track_http`) and bursts.
+    dashboard: Dashboard,
     /// For SQLite, an exclusive lock on `<DATABASE_PATH>.lock`, held until the app stops: one
     /// server per file, which is what lets its start treat every lease as expired.
     _instance_lock: Option<std::fs::File>,
@@ -78,6 +81,8 @@ impl App {
         let listener = TcpListener::bind(addr)
             .await
             .with_context(|| format!("binding {addr}"))?;
+        let bound = listener.local_addr().context("reading the bound address")?;
+        let dashboard = Dashboard::new(&config, bound).context("setting up the dashboard")?;
         let target = config.database();
         let instance_lock = match &target {
             DatabaseTarget::Sqlite { path, .. } => Some(lock_instance(path)?),
@@ -174,6 +179,7 @@ impl App {
             upkeep,
             stop,
             halt,
+            dashboard,
             _instance_lock: instance_lock,
         })
     }
@@ -205,12 +211,13 @@ impl App {
             upkeep,
             stop,
             halt,
+            dashboard,
             _instance_lock,
         } = self;
         let addr = listener.local_addr()?;
         tracing::info!(%addr, app = %state.config.app_name, "listening");
         let db = state.db.clone();
-        let service = router(state).into_make_service_with_connect_info::<SocketAddr>();
+        let service = router(state, dashboard).into_make_service_with_connect_info::<SocketAddr>();
         // Workers stop taking jobs the moment the signal arrives, while HTTP drains.
         let stop_on_signal = stop.clone();
         let signal = async move {
@@ -283,20 +290,31 @@ fn lock_instance(database_path: &std::path::Path) -> anyhow::Result<std::fs::Fil
 }
 
 /// The routes with every cross-cutting layer: request id, tracing, CORS, HTTP metrics, rate
-/// limit and body limit.
-pub fn router(state: AppState) -> Router {
+/// limit (the API's routes; the dashboard's pages and its event stream are not counted, so a
+/// burst the demo fires cannot lock its own page out) and body limit; all under BASE_PATH.
+pub(crate) fn router(state: AppState, dashboard: Dashboard) -> Router {
     let x_request_id = HeaderName::from_static("x-request-id");
-    routes::router()
-        .layer(DefaultBodyLimit::max(state.config.max_payload_bytes()))
-        .layer(middleware::from_fn_with_state(
-            RateLimit {
-                limiter: state.rate_limiter.clone(),
-                client_ip: ClientIpSource::from_ref(&state),
-                refused: state.metrics.rate_limited.clone(),
-            },
-            rate_limit::enforce,
-        ))
-        .layer(middleware::from_fn_with_state(state.metrics.clone(), track_http))
+    let base_path = state.config.base_path.clone();
+    let tracking = HttpTracking {
+        metrics: state.metrics.clone(),
+        rates: dashboard.rates.clone(),
+    };
+    let api = routes::router_under(&base_path).layer(middleware::from_fn_with_state(
+        RateLimit {
+            limiter: state.rate_limiter.clone(),
+            client_ip: ClientIpSource::from_ref(&state),
+            refused: state.metrics.rate_limited.clone(),
+        },
+        rate_limit::enforce,
+    ));
+    let app = api.merge(dashboard::router(dashboard));
+    let app = if base_path.is_empty() {
+        app
+    } else {
+        Router::new().nest(&base_path, app).fallback(routes::not_found)
+    };
+    app.layer(DefaultBodyLimit::max(state.config.max_payload_bytes()))
+        .layer(middleware::from_fn_with_state(tracking, track_http))
         .layer(cors(&state.config))
         .layer(PropagateRequestIdLayer::new(x_request_id.clone()))
         .layer(
@@ -343,9 +361,17 @@ fn cors(config: &Config) -> CorsLayer {
         .allow_credentials(config.cors_allow_credentials)
 }
 
+/// What `track_http` feeds.
+#[derive(Clone)]
+struct HttpTracking {
+    metrics: Arc<Metrics>,
+    /// The dashboard's per-second answers of `/sync` and `/async`.
+    rates: Arc<Rates>,
+}
+
 /// Counts every answer and its latency by route template.
 async fn track_http(
-    State(metrics): State<Arc<Metrics>>,
+    State(HttpTracking { metrics, rates }): State<HttpTracking>,
     matched: Option<MatchedPath>,
     req: Request,
     next: Next,
@@ -366,6 +392,7 @@ async fn track_http(
     .to_owned();
     let route = matched.map_or_else(|| "unmatched".to_owned(), |m| m.as_str().to_owned());
     let response = next.run(req).await;
+    rates.record_answer(&route, response.status().as_u16(), started.elapsed());
     let labels = RouteLabels {
         method,
         route,

@@ -174,6 +174,9 @@ pub struct Config {
     pub log_format: LogFormat,
     pub cors_origins: CorsOrigins,
     pub cors_allow_credentials: bool,
+    /// BASE_PATH: the path prefix (`/ops`) a reverse proxy forwards unchanged; every route, the
+    /// dashboard included, is served under it. Empty: served at the root.
+    pub base_path: String,
 }
 
 impl Default for Config {
@@ -253,6 +256,7 @@ impl Config {
             log_format: env.log_format("LOG_FORMAT", "pretty")?,
             cors_origins: env.cors_origins("CORS_ORIGINS", "*"),
             cors_allow_credentials: env.flag("CORS_ALLOW_CREDENTIALS", false)?,
+            base_path: env.base_path("BASE_PATH")?,
         };
         config.check_ranges(&env)?;
         Ok(config)
@@ -509,6 +513,23 @@ impl Lookup<'_> {
         Ok(schemes)
     }
 
+    /// Empty, or `/` followed by path segments of URL-safe characters, without a trailing `/`.
+    fn base_path(&self, key: &'static str) -> Result<String, ConfigError> {
+        let Some(path) = self.optional(key) else {
+            return Ok(String::new());
+        };
+        let segment_ok = |s: &str| {
+            !s.is_empty() && s != "." && s != ".." && s.chars().all(|c| c.is_ascii_alphanumeric() || "-._~".contains(c))
+        };
+        match path.strip_prefix('/') {
+            Some(rest) if rest.split('/').all(segment_ok) => Ok(path),
+            _ => Err(self.error(
+                key,
+                "empty, or a path such as /ops: a leading /, no trailing /, segments of letters, digits, - . _ ~",
+            )),
+        }
+    }
+
     fn cors_origins(&self, key: &'static str, default: &str) -> CorsOrigins {
         let origins = list(&self.string(key, default));
         if origins.is_empty() || origins.iter().any(|o| o == "*") {
@@ -618,12 +639,25 @@ mod tests {
             ("SHUTDOWN_GRACE_SECONDS", "0"),
             ("LOG_LEVEL", "sync_async=loud"),
             ("ENGINE_PRIORITY", "realtime"),
+            ("BASE_PATH", "ops"),
+            ("BASE_PATH", "/ops/"),
+            ("BASE_PATH", "/"),
+            ("BASE_PATH", "/a//b"),
+            ("BASE_PATH", "/a b"),
+            ("BASE_PATH", "/.."),
         ];
         for (key, value) in cases {
             let err = with(&[(key, value)]).expect_err(key);
             assert_eq!(err.key, key, "{err}");
             assert!(err.to_string().starts_with(&format!("invalid {key}=")), "{err}");
         }
+    }
+
+    #[test]
+    fn a_base_path_is_kept_as_written_and_empty_means_the_root() {
+        assert_eq!(with(&[("BASE_PATH", "/ops")]).expect("valid").base_path, "/ops");
+        assert_eq!(with(&[("BASE_PATH", "/a/b-c")]).expect("valid").base_path, "/a/b-c");
+        assert_eq!(Config::default().base_path, "");
     }
 
     #[test]

@@ -6,6 +6,7 @@ mod pg;
 mod asynchronous;
 mod callbacks;
 mod config_cli;
+mod dashboard;
 mod docs;
 mod errors;
 mod observability;
