@@ -72,7 +72,7 @@
   // Each chart: the series it draws (label, CSS class, values), its unit and its span.
   const CHARTS = {
     throughput: (r) => ({
-      unit: "/s",
+      unit: "per second",
       lines: [
         ["200", "s-ok", pick(r.sync, "ok")],
         ["202", "s-accepted", pick(r.async, "ok")],
@@ -81,7 +81,7 @@
       ],
     }),
     sync: (r) => ({
-      unit: "/s",
+      unit: "per second",
       span: 120,
       lines: [
         ["200", "s-ok", pick(r.sync, "ok")],
@@ -90,7 +90,7 @@
       ],
     }),
     async: (r) => ({
-      unit: "/s",
+      unit: "per second",
       span: 120,
       lines: [
         ["202", "s-accepted", pick(r.async, "ok")],
@@ -98,7 +98,7 @@
       ],
     }),
     queue: (r) => ({
-      unit: "",
+      unit: "jobs, workers",
       span: 120,
       lines: [
         ["queue depth", "s-limited", r.backlog],
@@ -111,7 +111,7 @@
   };
 
   const percentiles = (series) => ({
-    unit: " ms",
+    unit: "ms",
     span: 120,
     lines: [
       ["p50", "s-p50", pick(series, "p50")],
@@ -121,7 +121,7 @@
   });
 
   const SVG = "http://www.w3.org/2000/svg";
-  const W = 640, H = 180, LEFT = 48, RIGHT = 8, TOP = 24, BOTTOM = 20;
+  const W = 400, H = 170, LEFT = 34, RIGHT = 6, TOP = 24, BOTTOM = 18;
 
   function el(name, attrs, text) {
     const node = document.createElementNS(SVG, name);
@@ -129,6 +129,9 @@
     if (text !== undefined) node.textContent = text;
     return node;
   }
+
+  // Tick labels stay short enough for the margin: 1500 -> 1.5k.
+  const tick = (v) => (v >= 1000 ? `${+(v / 1000).toFixed(1)}k` : show(v));
 
   function niceMax(v) {
     if (!(v > 0)) return 1;
@@ -138,18 +141,19 @@
   }
 
   function draw(svg, chart) {
-    const span = chart.span || 300;
-    const lines = chart.lines.map(([label, cls, values]) => [label, cls, last(values, span)]);
-    const n = Math.max(2, ...lines.map((l) => l[2].length));
+    // The whole span is drawn even when the server has run for less: the data sits at the right.
+    const n = chart.span || 300;
+    const lines = chart.lines.map(([label, cls, values]) => [label, cls, last(values, n)]);
     const top = niceMax(Math.max(0, ...lines.flatMap((l) => l[2].filter((v) => v != null))));
     const x = (i) => LEFT + ((W - LEFT - RIGHT) * i) / (n - 1);
     const y = (v) => TOP + (H - TOP - BOTTOM) * (1 - v / top);
     const nodes = [];
     for (const f of [0, 0.5, 1]) {
       nodes.push(el("line", { class: "grid", x1: LEFT, x2: W - RIGHT, y1: y(top * f), y2: y(top * f) }));
-      nodes.push(el("text", { class: "axis", x: LEFT - 6, y: y(top * f) + 4, "text-anchor": "end" }, show(top * f) + chart.unit));
+      nodes.push(el("text", { class: "axis", x: LEFT - 4, y: y(top * f) + 4, "text-anchor": "end" }, tick(top * f)));
     }
-    nodes.push(el("text", { class: "axis", x: LEFT, y: H - 4 }, `-${Math.round(n / 60) >= 2 ? `${Math.round(n / 60)} min` : `${n} s`}`));
+    nodes.push(el("text", { class: "axis", x: W - RIGHT, y: 15, "text-anchor": "end" }, chart.unit));
+    nodes.push(el("text", { class: "axis", x: LEFT, y: H - 4 }, n >= 120 ? `-${n / 60} min` : `-${n} s`));
     nodes.push(el("text", { class: "axis", x: W - RIGHT, y: H - 4, "text-anchor": "end" }, "now"));
     let legendX = LEFT;
     for (const [label, cls, values] of lines) {
@@ -159,7 +163,7 @@
         if (points.length > 1) nodes.push(el("polyline", { class: cls, points: points.join(" ") }));
         if (points.length === 1) {
           const [px, py] = points[0].split(",");
-          nodes.push(el("circle", { class: cls, cx: px, cy: py, r: 2 }));
+          nodes.push(el("circle", { class: cls, cx: px, cy: py, r: 2.5 }));
         }
         points = [];
       };
@@ -170,7 +174,7 @@
       flush();
       nodes.push(el("rect", { class: cls, x: legendX, y: 6, width: 10, height: 10, rx: 2 }));
       nodes.push(el("text", { class: "legend", x: legendX + 14, y: 15 }, label));
-      legendX += 24 + label.length * 7;
+      legendX += 22 + label.length * 6.5;
     }
     svg.replaceChildren(...nodes);
   }

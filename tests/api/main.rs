@@ -7,6 +7,7 @@ mod asynchronous;
 mod callbacks;
 mod config_cli;
 mod dashboard;
+mod dashboard_browser;
 mod docs;
 mod errors;
 mod observability;
