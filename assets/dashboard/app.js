@@ -121,7 +121,7 @@
   });
 
   const SVG = "http://www.w3.org/2000/svg";
-  const W = 400, H = 170, LEFT = 34, RIGHT = 6, TOP = 24, BOTTOM = 18;
+  const LEFT = 34, RIGHT = 6, TOP = 24, BOTTOM = 18;
 
   function el(name, attrs, text) {
     const node = document.createElementNS(SVG, name);
@@ -140,7 +140,9 @@
     return 10 * p;
   }
 
+  // Draws in the SVG's own viewBox units, so a wide chart and a small one keep the same type size.
   function draw(svg, chart) {
+    const { width: W, height: H } = svg.viewBox.baseVal;
     // The whole span is drawn even when the server has run for less: the data sits at the right.
     const n = chart.span || 300;
     const lines = chart.lines.map(([label, cls, values]) => [label, cls, last(values, n)]);

@@ -489,6 +489,7 @@ async fn under_a_base_path_everything_moves_under_the_prefix() {
     assert!(html.contains(r#"data-base="/ops""#));
     assert_eq!(problem(app.get("/dashboard").await).await.0, 404);
     assert_eq!(app.get("/ops/healthz").await.status(), 200);
+    assert_eq!(app.get("/ops/docs/").await.status(), 200);
     let spec = app.get_json("/ops/openapi.json").await;
     assert_eq!(spec["servers"][0]["url"], "/ops");
 

@@ -316,14 +316,16 @@ async fn every_page_loads_live_in_a_browser_without_console_errors() {
 
     pages_load_cleanly(&app, &client, "").await;
 
-    // A little history for the overview's chart and tiles.
-    for _ in 0..3 {
-        app.post_json("/sync", &json!({"payload": crate::helpers::quick_payload()}))
-            .await;
-    }
+    // Some history for the overview's tiles and chart: 10 sync and 10 async at once.
+    let order = json!({"mode": "both", "n": 10, "operation": "prime", "complexity": 1});
+    assert_eq!(app.post_json("/dashboard/api/burst", &order).await.status(), 202);
     client.goto(&app.url("/dashboard")).await.expect("overview");
-    wait_text(&client, "requests-done", "the overview counts the requests", |t| {
-        t == "3"
+    wait_text(&client, "total-503", "the overview counts the 503s", |t| {
+        number(t).is_some_and(|n| n > 0)
+    })
+    .await;
+    wait_text(&client, "requests-done", "the jobs are done", |t| {
+        number(t).is_some_and(|n| n >= 12)
     })
     .await;
     screenshot(&client, "dashboard-overview.png").await;
