@@ -3,7 +3,7 @@
 //! server-fired bursts. Every response carries a Content-Security-Policy without inline script.
 //!
 //! - [`overview`]: the live overview page.
-//! - [`requests`]: the requests list, one request's page, and its Redeliver action.
+//! - [`requests`]: the requests list; [`request`]: one request's page and its Redeliver action.
 //! - [`demo`]: the sync-vs-async demo page; [`burst`] fires its bursts.
 //! - [`events`]: the SSE stream and the JSON snapshot; [`snapshot`] builds what both send.
 //! - [`rates`]: per-second answers and latency percentiles, fed by the HTTP middleware.
@@ -18,6 +18,7 @@ mod events;
 mod overview;
 mod rates;
 mod redact;
+mod request;
 mod requests;
 mod snapshot;
 mod tiles;
@@ -80,13 +81,13 @@ pub(crate) fn router(dashboard: Dashboard) -> Router<AppState> {
     Router::new()
         .route("/dashboard", get(overview::page))
         .route("/dashboard/requests", get(requests::list_page))
-        .route("/dashboard/requests/{id}", get(requests::detail_page))
+        .route("/dashboard/requests/{id}", get(request::page))
         .route("/dashboard/demo", get(demo::page))
         .route("/dashboard/events", get(events::stream))
         .route("/dashboard/api/snapshot", get(events::snapshot_json))
         .route("/dashboard/api/burst", post(burst::start))
-        .route("/dashboard/api/requests/{id}", get(requests::detail_json))
-        .route("/dashboard/api/requests/{id}/redeliver", post(requests::redeliver))
+        .route("/dashboard/api/requests/{id}", get(request::figures))
+        .route("/dashboard/api/requests/{id}/redeliver", post(request::redeliver))
         .route("/dashboard/assets/{file}", get(assets::serve))
         .layer(axum::middleware::map_response(security_headers))
         .layer(Extension(dashboard))
