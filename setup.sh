@@ -15,6 +15,13 @@ if [ ! -f .env ]; then
   echo "Created .env from .env.example (every line is a default; edit what you need)."
 fi
 
+# The dashboard's browser tests drive Debian's headless Chromium through chromedriver; they skip
+# (outside CI) when it is missing. Installed only if missing, and only where apt-get can run.
+if ! command -v chromedriver >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+  DEBIAN_FRONTEND=noninteractive apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null
+fi
+
 mkdir -p data
 cargo build --release --bins
 

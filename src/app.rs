@@ -28,6 +28,7 @@ use tracing::Level;
 use crate::callback::Deliveries;
 use crate::client_ip::ClientIpSource;
 use crate::config::{Config, CorsOrigins, DatabaseTarget};
+use crate::dashboard::{self, Dashboard, Rates};
 use crate::db::{self, Backend, Wakeups};
 use crate::error::ApiError;
 use crate::execution::{EnginePool, Executor};
@@ -66,6 +67,8 @@ pub struct App {
     stop: CancellationToken,
     /// Tells the upkeep loops to stop.
     halt: CancellationToken,
+    /// The dashboard's handles: its rates (fed by `track_http`) and bursts.
+    dashboard: Dashboard,
     /// For SQLite, an exclusive lock on `<DATABASE_PATH>.lock`, held until the app stops: one
     /// server per file, which is what lets its start treat every lease as expired.
     _instance_lock: Option<std::fs::File>,
@@ -80,6 +83,8 @@ impl App {
         let listener = TcpListener::bind(addr)
             .await
             .with_context(|| format!("binding {addr}"))?;
+        let bound = listener.local_addr().context("reading the bound address")?;
+        let dashboard = Dashboard::new(&config, bound).context("setting up the dashboard")?;
         let target = config.database();
         let instance_lock = match &target {
             DatabaseTarget::Sqlite { path, .. } => Some(lock_instance(path)?),
@@ -176,6 +181,7 @@ impl App {
             upkeep,
             stop,
             halt,
+            dashboard,
             _instance_lock: instance_lock,
         })
     }
@@ -207,12 +213,13 @@ impl App {
             upkeep,
             stop,
             halt,
+            dashboard,
             _instance_lock,
         } = self;
         let addr = listener.local_addr()?;
         tracing::info!(%addr, app = %state.config.app_name, "listening");
         let db = state.db.clone();
-        let service = router(state).into_make_service_with_connect_info::<SocketAddr>();
+        let service = router(state, dashboard).into_make_service_with_connect_info::<SocketAddr>();
         // Workers stop taking jobs the moment the signal arrives, while HTTP drains.
         let stop_on_signal = stop.clone();
         let signal = async move {
@@ -285,29 +292,42 @@ fn lock_instance(database_path: &std::path::Path) -> anyhow::Result<std::fs::Fil
 }
 
 /// The routes with every cross-cutting layer: request id, tracing, CORS, HTTP metrics, rate
-/// limit, a panic guard and body limit.
-pub fn router(state: AppState) -> Router {
-    with_layers(routes::router(), &state).with_state(state)
+/// limit (the API's routes; the dashboard's pages and its event stream are not counted, so a
+/// burst the demo fires cannot lock its own page out), a panic guard and body limit; all under
+/// BASE_PATH.
+pub(crate) fn router(state: AppState, dashboard: Dashboard) -> Router {
+    let base_path = state.config.base_path.clone();
+    let tracking = HttpTracking {
+        metrics: state.metrics.clone(),
+        rates: dashboard.rates.clone(),
+    };
+    let api = routes::router_under(&base_path).layer(middleware::from_fn_with_state(
+        RateLimit {
+            limiter: state.rate_limiter.clone(),
+            client_ip: ClientIpSource::from_ref(&state),
+            refused: state.metrics.rate_limited.clone(),
+            db: state.db.clone(),
+        },
+        rate_limit::enforce,
+    ));
+    let app = api.merge(dashboard::router(dashboard));
+    let app = if base_path.is_empty() {
+        app
+    } else {
+        Router::new().nest(&base_path, app).fallback(routes::not_found)
+    };
+    with_layers(app, &state, tracking).with_state(state)
 }
 
 /// Wraps `routes` in the layer stack; the tests put a route that panics under the same stack.
-fn with_layers(routes: Router<AppState>, state: &AppState) -> Router<AppState> {
+fn with_layers(routes: Router<AppState>, state: &AppState, tracking: HttpTracking) -> Router<AppState> {
     let x_request_id = HeaderName::from_static("x-request-id");
     routes
         .layer(DefaultBodyLimit::max(state.config.max_payload_bytes()))
         // Inside the metrics and the request id, so a panic is counted and answered like any
         // 500; around the rate limiter and the handlers, where a bug could panic.
         .layer(CatchPanicLayer::custom(answer_panic))
-        .layer(middleware::from_fn_with_state(
-            RateLimit {
-                limiter: state.rate_limiter.clone(),
-                client_ip: ClientIpSource::from_ref(state),
-                refused: state.metrics.rate_limited.clone(),
-                db: state.db.clone(),
-            },
-            rate_limit::enforce,
-        ))
-        .layer(middleware::from_fn_with_state(state.metrics.clone(), track_http))
+        .layer(middleware::from_fn_with_state(tracking, track_http))
         .layer(cors(&state.config))
         .layer(PropagateRequestIdLayer::new(x_request_id.clone()))
         .layer(
@@ -364,9 +384,17 @@ fn cors(config: &Config) -> CorsLayer {
         .allow_credentials(config.cors_allow_credentials)
 }
 
+/// What `track_http` feeds.
+#[derive(Clone)]
+struct HttpTracking {
+    metrics: Arc<Metrics>,
+    /// The dashboard's per-second answers of `/sync` and `/async`.
+    rates: Arc<Rates>,
+}
+
 /// Counts every answer and its latency by route template.
 async fn track_http(
-    State(metrics): State<Arc<Metrics>>,
+    State(HttpTracking { metrics, rates }): State<HttpTracking>,
     matched: Option<MatchedPath>,
     req: Request,
     next: Next,
@@ -387,6 +415,7 @@ async fn track_http(
     .to_owned();
     let route = matched.map_or_else(|| "unmatched".to_owned(), |m| m.as_str().to_owned());
     let response = next.run(req).await;
+    rates.record_answer(&route, response.status().as_u16(), started.elapsed());
     let labels = RouteLabels {
         method,
         route,
@@ -436,7 +465,11 @@ mod tests {
             panic!("a bug")
         }
         let routes = Router::new().route("/panics", get(panics));
-        let service = with_layers(routes, &state).with_state(state);
+        let tracking = HttpTracking {
+            metrics: state.metrics.clone(),
+            rates: Arc::new(Rates::new("")),
+        };
+        let service = with_layers(routes, &state, tracking).with_state(state);
 
         let response = service
             .oneshot(Request::get("/panics").body(Body::empty()).expect("request"))

@@ -185,6 +185,9 @@ pub struct Config {
     pub log_format: LogFormat,
     pub cors_origins: CorsOrigins,
     pub cors_allow_credentials: bool,
+    /// BASE_PATH: the path prefix (`/ops`) a reverse proxy forwards unchanged; every route, the
+    /// dashboard included, is served under it. Empty: served at the root.
+    pub base_path: String,
 }
 
 impl Default for Config {
@@ -258,6 +261,7 @@ impl Config {
             log_format: env.log_format("LOG_FORMAT", "pretty")?,
             cors_origins: env.cors_origins("CORS_ORIGINS", "*"),
             cors_allow_credentials: env.flag("CORS_ALLOW_CREDENTIALS", false)?,
+            base_path: env.base_path("BASE_PATH")?,
         };
         env.check_retired()?;
         config.check_ranges(&env)?;
@@ -423,6 +427,12 @@ mod tests {
             ("SHUTDOWN_GRACE_SECONDS", "0"),
             ("LOG_LEVEL", "sync_async=loud"),
             ("ENGINE_PRIORITY", "realtime"),
+            ("BASE_PATH", "ops"),
+            ("BASE_PATH", "/ops/"),
+            ("BASE_PATH", "/"),
+            ("BASE_PATH", "/a//b"),
+            ("BASE_PATH", "/a b"),
+            ("BASE_PATH", "/.."),
         ];
         for (key, value) in cases {
             let err = with(&[(key, value)]).expect_err(key);
@@ -430,6 +440,13 @@ mod tests {
             assert!(err.to_string().starts_with(&format!("invalid {key}=")), "{err}");
         }
     }
+    #[test]
+    fn a_base_path_is_kept_as_written_and_empty_means_the_root() {
+        assert_eq!(with(&[("BASE_PATH", "/ops")]).expect("valid").base_path, "/ops");
+        assert_eq!(with(&[("BASE_PATH", "/a/b-c")]).expect("valid").base_path, "/a/b-c");
+        assert_eq!(Config::default().base_path, "");
+    }
+
     #[test]
     fn fractional_seconds_allow_millisecond_timeouts() {
         let c = with(&[("WORK_TIMEOUT_SECONDS", "0.25")]).expect("valid");

@@ -27,6 +27,9 @@ pub enum ApiError {
     /// 401: a signature or credential did not verify (the demo callback receiver).
     #[error("{0}")]
     Unauthorized(String),
+    /// 403: the caller is known but may not do this (a read-only dashboard visitor acting).
+    #[error("{0}")]
+    Forbidden(String),
     /// 404: no such resource.
     #[error("{0}")]
     NotFound(String),
@@ -116,6 +119,7 @@ impl ApiError {
         match self {
             Self::BadRequest(_) | Self::CallbackRefused(_) => StatusCode::BAD_REQUEST,
             Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            Self::Forbidden(_) => StatusCode::FORBIDDEN,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::Conflict(_) => StatusCode::CONFLICT,
@@ -137,6 +141,7 @@ impl ApiError {
             Self::BadRequest(_) => "bad-request",
             Self::CallbackRefused(_) => "callback-url-refused",
             Self::Unauthorized(_) => "unauthorized",
+            Self::Forbidden(_) => "forbidden",
             Self::NotFound(_) => "not-found",
             Self::MethodNotAllowed => "method-not-allowed",
             Self::Conflict(_) => "conflict",

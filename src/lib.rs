@@ -18,6 +18,7 @@
 //! - [`jobs`]: the async job queue, its workers and startup recovery.
 //! - [`db`]: the SQLite pool, migrations, and one module per table (all SQL lives here).
 //! - [`routes`]: the HTTP handlers, one module per resource.
+//! - [`dashboard`]: the built-in web dashboard: live overview, requests, the sync-vs-async demo.
 //! - [`openapi`]: the OpenAPI frame and shared error responses.
 //! - [`rate_limit`]: the per-client-IP limiter.
 //! - [`model`]: the vocabulary storage and API share: mode, status, delivery status.
@@ -44,6 +45,7 @@ pub mod telemetry;
 // Private: the server's own parts.
 mod callback;
 mod client_ip;
+mod dashboard;
 mod execution;
 mod extract;
 mod jobs;

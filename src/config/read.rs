@@ -239,6 +239,23 @@ impl Lookup<'_> {
         Ok(schemes)
     }
 
+    /// Empty, or `/` followed by path segments of URL-safe characters, without a trailing `/`.
+    pub(super) fn base_path(&self, key: &'static str) -> Result<String, ConfigError> {
+        let Some(path) = self.optional(key) else {
+            return Ok(String::new());
+        };
+        let segment_ok = |s: &str| {
+            !s.is_empty() && s != "." && s != ".." && s.chars().all(|c| c.is_ascii_alphanumeric() || "-._~".contains(c))
+        };
+        match path.strip_prefix('/') {
+            Some(rest) if rest.split('/').all(segment_ok) => Ok(path),
+            _ => Err(self.error(
+                key,
+                "empty, or a path such as /ops: a leading /, no trailing /, segments of letters, digits, - . _ ~",
+            )),
+        }
+    }
+
     pub(super) fn cors_origins(&self, key: &'static str, default: &str) -> CorsOrigins {
         let origins = list(&self.string(key, default));
         if origins.is_empty() || origins.iter().any(|o| o == "*") {

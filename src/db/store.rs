@@ -417,10 +417,16 @@ impl DeliveryRow {
 }
 
 /// Which requests `list` returns.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ListQuery {
     pub mode: Option<Mode>,
     pub status: Option<Status>,
+    /// Only requests whose delivery is in this state, one of `DELIVERY_STATES` (`pending` also
+    /// covers a callback whose job has not finished). The total counts it too.
+    pub delivery: Option<&'static str>,
+    /// Keyset paging: only requests older than this one in the newest-first order (by
+    /// `created_at`, then id); an unknown id matches nothing. The total ignores it.
+    pub before_id: Option<String>,
     pub limit: u32,
     pub offset: u32,
 }

@@ -33,7 +33,7 @@ pub(super) fn router() -> OpenApiRouter<AppState> {
 /// `by_mode`, `by_status`, `queue.size`, `queue.running`, `deliveries`, `cluster`) are the
 /// whole cluster's; the rest are this replica's since it started.
 #[derive(Debug, Serialize, ToSchema)]
-pub(super) struct MetricsReport {
+pub(crate) struct MetricsReport {
     /// RFC 3339 UTC.
     pub timestamp: String,
     /// This replica.
@@ -64,7 +64,7 @@ pub(super) struct MetricsReport {
 
 /// This replica.
 #[derive(Debug, Serialize, ToSchema)]
-pub(super) struct ReplicaFigures {
+pub(crate) struct ReplicaFigures {
     /// Its owner id: the name (REPLICA_NAME), the process id and a random suffix.
     pub id: String,
     /// `sqlite` or `postgres`.
@@ -79,7 +79,7 @@ pub(super) struct ReplicaFigures {
 
 /// The database on disk.
 #[derive(Debug, Serialize, ToSchema)]
-pub(super) struct StorageFigures {
+pub(crate) struct StorageFigures {
     /// The database's size in bytes (the SQLite file, or the PostgreSQL database).
     pub database_bytes: u64,
     /// SQLite's write-ahead log, in bytes: kept under `wal_limit_bytes`, and emptied a few
@@ -93,13 +93,13 @@ pub(super) struct StorageFigures {
 
 /// This server process.
 #[derive(Debug, Serialize, ToSchema)]
-pub(super) struct ProcessFigures {
+pub(crate) struct ProcessFigures {
     /// Resident memory (RSS), in bytes; 0 where the platform does not tell.
     pub resident_memory_bytes: u64,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
-pub(super) struct QueueFigures {
+pub(crate) struct QueueFigures {
     /// Jobs waiting to be claimed, cluster-wide.
     pub size: u64,
     /// Jobs running now, cluster-wide.
@@ -117,7 +117,7 @@ pub(super) struct QueueFigures {
 }
 
 #[derive(Debug, Serialize, ToSchema)]
-pub(super) struct WorkerFigures {
+pub(crate) struct WorkerFigures {
     /// NUM_WORKERS.
     pub total: usize,
     /// Worker tasks running (less than `total` means one died).
@@ -127,7 +127,7 @@ pub(super) struct WorkerFigures {
 }
 
 #[derive(Debug, Serialize, ToSchema)]
-pub(super) struct SyncFigures {
+pub(crate) struct SyncFigures {
     /// Sync requests holding a slot now.
     pub in_flight: usize,
     /// MAX_SYNC_CONCURRENCY.
@@ -138,7 +138,7 @@ pub(super) struct SyncFigures {
 
 /// Callback outcomes since start, on this replica.
 #[derive(Debug, Serialize, ToSchema)]
-pub(super) struct CallbackFigures {
+pub(crate) struct CallbackFigures {
     /// Deliveries that got a 2xx.
     pub delivered: u64,
     /// Failed attempts followed by a scheduled retry.
@@ -151,7 +151,7 @@ pub(super) struct CallbackFigures {
 
 /// The replicas working on this database.
 #[derive(Debug, Serialize, ToSchema)]
-pub(super) struct ClusterFigures {
+pub(crate) struct ClusterFigures {
     /// Workers busy over every live replica, as of each one's last heartbeat.
     pub workers_busy: u64,
     pub workers_total: u64,
@@ -160,7 +160,7 @@ pub(super) struct ClusterFigures {
 
 /// One replica as the database last heard of it.
 #[derive(Debug, Serialize, ToSchema)]
-pub(super) struct ReplicaRowFigures {
+pub(crate) struct ReplicaRowFigures {
     pub id: String,
     /// RFC 3339 UTC.
     pub last_seen_at: String,
@@ -170,7 +170,8 @@ pub(super) struct ReplicaRowFigures {
     pub sync_max: u32,
 }
 
-async fn report(state: &AppState) -> Result<MetricsReport, ApiError> {
+/// The figures `/metrics` serves; the dashboard shows the same ones.
+pub(crate) async fn report(state: &AppState) -> Result<MetricsReport, ApiError> {
     let summary = state.db.summary().await?;
     let backlog = state.db.backlog().await?;
     let storage = state.db.storage().await?;

@@ -4,9 +4,9 @@
 mod asynchronous;
 mod health;
 mod index;
-mod metrics;
+pub(crate) mod metrics;
 mod records;
-mod requests;
+pub(crate) mod requests;
 mod sync;
 
 use axum::Router;
@@ -22,9 +22,21 @@ use crate::state::AppState;
 /// Every route, the Swagger UI at `/docs`, the spec at `/openapi.json`, and problem+json
 /// answers for unknown paths (404) and methods (405).
 pub fn router() -> Router<AppState> {
-    let (routes, api) = api_router().split_for_parts();
+    router_under("")
+}
+
+/// The same, for an app served under `base_path` (BASE_PATH, such as `/ops`): the routes stay
+/// as they are (the caller nests them), while the Swagger UI fetches its spec, and "Try it out"
+/// sends its requests, under the prefix.
+pub fn router_under(base_path: &str) -> Router<AppState> {
+    let (routes, mut api) = api_router().split_for_parts();
+    let mut docs = SwaggerUi::new("/docs");
+    if !base_path.is_empty() {
+        api.servers = Some(vec![utoipa::openapi::Server::new(base_path)]);
+        docs = docs.config(utoipa_swagger_ui::Config::new([format!("{base_path}/openapi.json")]));
+    }
     routes
-        .merge(SwaggerUi::new("/docs").url("/openapi.json", api))
+        .merge(docs.url("/openapi.json", api))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
 }
@@ -45,7 +57,8 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
     api_router().into_openapi()
 }
 
-async fn not_found(uri: Uri) -> ApiError {
+/// The 404 of an unknown path (also outside BASE_PATH).
+pub(crate) async fn not_found(uri: Uri) -> ApiError {
     ApiError::NotFound(format!("no route for {}", uri.path()))
 }
 

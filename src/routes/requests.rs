@@ -71,6 +71,7 @@ pub(super) async fn list_requests(
         status: filter.status,
         limit,
         offset,
+        ..ListQuery::default()
     };
     let (total, rows) = state.db.list(&query).await?;
     Ok(Json(RequestPage {
@@ -162,16 +163,23 @@ pub(super) async fn redeliver(
     State(state): State<AppState>,
     ApiPath(id): ApiPath<String>,
 ) -> Result<(StatusCode, Json<RedeliveryStarted>), ApiError> {
-    match state.deliveries.redeliver(&id).await? {
-        Ok(()) => Ok((
-            StatusCode::ACCEPTED,
-            Json(RedeliveryStarted {
-                request_id: id,
-                delivery_status: DeliveryStatus::Pending,
-                message: "A new delivery round has started".to_owned(),
-            }),
-        )),
-        Err(RedeliverRefusal::NotFound) => Err(not_found(&id)),
+    start_redelivery(&state, &id).await?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(RedeliveryStarted {
+            request_id: id,
+            delivery_status: DeliveryStatus::Pending,
+            message: "A new delivery round has started".to_owned(),
+        }),
+    ))
+}
+
+/// Starts a new delivery round, or says why not (404, 409): the API's redeliver and the
+/// dashboard's button.
+pub(crate) async fn start_redelivery(state: &AppState, id: &str) -> Result<(), ApiError> {
+    match state.deliveries.redeliver(id).await? {
+        Ok(()) => Ok(()),
+        Err(RedeliverRefusal::NotFound) => Err(not_found(id)),
         Err(RedeliverRefusal::NotFailed(_, false)) => Err(ApiError::Conflict(
             "this request has no callback_url to deliver to".to_owned(),
         )),

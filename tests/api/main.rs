@@ -8,6 +8,8 @@ mod pg;
 
 mod cluster;
 mod config_cli;
+mod dashboard;
+mod dashboard_browser;
 mod docs;
 mod loopback;
 mod on_postgres;

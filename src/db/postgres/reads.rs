@@ -69,14 +69,21 @@ pub(super) async fn get(pool: &PgPool, id: &str) -> Result<Option<RequestRow>, s
 
 /// One page of requests, newest first, and the total that match.
 pub(super) async fn list(pool: &PgPool, query: &ListQuery) -> Result<(i64, Vec<RequestRow>), sqlx::Error> {
-    let mut count = QueryBuilder::<Postgres>::new("SELECT count(*) FROM requests r");
+    let mut count =
+        QueryBuilder::<Postgres>::new("SELECT count(*) FROM requests r LEFT JOIN deliveries d ON d.request_id = r.id");
     push_filter(&mut count, query);
     let total: i64 = count.build_query_scalar().fetch_one(pool).await?;
 
     let mut page = QueryBuilder::<Postgres>::new(format!(
         "SELECT {COLUMNS} FROM requests r LEFT JOIN deliveries d ON d.request_id = r.id"
     ));
-    push_filter(&mut page, query);
+    let sep = push_filter(&mut page, query);
+    if let Some(before) = &query.before_id {
+        page.push(sep)
+            .push("(r.created_at, r.id) < (SELECT created_at, id FROM requests WHERE id = ")
+            .push_bind(before.clone())
+            .push(")");
+    }
     page.push(" ORDER BY r.created_at DESC, r.id DESC LIMIT ")
         .push_bind(i64::from(query.limit));
     page.push(" OFFSET ").push_bind(i64::from(query.offset));
@@ -84,7 +91,7 @@ pub(super) async fn list(pool: &PgPool, query: &ListQuery) -> Result<(i64, Vec<R
     Ok((total, rows.iter().map(request_row).collect::<Result<_, _>>()?))
 }
 
-fn push_filter(q: &mut QueryBuilder<Postgres>, query: &ListQuery) {
+fn push_filter(q: &mut QueryBuilder<Postgres>, query: &ListQuery) -> &'static str {
     let mut sep = " WHERE ";
     if let Some(mode) = query.mode {
         q.push(sep).push("r.mode = ").push_bind(mode.as_str());
@@ -92,7 +99,21 @@ fn push_filter(q: &mut QueryBuilder<Postgres>, query: &ListQuery) {
     }
     if let Some(status) = query.status {
         q.push(sep).push("r.status = ").push_bind(status.as_str());
+        sep = " AND ";
     }
+    if let Some(state) = query.delivery {
+        let condition = match state {
+            "pending" => "r.callback_url IS NOT NULL AND (d.status IS NULL OR (d.status = 'pending' AND d.attempts = 0))",
+            "retrying" => "d.status = 'pending' AND d.attempts > 0",
+            _ => "d.status = ",
+        };
+        q.push(sep).push(condition);
+        if !matches!(state, "pending" | "retrying") {
+            q.push_bind(state);
+        }
+        sep = " AND ";
+    }
+    sep
 }
 
 /// The cluster's totals: the counter shards summed (a few dozen rows, however many requests).

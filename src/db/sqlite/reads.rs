@@ -68,14 +68,23 @@ pub(super) async fn get(readers: &SqlitePool, id: &str) -> Result<Option<Request
 
 /// One page of requests, newest first, and the total that match.
 pub(super) async fn list(readers: &SqlitePool, query: &ListQuery) -> Result<(i64, Vec<RequestRow>), sqlx::Error> {
-    let mut count = QueryBuilder::<Sqlite>::new("SELECT COUNT(*) FROM requests r");
+    let mut count =
+        QueryBuilder::<Sqlite>::new("SELECT COUNT(*) FROM requests r LEFT JOIN deliveries d ON d.request_id = r.id");
     push_filter(&mut count, query);
     let total: i64 = count.build_query_scalar().fetch_one(readers).await?;
 
     let mut page = QueryBuilder::<Sqlite>::new(format!(
         "SELECT {COLUMNS} FROM requests r LEFT JOIN deliveries d ON d.request_id = r.id"
     ));
-    push_filter(&mut page, query);
+    let sep = push_filter(&mut page, query);
+    if let Some(before) = &query.before_id {
+        // Row values compare column by column: the same order as ORDER BY, so a page never
+        // repeats or skips a row that was there when the first page was read.
+        page.push(sep)
+            .push("(r.created_at, r.id) < (SELECT created_at, id FROM requests WHERE id = ")
+            .push_bind(before.clone())
+            .push(")");
+    }
     page.push(" ORDER BY r.created_at DESC, r.id DESC LIMIT ")
         .push_bind(i64::from(query.limit));
     page.push(" OFFSET ").push_bind(i64::from(query.offset));
@@ -83,7 +92,8 @@ pub(super) async fn list(readers: &SqlitePool, query: &ListQuery) -> Result<(i64
     Ok((total, rows.iter().map(request_row).collect::<Result<_, _>>()?))
 }
 
-fn push_filter(q: &mut QueryBuilder<Sqlite>, query: &ListQuery) {
+/// Pushes the filters; returns the separator the next condition needs.
+fn push_filter(q: &mut QueryBuilder<Sqlite>, query: &ListQuery) -> &'static str {
     let mut sep = " WHERE ";
     if let Some(mode) = query.mode {
         q.push(sep).push("r.mode = ").push_bind(mode.as_str());
@@ -91,7 +101,25 @@ fn push_filter(q: &mut QueryBuilder<Sqlite>, query: &ListQuery) {
     }
     if let Some(status) = query.status {
         q.push(sep).push("r.status = ").push_bind(status.as_str());
+        sep = " AND ";
     }
+    if let Some(state) = query.delivery {
+        // The same states as `delivery_stats`; a callback whose job is unfinished has no
+        // delivery row yet and counts as pending, as `get` shows it.
+        let condition = match state {
+            "pending" => {
+                "r.callback_url IS NOT NULL AND (d.status IS NULL OR (d.status = 'pending' AND d.attempts = 0))"
+            }
+            "retrying" => "d.status = 'pending' AND d.attempts > 0",
+            _ => "d.status = ",
+        };
+        q.push(sep).push(condition);
+        if !matches!(state, "pending" | "retrying") {
+            q.push_bind(state);
+        }
+        sep = " AND ";
+    }
+    sep
 }
 
 /// Counts by mode and status, deliveries by state and the mean engine time, from the running
