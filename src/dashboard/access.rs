@@ -6,13 +6,11 @@
 //! dashboard's own pages: a request another site makes a browser send is refused, since a
 //! loopback browser would otherwise carry any page's forged POST.
 
-use std::net::IpAddr;
-
 use axum::extract::{FromRef, FromRequestParts};
 use axum::http::HeaderMap;
 use axum::http::request::Parts;
 
-use crate::client_ip::ClientIpSource;
+use crate::client_ip::{ClientIp, ClientIpSource};
 use crate::error::ApiError;
 
 /// What one visitor may do.
@@ -24,32 +22,18 @@ pub(crate) struct Access {
     pub read_only_because: Option<String>,
 }
 
-/// The one rule. `client` is the address the request is attributed to (see `client_ip`);
-/// `headers` will carry the API key once keys exist (an admin key sees and does everything, a
-/// tenant key sees its tenant and acts on it).
-pub(crate) fn decide(client: IpAddr, forwarded_for_trusted: bool, headers: &HeaderMap) -> Access {
-    // A reverse proxy on the same machine connects from loopback for every client it forwards:
-    // unless its X-Forwarded-For is trusted (and so `client` is the real one), such a request is
-    // a remote one.
-    let proxied = ["x-forwarded-for", "forwarded", "x-real-ip"]
-        .iter()
-        .any(|h| headers.contains_key(*h));
-    if proxied && !forwarded_for_trusted {
-        return Access {
-            may_act: false,
-            read_only_because: Some(
-                "read-only: this request came through a proxy and TRUST_FORWARDED_FOR is off, so its \
-                 client is not known to be local"
-                    .to_owned(),
-            ),
-        };
-    }
-    if !client.is_loopback() {
+/// The one rule. `client` is the address the request is attributed to and whether it is on this
+/// host (see `client_ip`: a loopback peer that forwards for someone through an untrusted proxy
+/// header is not); `headers` will carry the API key once keys exist (an admin key sees and does
+/// everything, a tenant key sees its tenant and acts on it).
+pub(crate) fn decide(client: ClientIp, headers: &HeaderMap) -> Access {
+    if !client.on_this_host {
         return Access {
             may_act: false,
             read_only_because: Some(format!(
-                "read-only: actions are allowed from the server's own machine (loopback) only, and this \
-                 request comes from {client}"
+                "read-only: actions are allowed from the server's own machine only (loopback, not through \
+                 an untrusted proxy), and this request comes from {}",
+                client.ip
             )),
         };
     }
@@ -110,16 +94,17 @@ where
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
-        let source = ClientIpSource::from_ref(state);
-        let client = source.of(parts).0;
+        let client = ClientIpSource::from_ref(state).of(parts);
         Ok(Self {
-            access: decide(client, source.trust_forwarded_for, &parts.headers),
+            access: decide(client, &parts.headers),
         })
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::net::IpAddr;
+
     use super::*;
 
     fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
@@ -130,34 +115,30 @@ mod tests {
         h
     }
 
-    #[test]
-    fn loopback_may_act_and_a_remote_client_may_only_read() {
-        let local: IpAddr = [127, 0, 0, 1].into();
-        let remote: IpAddr = [203, 0, 113, 5].into();
-        assert!(decide(local, false, &headers(&[])).may_act);
-        assert!(decide("::1".parse().expect("ip"), false, &headers(&[])).may_act);
-        let denied = decide(remote, false, &headers(&[]));
-        assert!(!denied.may_act);
-        assert!(denied.read_only_because.expect("why").contains("203.0.113.5"));
+    fn client(ip: [u8; 4], on_this_host: bool) -> ClientIp {
+        ClientIp {
+            ip: IpAddr::from(ip),
+            on_this_host,
+        }
     }
 
     #[test]
-    fn a_local_proxy_does_not_make_its_clients_local_unless_forwarded_for_is_trusted() {
-        let proxy: IpAddr = [127, 0, 0, 1].into();
-        let forwarded = headers(&[("x-forwarded-for", "203.0.113.5")]);
-        assert!(!decide(proxy, false, &forwarded).may_act);
-        // Trusted: `client` is already the forwarded address, and a local one may act.
-        assert!(decide(proxy, true, &headers(&[("x-forwarded-for", "127.0.0.1")])).may_act);
+    fn a_client_on_this_host_may_act_and_a_remote_client_may_only_read() {
+        assert!(decide(client([127, 0, 0, 1], true), &headers(&[])).may_act);
+        let denied = decide(client([203, 0, 113, 5], false), &headers(&[]));
+        assert!(!denied.may_act);
+        assert!(denied.read_only_because.expect("why").contains("203.0.113.5"));
+        // A loopback peer that forwarded for someone else through an untrusted proxy header.
+        assert!(!decide(client([127, 0, 0, 1], false), &headers(&[])).may_act);
     }
 
     #[test]
     fn a_request_another_site_made_a_local_browser_send_may_not_act() {
-        let local: IpAddr = [127, 0, 0, 1].into();
-        assert!(!decide(local, false, &headers(&[("sec-fetch-site", "cross-site")])).may_act);
+        let local = client([127, 0, 0, 1], true);
+        assert!(!decide(local, &headers(&[("sec-fetch-site", "cross-site")])).may_act);
         assert!(
             !decide(
                 local,
-                false,
                 &headers(&[("origin", "https://evil.example"), ("host", "127.0.0.1:8000")])
             )
             .may_act
@@ -165,7 +146,6 @@ mod tests {
         assert!(
             decide(
                 local,
-                false,
                 &headers(&[
                     ("origin", "http://127.0.0.1:8000"),
                     ("host", "127.0.0.1:8000"),

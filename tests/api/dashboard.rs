@@ -4,7 +4,9 @@
 use serde_json::{Value, json};
 use sync_async_loadtest::receiver::ReceiverOptions;
 
-use crate::helpers::{TestApp, TestReceiver, problem, quick_payload, spawn_app, spawn_app_with, wait_until};
+use crate::helpers::{
+    TestApp, TestReceiver, problem, quick_payload, spawn_app, spawn_app_with, trust_loopback_proxy, wait_until,
+};
 
 /// A client that does not follow redirects, to see them.
 fn no_redirects() -> reqwest::Client {
@@ -291,7 +293,7 @@ async fn burst_orders_out_of_range_are_refused_with_a_problem() {
 
 #[tokio::test]
 async fn a_remote_client_may_read_but_not_act() {
-    let app = spawn_app_with(|c| c.trust_forwarded_for = true).await;
+    let app = spawn_app_with(trust_loopback_proxy).await;
     let remote = |req: reqwest::RequestBuilder| req.header("x-forwarded-for", "203.0.113.5");
 
     let html = remote(app.client.get(app.url("/dashboard/demo")))

@@ -103,7 +103,9 @@ fn push_filter(q: &mut QueryBuilder<Postgres>, query: &ListQuery) -> &'static st
     }
     if let Some(state) = query.delivery {
         let condition = match state {
-            "pending" => "r.callback_url IS NOT NULL AND (d.status IS NULL OR (d.status = 'pending' AND d.attempts = 0))",
+            "pending" => {
+                "r.callback_url IS NOT NULL AND (d.status IS NULL OR (d.status = 'pending' AND d.attempts = 0))"
+            }
             "retrying" => "d.status = 'pending' AND d.attempts > 0",
             _ => "d.status = ",
         };

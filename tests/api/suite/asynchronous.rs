@@ -166,7 +166,9 @@ async fn the_same_idempotency_key_with_another_body_is_a_422() {
 
 #[tokio::test]
 async fn idempotency_keys_are_scoped_per_client() {
-    let Some(app) = spawn_app_with(trust_loopback_proxy).await else { return };
+    let Some(app) = spawn_app_with(trust_loopback_proxy).await else {
+        return;
+    };
     let send = |client: &'static str| {
         app.client
             .post(app.url("/async"))
