@@ -24,6 +24,7 @@ use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetReques
 use tower_http::trace::{DefaultOnRequest, DefaultOnResponse, TraceLayer};
 use tracing::Level;
 
+use crate::auth::{self, Keyring};
 use crate::callback::Deliveries;
 use crate::client_ip::ClientIpSource;
 use crate::config::{Config, CorsOrigins, DatabaseTarget};
@@ -104,6 +105,15 @@ impl App {
             backend = db.backend().as_str(),
             "replica starting"
         );
+        if config.api_keys.is_empty() {
+            tracing::warn!("no API_KEYS or ADMIN_API_KEY: the API is open, and every client sees every request");
+        } else {
+            tracing::info!(
+                tenant_keys = config.api_keys.tenants.len(),
+                admin = config.api_keys.admin.is_some(),
+                "API keys required"
+            );
+        }
 
         // Startup recovery is the rescuer. On SQLite the lock file proves that no other process
         // holds a lease, so every lease counts as expired; on PostgreSQL only expired ones do,
@@ -282,10 +292,11 @@ fn lock_instance(database_path: &std::path::Path) -> anyhow::Result<std::fs::Fil
     }
 }
 
-/// The routes with every cross-cutting layer: request id, tracing, CORS, HTTP metrics, rate
-/// limit and body limit.
+/// The routes with every cross-cutting layer: request id, tracing, CORS, HTTP metrics, API keys,
+/// rate limit and body limit. The keys are checked before the rate limit, which counts per tenant.
 pub fn router(state: AppState) -> Router {
     let x_request_id = HeaderName::from_static("x-request-id");
+    let keyring = Arc::new(Keyring::new(&state.config.api_keys));
     routes::router()
         .layer(DefaultBodyLimit::max(state.config.max_payload_bytes()))
         .layer(middleware::from_fn_with_state(
@@ -297,6 +308,7 @@ pub fn router(state: AppState) -> Router {
             },
             rate_limit::enforce,
         ))
+        .layer(middleware::from_fn_with_state(keyring, auth::authenticate))
         .layer(middleware::from_fn_with_state(state.metrics.clone(), track_http))
         .layer(cors(&state.config))
         .layer(PropagateRequestIdLayer::new(x_request_id.clone()))
@@ -333,7 +345,11 @@ fn cors(config: &Config) -> CorsLayer {
     CorsLayer::new()
         .allow_origin(origins)
         .allow_methods([Method::GET, Method::POST])
-        .allow_headers([header::CONTENT_TYPE, HeaderName::from_static("idempotency-key")])
+        .allow_headers([
+            header::CONTENT_TYPE,
+            header::AUTHORIZATION,
+            HeaderName::from_static("idempotency-key"),
+        ])
         .expose_headers([
             header::LOCATION,
             header::RETRY_AFTER,

@@ -82,6 +82,25 @@ impl std::fmt::Debug for Secret {
     }
 }
 
+/// The shortest API key accepted: 16 characters, so that guessing one is hopeless.
+pub const MIN_API_KEY_LEN: usize = 16;
+
+/// The API keys: each tenant's (a tenant may have several, to rotate them) and the admin's.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ApiKeys {
+    /// (tenant name, key) pairs from API_KEYS, in the order given.
+    pub tenants: Vec<(String, Secret)>,
+    /// ADMIN_API_KEY: sees every tenant's requests.
+    pub admin: Option<Secret>,
+}
+
+impl ApiKeys {
+    /// No key is set: the API is open, as before keys existed.
+    pub fn is_empty(&self) -> bool {
+        self.tenants.is_empty() && self.admin.is_none()
+    }
+}
+
 /// Which browser origins may call the API.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CorsOrigins {
@@ -174,6 +193,8 @@ pub struct Config {
     pub log_format: LogFormat,
     pub cors_origins: CorsOrigins,
     pub cors_allow_credentials: bool,
+    /// API_KEYS and ADMIN_API_KEY: who may call the API. With none, the API is open to anyone.
+    pub api_keys: ApiKeys,
 }
 
 impl Default for Config {
@@ -253,6 +274,7 @@ impl Config {
             log_format: env.log_format("LOG_FORMAT", "pretty")?,
             cors_origins: env.cors_origins("CORS_ORIGINS", "*"),
             cors_allow_credentials: env.flag("CORS_ALLOW_CREDENTIALS", false)?,
+            api_keys: env.api_keys("API_KEYS", "ADMIN_API_KEY")?,
         };
         config.check_ranges(&env)?;
         Ok(config)
@@ -470,6 +492,59 @@ impl Lookup<'_> {
             .transpose()
     }
 
+    /// API_KEYS (`tenant:key,tenant:key`) and ADMIN_API_KEY. The error line never shows a key:
+    /// it names the entry that is wrong instead.
+    fn api_keys(&self, tenants_key: &'static str, admin_key: &'static str) -> Result<ApiKeys, ConfigError> {
+        let hidden = |key: &'static str, expected: String| ConfigError {
+            key,
+            value: "(hidden)".to_owned(),
+            expected,
+        };
+        let mut keys = ApiKeys::default();
+        for (n, entry) in self.optional(tenants_key).unwrap_or_default().split(',').enumerate() {
+            let entry = entry.trim();
+            if entry.is_empty() {
+                continue;
+            }
+            let expected = |why: &str| {
+                format!(
+                    "comma-separated tenant:key pairs, with tenant names of 1 to 64 letters, digits,                      '.', '_' or '-' and keys of at least {MIN_API_KEY_LEN} visible characters                      (entry {} {why})",
+                    n + 1
+                )
+            };
+            let Some((tenant, key)) = entry.split_once(':') else {
+                return Err(hidden(tenants_key, expected("has no ':'")));
+            };
+            let (tenant, key) = (tenant.trim(), key.trim());
+            if !is_tenant_name(tenant) {
+                return Err(hidden(tenants_key, expected("has a tenant name that is not allowed")));
+            }
+            if !is_api_key(key) {
+                return Err(hidden(
+                    tenants_key,
+                    expected("has a key that is too short or not visible ASCII"),
+                ));
+            }
+            if keys.tenants.iter().any(|(_, other)| other.expose() == key) {
+                return Err(hidden(tenants_key, expected("repeats a key already given")));
+            }
+            keys.tenants.push((tenant.to_owned(), Secret::new(key)));
+        }
+        if let Some(admin) = self.optional(admin_key) {
+            if !is_api_key(&admin) {
+                return Err(hidden(
+                    admin_key,
+                    format!("a key of at least {MIN_API_KEY_LEN} visible ASCII characters"),
+                ));
+            }
+            if keys.tenants.iter().any(|(_, key)| key.expose() == admin) {
+                return Err(hidden(admin_key, "a key that is not also a tenant's key".to_owned()));
+            }
+            keys.admin = Some(Secret::new(admin));
+        }
+        Ok(keys)
+    }
+
     fn flag(&self, key: &'static str, default: bool) -> Result<bool, ConfigError> {
         match self.raw(key).map(|v| v.to_ascii_lowercase()).as_deref() {
             None => Ok(default),
@@ -526,6 +601,19 @@ fn default_replica_name() -> String {
         .map(|name| name.trim().to_owned())
         .filter(|name| !name.is_empty())
         .unwrap_or_else(|| "replica".to_owned())
+}
+
+/// 1 to 64 letters, digits, `.`, `_` or `-`: safe in a log line, a rate-limit key and a URL.
+fn is_tenant_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+/// At least `MIN_API_KEY_LEN` visible ASCII characters: what fits in a `Bearer` header as is.
+fn is_api_key(key: &str) -> bool {
+    key.len() >= MIN_API_KEY_LEN && key.bytes().all(|b| b.is_ascii_graphic())
 }
 
 /// `scheme://host[:port]` with nothing after it: what a browser sends as `Origin`.
@@ -650,6 +738,63 @@ mod tests {
     fn unknown_keys_and_empty_values_fall_back_to_defaults() {
         let c = with(&[("SOMETHING_ELSE", "x"), ("PORT", "")]).expect("valid");
         assert_eq!(c, Config::default());
+    }
+
+    const KEY_A: &str = "alpha-key-0123456789";
+    const KEY_B: &str = "bravo-key-0123456789";
+    const ADMIN: &str = "admin-key-0123456789";
+
+    #[test]
+    fn api_keys_give_each_tenant_its_keys_and_the_admin_its_own() {
+        let c = with(&[
+            ("API_KEYS", &format!("tenant-a:{KEY_A}, tenant.b : {KEY_B}")),
+            ("ADMIN_API_KEY", ADMIN),
+        ])
+        .expect("valid");
+        assert_eq!(
+            c.api_keys.tenants,
+            vec![
+                ("tenant-a".to_owned(), Secret::new(KEY_A)),
+                ("tenant.b".to_owned(), Secret::new(KEY_B))
+            ]
+        );
+        assert_eq!(c.api_keys.admin, Some(Secret::new(ADMIN)));
+        assert!(
+            Config::default().api_keys.is_empty(),
+            "no keys by default: the API is open"
+        );
+    }
+
+    #[test]
+    fn a_short_or_malformed_key_stops_the_start_without_showing_any_key() {
+        let cases = [
+            ("API_KEYS", "tenant-a:short-key".to_owned()),
+            ("API_KEYS", format!("tenant-a:{KEY_A},no-colon-{KEY_B}")),
+            ("API_KEYS", format!(":{KEY_A}")),
+            ("API_KEYS", format!("bad tenant:{KEY_A}")),
+            ("API_KEYS", format!("a:{KEY_A},b:{KEY_A}")),
+            ("API_KEYS", "a:sixteen chars with spaces".to_owned()),
+            ("ADMIN_API_KEY", "admin-short".to_owned()),
+        ];
+        for (key, value) in cases {
+            let err = with(&[(key, value.as_str())]).expect_err(&value);
+            let line = err.to_string();
+            assert_eq!(err.key, key, "{line}");
+            assert!(!line.contains('\n'), "one line: {line}");
+            for secret in [KEY_A, KEY_B, "short-key", "admin-short", "sixteen chars"] {
+                assert!(!line.contains(secret), "the key leaked: {line}");
+            }
+        }
+        let same = with(&[("API_KEYS", &format!("a:{KEY_A}")), ("ADMIN_API_KEY", KEY_A)]);
+        assert_eq!(same.expect_err("admin is a tenant key").key, "ADMIN_API_KEY");
+    }
+
+    #[test]
+    fn debug_output_never_shows_an_api_key() {
+        let c = with(&[("API_KEYS", &format!("tenant-a:{KEY_A}")), ("ADMIN_API_KEY", ADMIN)]).expect("valid");
+        let debug = format!("{c:?}");
+        assert!(debug.contains("tenant-a"), "{debug}");
+        assert!(!debug.contains(KEY_A) && !debug.contains(ADMIN), "{debug}");
     }
 
     fn env_example() -> HashMap<String, String> {

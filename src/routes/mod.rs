@@ -23,6 +23,7 @@ use crate::state::AppState;
 /// answers for unknown paths (404) and methods (405).
 pub fn router() -> Router<AppState> {
     let (routes, api) = api_router().split_for_parts();
+    let api = crate::openapi::document_api_keys(api);
     routes
         .merge(SwaggerUi::new("/docs").url("/openapi.json", api))
         .fallback(not_found)
@@ -42,7 +43,7 @@ pub fn api_router() -> OpenApiRouter<AppState> {
 
 /// The OpenAPI document, as `/openapi.json` serves it.
 pub fn openapi() -> utoipa::openapi::OpenApi {
-    api_router().into_openapi()
+    crate::openapi::document_api_keys(api_router().into_openapi())
 }
 
 async fn not_found(uri: Uri) -> ApiError {
