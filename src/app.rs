@@ -25,6 +25,7 @@ use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetReques
 use tower_http::trace::{DefaultOnRequest, DefaultOnResponse, TraceLayer};
 use tracing::Level;
 
+use crate::auth::{self, Keyring};
 use crate::callback::Deliveries;
 use crate::client_ip::ClientIpSource;
 use crate::config::{Config, CorsOrigins, DatabaseTarget};
@@ -111,6 +112,15 @@ impl App {
             backend = db.backend().as_str(),
             "replica starting"
         );
+        if config.api_keys.is_empty() {
+            tracing::warn!("no API_KEYS or ADMIN_API_KEY: the API is open, and every client sees every request");
+        } else {
+            tracing::info!(
+                tenant_keys = config.api_keys.tenants.len(),
+                admin = config.api_keys.admin.is_some(),
+                "API keys required"
+            );
+        }
 
         // Startup recovery is the rescuer. On SQLite the lock file proves that no other process
         // holds a lease, so every lease counts as expired; on PostgreSQL only expired ones do,
@@ -291,16 +301,18 @@ fn lock_instance(database_path: &std::path::Path) -> anyhow::Result<std::fs::Fil
     }
 }
 
-/// The routes with every cross-cutting layer: request id, tracing, CORS, HTTP metrics, rate
-/// limit (the API's routes; the dashboard's pages and its event stream are not counted, so a
+/// The routes with every cross-cutting layer: request id, tracing, CORS, HTTP metrics, API keys,
+/// rate limit (the API's routes; the dashboard's pages and its event stream are not counted, so a
 /// burst the demo fires cannot lock its own page out), a panic guard and body limit; all under
-/// BASE_PATH.
+/// BASE_PATH. The keys are checked before the rate limit, which counts per tenant; with keys set,
+/// the dashboard needs a key too.
 pub(crate) fn router(state: AppState, dashboard: Dashboard) -> Router {
     let base_path = state.config.base_path.clone();
     let tracking = HttpTracking {
         metrics: state.metrics.clone(),
         rates: dashboard.rates.clone(),
     };
+    let keyring = Arc::new(Keyring::new(&state.config.api_keys));
     let api = routes::router_under(&base_path).layer(middleware::from_fn_with_state(
         RateLimit {
             limiter: state.rate_limiter.clone(),
@@ -310,7 +322,9 @@ pub(crate) fn router(state: AppState, dashboard: Dashboard) -> Router {
         },
         rate_limit::enforce,
     ));
-    let app = api.merge(dashboard::router(dashboard));
+    let app = api
+        .merge(dashboard::router(dashboard))
+        .layer(middleware::from_fn_with_state(keyring, auth::authenticate));
     let app = if base_path.is_empty() {
         app
     } else {
@@ -373,7 +387,11 @@ fn cors(config: &Config) -> CorsLayer {
     CorsLayer::new()
         .allow_origin(origins)
         .allow_methods([Method::GET, Method::POST])
-        .allow_headers([header::CONTENT_TYPE, HeaderName::from_static("idempotency-key")])
+        .allow_headers([
+            header::CONTENT_TYPE,
+            header::AUTHORIZATION,
+            HeaderName::from_static("idempotency-key"),
+        ])
         .expose_headers([
             header::LOCATION,
             header::RETRY_AFTER,

@@ -91,6 +91,25 @@ pub enum LoopbackCallbacks {
     Never,
 }
 
+/// The shortest API key accepted: 16 characters, so that guessing one is hopeless.
+pub const MIN_API_KEY_LEN: usize = 16;
+
+/// The API keys: each tenant's (a tenant may have several, to rotate them) and the admin's.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ApiKeys {
+    /// (tenant name, key) pairs from API_KEYS, in the order given.
+    pub tenants: Vec<(String, Secret)>,
+    /// ADMIN_API_KEY: sees every tenant's requests.
+    pub admin: Option<Secret>,
+}
+
+impl ApiKeys {
+    /// No key is set: the API is open, as before keys existed.
+    pub fn is_empty(&self) -> bool {
+        self.tenants.is_empty() && self.admin.is_none()
+    }
+}
+
 /// Which browser origins may call the API.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CorsOrigins {
@@ -188,6 +207,8 @@ pub struct Config {
     /// BASE_PATH: the path prefix (`/ops`) a reverse proxy forwards unchanged; every route, the
     /// dashboard included, is served under it. Empty: served at the root.
     pub base_path: String,
+    /// API_KEYS and ADMIN_API_KEY: who may call the API. With none, the API is open to anyone.
+    pub api_keys: ApiKeys,
 }
 
 impl Default for Config {
@@ -262,6 +283,7 @@ impl Config {
             cors_origins: env.cors_origins("CORS_ORIGINS", "*"),
             cors_allow_credentials: env.flag("CORS_ALLOW_CREDENTIALS", false)?,
             base_path: env.base_path("BASE_PATH")?,
+            api_keys: env.api_keys("API_KEYS", "ADMIN_API_KEY")?,
         };
         env.check_retired()?;
         config.check_ranges(&env)?;
@@ -470,6 +492,64 @@ mod tests {
         let c = with(&[("SOMETHING_ELSE", "x"), ("PORT", "")]).expect("valid");
         assert_eq!(c, Config::default());
     }
+
+    const KEY_A: &str = "alpha-key-0123456789";
+    const KEY_B: &str = "bravo-key-0123456789";
+    const ADMIN: &str = "admin-key-0123456789";
+
+    #[test]
+    fn api_keys_give_each_tenant_its_keys_and_the_admin_its_own() {
+        let c = with(&[
+            ("API_KEYS", &format!("tenant-a:{KEY_A}, tenant.b : {KEY_B}")),
+            ("ADMIN_API_KEY", ADMIN),
+        ])
+        .expect("valid");
+        assert_eq!(
+            c.api_keys.tenants,
+            vec![
+                ("tenant-a".to_owned(), Secret::new(KEY_A)),
+                ("tenant.b".to_owned(), Secret::new(KEY_B))
+            ]
+        );
+        assert_eq!(c.api_keys.admin, Some(Secret::new(ADMIN)));
+        assert!(
+            Config::default().api_keys.is_empty(),
+            "no keys by default: the API is open"
+        );
+    }
+
+    #[test]
+    fn a_short_or_malformed_key_stops_the_start_without_showing_any_key() {
+        let cases = [
+            ("API_KEYS", "tenant-a:short-key".to_owned()),
+            ("API_KEYS", format!("tenant-a:{KEY_A},no-colon-{KEY_B}")),
+            ("API_KEYS", format!(":{KEY_A}")),
+            ("API_KEYS", format!("bad tenant:{KEY_A}")),
+            ("API_KEYS", format!("a:{KEY_A},b:{KEY_A}")),
+            ("API_KEYS", "a:sixteen chars with spaces".to_owned()),
+            ("ADMIN_API_KEY", "admin-short".to_owned()),
+        ];
+        for (key, value) in cases {
+            let err = with(&[(key, value.as_str())]).expect_err(&value);
+            let line = err.to_string();
+            assert_eq!(err.key, key, "{line}");
+            assert!(!line.contains('\n'), "one line: {line}");
+            for secret in [KEY_A, KEY_B, "short-key", "admin-short", "sixteen chars"] {
+                assert!(!line.contains(secret), "the key leaked: {line}");
+            }
+        }
+        let same = with(&[("API_KEYS", &format!("a:{KEY_A}")), ("ADMIN_API_KEY", KEY_A)]);
+        assert_eq!(same.expect_err("admin is a tenant key").key, "ADMIN_API_KEY");
+    }
+
+    #[test]
+    fn debug_output_never_shows_an_api_key() {
+        let c = with(&[("API_KEYS", &format!("tenant-a:{KEY_A}")), ("ADMIN_API_KEY", ADMIN)]).expect("valid");
+        let debug = format!("{c:?}");
+        assert!(debug.contains("tenant-a"), "{debug}");
+        assert!(!debug.contains(KEY_A) && !debug.contains(ADMIN), "{debug}");
+    }
+
     fn env_example() -> HashMap<String, String> {
         let path = concat!(env!("CARGO_MANIFEST_DIR"), "/.env.example");
         dotenvy::from_path_iter(path)

@@ -24,7 +24,8 @@ pub enum ApiError {
     /// 400: the callback URL is refused by the SSRF policy.
     #[error("callback_url refused: {0}")]
     CallbackRefused(String),
-    /// 401: a signature or credential did not verify (the demo callback receiver).
+    /// 401: an API key is missing or wrong, or a signature did not verify (the demo callback
+    /// receiver). Answered with `WWW-Authenticate: Bearer`, as RFC 9110 asks of every 401.
     #[error("{0}")]
     Unauthorized(String),
     /// 403: the caller is known but may not do this (a read-only dashboard visitor acting).
@@ -223,6 +224,9 @@ impl ApiError {
         headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
         if let Some(secs) = self.retry_after_secs() {
             headers.insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        if let Self::Unauthorized(_) = self {
+            headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
         if let Self::RateLimited { limit, .. } = self {
             headers.insert(HeaderName::from_static("x-ratelimit-limit"), HeaderValue::from(*limit));

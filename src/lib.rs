@@ -3,6 +3,7 @@
 //!
 //! Module map (the public modules are what the binaries, the load tester and the tests use):
 //! - [`app`]: `App::build(Config)` wires everything and binds; `App::run(shutdown)` serves and drains.
+//! - [`auth`]: API keys: who is calling (a tenant, the admin, or anyone when the API is open).
 //! - [`config`]: every setting, its default and environment name, validated once.
 //! - [`error`]: `ApiError` and its `application/problem+json` form.
 //! - [`extract`]: request extractors whose rejections are `ApiError`s.
@@ -20,7 +21,7 @@
 //! - [`routes`]: the HTTP handlers, one module per resource.
 //! - [`dashboard`]: the built-in web dashboard: live overview, requests, the sync-vs-async demo.
 //! - [`openapi`]: the OpenAPI frame and shared error responses.
-//! - [`rate_limit`]: the per-client-IP limiter.
+//! - [`rate_limit`]: the limiter, per tenant or per client IP.
 //! - [`model`]: the vocabulary storage and API share: mode, status, delivery status.
 //! - [`liveness`]: whether the background loops are alive, for `/healthz`.
 //! - [`metrics`]: counters, gauges and histograms behind `/metrics`.
@@ -29,6 +30,7 @@
 
 // Public: what the binaries, the load tester and the integration tests use.
 pub mod app;
+pub mod auth;
 pub mod calibrate;
 pub mod config;
 pub mod db;

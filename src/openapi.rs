@@ -69,3 +69,68 @@ pub(crate) enum RateLimited {
     ))]
     TooManyRequests(Problem),
 }
+
+/// The security scheme's name in the document.
+const API_KEY_SCHEME: &str = "api_key";
+
+/// Documents the API keys on a finished document (its paths included): the bearer scheme, a
+/// requirement that is either a key or nothing (keys are optional: without API_KEYS the API is
+/// open), and the 401 of every operation but the health check.
+pub(crate) fn document_api_keys(mut api: utoipa::openapi::OpenApi) -> utoipa::openapi::OpenApi {
+    use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme};
+    use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
+
+    let scheme = HttpBuilder::new()
+        .scheme(HttpAuthScheme::Bearer)
+        .description(Some(
+            "An API key from API_KEYS (a tenant's: it sees only its own requests) or ADMIN_API_KEY \
+             (sees every request), as `Authorization: Bearer <key>`. Needed only when the server has \
+             keys; /healthz, /docs and /openapi.json never need one.",
+        ))
+        .build();
+    api.components
+        .get_or_insert_with(Default::default)
+        .add_security_scheme(API_KEY_SCHEME, SecurityScheme::Http(scheme));
+    api.security = Some(vec![
+        SecurityRequirement::new(API_KEY_SCHEME, Vec::<String>::new()),
+        SecurityRequirement::default(),
+    ]);
+    let unauthorized = ResponseBuilder::new()
+        .description("The server has API keys and this request has none, or a wrong one")
+        .header(
+            "WWW-Authenticate",
+            utoipa::openapi::HeaderBuilder::new()
+                .schema(Some(
+                    utoipa::openapi::ObjectBuilder::new().schema_type(utoipa::openapi::Type::String),
+                ))
+                .description(Some("`Bearer`"))
+                .build(),
+        )
+        .content(
+            crate::error::PROBLEM_JSON,
+            ContentBuilder::new()
+                .schema(Some(Ref::from_schema_name("Problem")))
+                .build(),
+        )
+        .build();
+    for (path, item) in api.paths.paths.iter_mut() {
+        if path == "/healthz" {
+            continue;
+        }
+        let operations = [
+            &mut item.get,
+            &mut item.post,
+            &mut item.put,
+            &mut item.delete,
+            &mut item.patch,
+        ];
+        for operation in operations.into_iter().flatten() {
+            operation
+                .responses
+                .responses
+                .entry("401".to_owned())
+                .or_insert_with(|| unauthorized.clone().into());
+        }
+    }
+    api
+}

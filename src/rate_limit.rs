@@ -1,5 +1,6 @@
-//! Per-client-IP rate limiting with governor (GCRA): a burst of RATE_LIMIT_REQUESTS that refills
-//! evenly over RATE_LIMIT_WINDOW_SECONDS. Every answer carries `X-RateLimit-Limit` and
+//! Rate limiting with governor (GCRA): a burst of RATE_LIMIT_REQUESTS that refills evenly over
+//! RATE_LIMIT_WINDOW_SECONDS, per tenant when the caller has a tenant's API key, else per client
+//! IP. Every answer carries `X-RateLimit-Limit` and
 //! `X-RateLimit-Remaining`; a refusal is a problem+json 429 with `Retry-After`. `/healthz` is
 //! exempt so that a busy client cannot make a load balancer think the service is down.
 //!
@@ -24,6 +25,7 @@ use governor::{Quota, RateLimiter};
 
 use prometheus_client::metrics::counter::Counter;
 
+use crate::auth::Caller;
 use crate::client_ip::ClientIpSource;
 use crate::db::{Db, RateVerdict};
 use crate::error::ApiError;
@@ -31,7 +33,43 @@ use crate::error::ApiError;
 /// Paths that never count against the limit.
 const EXEMPT_PATHS: [&str; 1] = ["/healthz"];
 
-type KeyedLimiter = RateLimiter<IpAddr, DefaultKeyedStateStore<IpAddr>, DefaultClock, StateInformationMiddleware>;
+type KeyedLimiter = RateLimiter<LimitKey, DefaultKeyedStateStore<LimitKey>, DefaultClock, StateInformationMiddleware>;
+
+/// Whose budget a request takes from.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(crate) enum LimitKey {
+    /// A tenant's: all its clients share it, wherever they are, and no other tenant touches it.
+    Tenant(Arc<str>),
+    /// A client address's (see `limit_key`): the admin, or any caller of an open API.
+    Ip(IpAddr),
+}
+
+impl LimitKey {
+    /// The caller's budget: its tenant's, or its address's.
+    pub(crate) fn of(caller: Option<&Caller>, ip: IpAddr) -> Self {
+        match caller {
+            Some(Caller::Tenant(name)) => Self::Tenant(name.clone()),
+            _ => Self::Ip(limit_key(ip)),
+        }
+    }
+}
+
+impl std::fmt::Display for LimitKey {
+    /// The key of the shared (PostgreSQL) limit: `tenant:<name>`, or the address. Tenant names
+    /// have no `:` and start no address with `tenant:`, so the two never collide.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Tenant(name) => write!(f, "tenant:{name}"),
+            Self::Ip(ip) => write!(f, "{ip}"),
+        }
+    }
+}
+
+impl From<IpAddr> for LimitKey {
+    fn from(ip: IpAddr) -> Self {
+        Self::Ip(limit_key(ip))
+    }
+}
 
 /// The limiter and the figures its headers report.
 pub(crate) struct ClientRateLimiter {
@@ -68,8 +106,8 @@ impl ClientRateLimiter {
         }
     }
 
-    pub(crate) fn check(&self, ip: IpAddr) -> Decision {
-        match self.limiter.check_key(&limit_key(ip)) {
+    pub(crate) fn check(&self, key: impl Into<LimitKey>) -> Decision {
+        match self.limiter.check_key(&key.into()) {
             Ok(snapshot) => Decision::Allowed {
                 remaining: snapshot.remaining_burst_capacity(),
             },
@@ -83,19 +121,16 @@ impl ClientRateLimiter {
     }
 
     /// Decides with the cluster-wide state in `db` when the backend keeps one, else locally.
-    pub(crate) async fn check_shared(&self, db: &Db, ip: IpAddr) -> Decision {
-        match db
-            .take_rate_token(&limit_key(ip).to_string(), self.limit, self.window)
-            .await
-        {
+    pub(crate) async fn check_shared(&self, db: &Db, key: LimitKey) -> Decision {
+        match db.take_rate_token(&key.to_string(), self.limit, self.window).await {
             Ok(Some(RateVerdict::Allowed { remaining })) => Decision::Allowed { remaining },
             Ok(Some(RateVerdict::Refused { retry_after })) => Decision::Refused {
                 retry_after_secs: retry_after.as_secs_f64().ceil().max(1.0) as u64,
             },
-            Ok(None) => self.check(ip),
+            Ok(None) => self.check(key),
             Err(e) => {
                 tracing::debug!(error = %e, "the shared rate limit is out of reach; this replica's own limit decides");
-                self.check(ip)
+                self.check(key)
             }
         }
     }
@@ -136,7 +171,8 @@ pub(crate) struct RateLimit {
 }
 
 /// The middleware: resolves the client IP once (handlers read it from the extensions), then
-/// lets the request through or answers 429.
+/// lets the request through or answers 429. It runs after `auth::authenticate`, whose `Caller`
+/// chooses the budget.
 pub(crate) async fn enforce(State(rate_limit): State<RateLimit>, mut req: Request, next: Next) -> Response {
     let peer = req.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0);
     let client = rate_limit.client_ip.resolve(req.headers(), peer);
@@ -145,7 +181,8 @@ pub(crate) async fn enforce(State(rate_limit): State<RateLimit>, mut req: Reques
         return next.run(req).await;
     }
     let limiter = &rate_limit.limiter;
-    match limiter.check_shared(&rate_limit.db, client.ip).await {
+    let key = LimitKey::of(req.extensions().get::<Caller>(), client.ip);
+    match limiter.check_shared(&rate_limit.db, key).await {
         Decision::Allowed { remaining } => {
             let mut response = next.run(req).await;
             let headers = response.headers_mut();

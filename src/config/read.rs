@@ -4,7 +4,10 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use super::{ConfigError, CorsOrigins, DatabaseUrl, EnginePriority, LogFormat, LoopbackCallbacks, Secret};
+use super::{
+    ApiKeys, ConfigError, CorsOrigins, DatabaseUrl, EnginePriority, LogFormat, LoopbackCallbacks, MIN_API_KEY_LEN,
+    Secret,
+};
 use crate::signing::SigningKey;
 use crate::trusted_proxies::TrustedProxies;
 
@@ -239,6 +242,59 @@ impl Lookup<'_> {
         Ok(schemes)
     }
 
+    /// API_KEYS (`tenant:key,tenant:key`) and ADMIN_API_KEY. The error line never shows a key:
+    /// it names the entry that is wrong instead.
+    pub(super) fn api_keys(&self, tenants_key: &'static str, admin_key: &'static str) -> Result<ApiKeys, ConfigError> {
+        let hidden = |key: &'static str, expected: String| ConfigError {
+            key,
+            value: "(hidden)".to_owned(),
+            expected,
+        };
+        let mut keys = ApiKeys::default();
+        for (n, entry) in self.optional(tenants_key).unwrap_or_default().split(',').enumerate() {
+            let entry = entry.trim();
+            if entry.is_empty() {
+                continue;
+            }
+            let expected = |why: &str| {
+                format!(
+                    "comma-separated tenant:key pairs, with tenant names of 1 to 64 letters, digits, '.', '_' or '-' and keys of at least {MIN_API_KEY_LEN} visible characters (entry {} {why})",
+                    n + 1
+                )
+            };
+            let Some((tenant, key)) = entry.split_once(':') else {
+                return Err(hidden(tenants_key, expected("has no ':'")));
+            };
+            let (tenant, key) = (tenant.trim(), key.trim());
+            if !is_tenant_name(tenant) {
+                return Err(hidden(tenants_key, expected("has a tenant name that is not allowed")));
+            }
+            if !is_api_key(key) {
+                return Err(hidden(
+                    tenants_key,
+                    expected("has a key that is too short or not visible ASCII"),
+                ));
+            }
+            if keys.tenants.iter().any(|(_, other)| other.expose() == key) {
+                return Err(hidden(tenants_key, expected("repeats a key already given")));
+            }
+            keys.tenants.push((tenant.to_owned(), Secret::new(key)));
+        }
+        if let Some(admin) = self.optional(admin_key) {
+            if !is_api_key(&admin) {
+                return Err(hidden(
+                    admin_key,
+                    format!("a key of at least {MIN_API_KEY_LEN} visible ASCII characters"),
+                ));
+            }
+            if keys.tenants.iter().any(|(_, key)| key.expose() == admin) {
+                return Err(hidden(admin_key, "a key that is not also a tenant's key".to_owned()));
+            }
+            keys.admin = Some(Secret::new(admin));
+        }
+        Ok(keys)
+    }
+
     /// Empty, or `/` followed by path segments of URL-safe characters, without a trailing `/`.
     pub(super) fn base_path(&self, key: &'static str) -> Result<String, ConfigError> {
         let Some(path) = self.optional(key) else {
@@ -264,6 +320,19 @@ impl Lookup<'_> {
             CorsOrigins::List(origins)
         }
     }
+}
+
+/// 1 to 64 letters, digits, `.`, `_` or `-`: safe in a log line, a rate-limit key and a URL.
+pub(super) fn is_tenant_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+/// At least `MIN_API_KEY_LEN` visible ASCII characters: what fits in a `Bearer` header as is.
+pub(super) fn is_api_key(key: &str) -> bool {
+    key.len() >= MIN_API_KEY_LEN && key.bytes().all(|b| b.is_ascii_graphic())
 }
 
 /// The host name, for the default REPLICA_NAME.

@@ -180,6 +180,8 @@ pub(crate) async fn list_page(
         status: filters.status,
         delivery: filters.delivery,
         before_id: before.clone(),
+        // The dashboard is the admin's (or open): it lists every tenant's requests.
+        tenant: None,
         limit: PAGE_SIZE + 1,
         offset: 0,
     };

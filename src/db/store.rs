@@ -190,6 +190,8 @@ pub struct NewJob {
     pub payload: Value,
     pub callback_url: Option<String>,
     pub client_ip: String,
+    /// The tenant whose API key submitted it; `None` for the admin or an open API.
+    pub tenant: Option<String>,
     /// RFC 3339 UTC.
     pub created_at: String,
 }
@@ -200,6 +202,8 @@ pub struct NewSync {
     pub id: String,
     pub payload: Value,
     pub client_ip: String,
+    /// The tenant whose API key submitted it; `None` for the admin or an open API.
+    pub tenant: Option<String>,
     /// RFC 3339 UTC; also its start.
     pub created_at: String,
 }
@@ -385,6 +389,8 @@ pub struct RequestRow {
     pub completed_at: Option<String>,
     pub execution_time_ms: Option<f64>,
     pub delivery: Option<DeliveryRow>,
+    /// The tenant it belongs to; only that tenant (and the admin) may see it.
+    pub tenant: Option<String>,
 }
 
 /// A request's callback delivery.
@@ -419,6 +425,8 @@ impl DeliveryRow {
 /// Which requests `list` returns.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ListQuery {
+    /// Only this tenant's requests; `None` lists every request (the admin, or an open API).
+    pub tenant: Option<String>,
     pub mode: Option<Mode>,
     pub status: Option<Status>,
     /// Only requests whose delivery is in this state, one of `DELIVERY_STATES` (`pending` also

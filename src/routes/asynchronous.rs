@@ -7,6 +7,7 @@ use axum::response::{IntoResponse, Response};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use crate::auth::Caller;
 use crate::client_ip::ClientIp;
 use crate::error::{ApiError, Problem};
 use crate::extract::ApiJson;
@@ -57,10 +58,11 @@ pub(super) fn router() -> OpenApiRouter<AppState> {
 pub(super) async fn submit_async(
     State(state): State<AppState>,
     client: ClientIp,
+    caller: Caller,
     key: IdempotencyKey,
     ApiJson(request): ApiJson<AsyncRequest>,
 ) -> Result<Response, ApiError> {
-    let accepted = submission::accept_async(&state, request, client, key).await?;
+    let accepted = submission::accept_async(&state, request, client, &caller, key).await?;
     let location = HeaderValue::from_str(&accepted.body.status_url).map_err(ApiError::internal)?;
     let mut response = (StatusCode::ACCEPTED, Json(accepted.body)).into_response();
     let headers = response.headers_mut();

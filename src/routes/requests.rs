@@ -10,7 +10,8 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::records::{Attempt, ListFilter, RequestRecord};
-use crate::db::{ListQuery, RedeliverRefusal};
+use crate::auth::Caller;
+use crate::db::{ListQuery, RedeliverRefusal, RequestRow};
 use crate::error::{ApiError, Problem};
 use crate::extract::{ApiPath, ApiQuery};
 use crate::model::DeliveryStatus;
@@ -57,6 +58,7 @@ pub(super) struct RequestPage {
 )]
 pub(super) async fn list_requests(
     State(state): State<AppState>,
+    caller: Caller,
     ApiQuery(filter): ApiQuery<ListFilter>,
 ) -> Result<Json<RequestPage>, ApiError> {
     let limit = filter.limit.unwrap_or(DEFAULT_LIMIT);
@@ -67,6 +69,7 @@ pub(super) async fn list_requests(
     }
     let offset = filter.offset.unwrap_or(0);
     let query = ListQuery {
+        tenant: caller.tenant().map(str::to_owned),
         mode: filter.mode,
         status: filter.status,
         limit,
@@ -98,14 +101,12 @@ pub(super) async fn list_requests(
 )]
 pub(super) async fn get_request(
     State(state): State<AppState>,
+    caller: Caller,
     ApiPath(id): ApiPath<String>,
 ) -> Result<Json<RequestRecord>, ApiError> {
-    state
-        .db
-        .get(&id)
-        .await?
+    visible_request(&state, &caller, &id)
+        .await
         .map(|row| Json(RequestRecord::from(row)))
-        .ok_or_else(|| not_found(&id))
 }
 
 /// A redelivery that was started.
@@ -134,11 +135,10 @@ pub(super) struct RedeliveryStarted {
 )]
 pub(super) async fn list_attempts(
     State(state): State<AppState>,
+    caller: Caller,
     ApiPath(id): ApiPath<String>,
 ) -> Result<Json<Vec<Attempt>>, ApiError> {
-    if state.db.get(&id).await?.is_none() {
-        return Err(not_found(&id));
-    }
+    visible_request(&state, &caller, &id).await?;
     let rows = state.db.attempts(&id).await?;
     Ok(Json(rows.into_iter().map(Attempt::from).collect()))
 }
@@ -161,8 +161,11 @@ pub(super) async fn list_attempts(
 )]
 pub(super) async fn redeliver(
     State(state): State<AppState>,
+    caller: Caller,
     ApiPath(id): ApiPath<String>,
 ) -> Result<(StatusCode, Json<RedeliveryStarted>), ApiError> {
+    // A request's tenant never changes, so checking before the redelivery is not a race.
+    visible_request(&state, &caller, &id).await?;
     start_redelivery(&state, &id).await?;
     Ok((
         StatusCode::ACCEPTED,
@@ -188,6 +191,17 @@ pub(crate) async fn start_redelivery(state: &AppState, id: &str) -> Result<(), A
             status.map_or("waiting for the job to finish", DeliveryStatus::as_str)
         ))),
     }
+}
+
+/// The request `id` if `caller` may see it. Another tenant's request is the same 404 as an id
+/// that was never used, so that a tenant cannot even learn that it exists.
+async fn visible_request(state: &AppState, caller: &Caller, id: &str) -> Result<RequestRow, ApiError> {
+    state
+        .db
+        .get(id)
+        .await?
+        .filter(|row| caller.may_see(row.tenant.as_deref()))
+        .ok_or_else(|| not_found(id))
 }
 
 /// The 404 of every route under `/requests/{id}`.

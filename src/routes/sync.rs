@@ -5,6 +5,7 @@ use axum::extract::State;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use crate::auth::Caller;
 use crate::client_ip::ClientIp;
 use crate::error::ApiError;
 use crate::extract::ApiJson;
@@ -47,7 +48,8 @@ pub(super) fn router() -> OpenApiRouter<AppState> {
 pub(super) async fn submit_sync(
     State(state): State<AppState>,
     client: ClientIp,
+    caller: Caller,
     ApiJson(request): ApiJson<SyncRequest>,
 ) -> Result<Json<SyncResponse>, ApiError> {
-    submission::run_sync(&state, request, client).await.map(Json)
+    submission::run_sync(&state, request, client, &caller).await.map(Json)
 }

@@ -9,6 +9,7 @@ use sha2::{Digest, Sha256};
 use utoipa::ToSchema;
 
 use super::{new_request_id, retry_after_secs};
+use crate::auth::Caller;
 use crate::client_ip::ClientIp;
 use crate::db::{self, Accepted, KeyClaim, NewJob};
 use crate::engine::{self, Complexity, WorkPayload};
@@ -82,11 +83,12 @@ impl<S: Send + Sync> FromRequestParts<S> for IdempotencyKey {
     }
 }
 
-/// Accepts a job, or replays the acceptance an `Idempotency-Key` already produced.
+/// Accepts a job for `caller`, or replays the acceptance an `Idempotency-Key` already produced.
 pub async fn accept_async(
     state: &AppState,
     request: AsyncRequest,
     client: ClientIp,
+    caller: &Caller,
     key: IdempotencyKey,
 ) -> Result<Acceptance, ApiError> {
     if state.stopping.is_cancelled() {
@@ -109,7 +111,7 @@ pub async fn accept_async(
     };
     let claim = key
         .0
-        .map(|key| key_claim(state, client.ip.to_string(), key, &request))
+        .map(|key| key_claim(state, key_scope(caller, client), key, &request))
         .transpose()?;
     if let Some(claim) = &claim
         && let Some(replay) = replay(state, claim, complexity).await?
@@ -125,6 +127,7 @@ pub async fn accept_async(
         payload,
         callback_url: callback_url.clone(),
         client_ip: client.ip.to_string(),
+        tenant: caller.tenant().map(str::to_owned),
         created_at: db::timestamp(chrono::Utc::now()),
     };
     // The commit runs in its own task: a client that disconnects mid-commit cannot leave a
@@ -161,6 +164,15 @@ pub async fn accept_async(
         body: accepted_body(id, callback_url.as_deref()),
         replayed: false,
     })
+}
+
+/// Whose keys an `Idempotency-Key` is one of: the tenant's (`tenant:<name>`, which no address
+/// looks like), or, without a tenant, the client address's.
+fn key_scope(caller: &Caller, client: ClientIp) -> String {
+    match caller.tenant() {
+        Some(tenant) => format!("tenant:{tenant}"),
+        None => client.ip.to_string(),
+    }
 }
 
 /// The record an `Idempotency-Key` is checked against and stored as.

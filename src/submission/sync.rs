@@ -6,6 +6,7 @@ use serde_json::Value;
 use utoipa::ToSchema;
 
 use super::{new_request_id, retry_after_secs};
+use crate::auth::Caller;
 use crate::client_ip::ClientIp;
 use crate::db::{self, Lease, NewSync};
 use crate::engine::{CancelToken, WorkPayload};
@@ -46,7 +47,12 @@ pub struct SyncResponse {
 
 /// The sync path. A client that disconnects mid-run cancels the engine, and the row is still
 /// finished (as `failed`): no row is ever left `processing`.
-pub async fn run_sync(state: &AppState, request: SyncRequest, client: ClientIp) -> Result<SyncResponse, ApiError> {
+pub async fn run_sync(
+    state: &AppState,
+    request: SyncRequest,
+    client: ClientIp,
+    caller: &Caller,
+) -> Result<SyncResponse, ApiError> {
     let payload = request.payload;
     let work = payload
         .plan()
@@ -66,6 +72,7 @@ pub async fn run_sync(state: &AppState, request: SyncRequest, client: ClientIp) 
     tracing::Span::current().record("request_id", id.as_str());
     let payload_json = serde_json::to_value(&payload).map_err(ApiError::internal)?;
     let client_ip = client.ip.to_string();
+    let tenant = caller.tenant().map(str::to_owned);
 
     // Storing and running live in their own task, so the request is recorded and finished even
     // if this handler is dropped (the client went away); the guard then cancels the engine,
@@ -78,6 +85,7 @@ pub async fn run_sync(state: &AppState, request: SyncRequest, client: ClientIp) 
             id: task_id.clone(),
             payload: payload_json,
             client_ip,
+            tenant,
             created_at: db::timestamp(chrono::Utc::now()),
         };
         let (db, leases) = (&task_state.db, &task_state.leases);

@@ -248,6 +248,7 @@ fn new_job() -> NewJob {
         payload: quick_payload(),
         callback_url: None,
         client_ip: "127.0.0.1".to_owned(),
+        tenant: None,
         created_at: sync_async::db::timestamp(chrono::Utc::now()),
     }
 }

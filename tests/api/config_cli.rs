@@ -58,6 +58,24 @@ fn a_malformed_secret_is_not_echoed_in_the_startup_error() {
     assert!(!stderr.contains("my-real-secret"), "{stderr}");
 }
 
+#[test]
+fn a_short_api_key_stops_the_start_with_one_line_that_does_not_show_it() {
+    let output = Command::new(BIN)
+        .current_dir(std::env::temp_dir())
+        .env_clear()
+        .env("API_KEYS", "tenant-a:a-long-enough-key-0001,tenant-b:short-key-9")
+        .output()
+        .expect("runs");
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8(output.stderr).expect("utf-8");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("API_KEYS") && stderr.contains("entry 2"), "{stderr}");
+    assert!(
+        !stderr.contains("short-key-9") && !stderr.contains("a-long-enough-key-0001"),
+        "a key leaked: {stderr}"
+    );
+}
+
 #[tokio::test]
 async fn a_fresh_start_creates_the_database_and_sigterm_stops_cleanly() {
     let dir = tempfile::tempdir().expect("temp dir");

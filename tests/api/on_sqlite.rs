@@ -29,3 +29,5 @@ mod rate_limit;
 mod requests;
 #[path = "suite/sync.rs"]
 mod sync;
+#[path = "suite/tenants.rs"]
+mod tenants;

@@ -259,6 +259,7 @@ async fn a_backlog_larger_than_the_queue_drains_completely_after_a_start() {
             payload: payload.clone(),
             callback_url: None,
             client_ip: "127.0.0.1".to_owned(),
+            tenant: None,
             created_at: sync_async::db::timestamp(chrono::Utc::now()),
         };
         let accepted = store.accept_job(&job, None, 100).await.expect("accept");

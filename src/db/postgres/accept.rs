@@ -25,6 +25,7 @@ pub(super) struct InsertRow {
     callback_url: Option<String>,
     created_at: String,
     client_ip: String,
+    tenant: Option<String>,
     /// Sync rows start leased to the replica running them.
     lease: Option<(String, Duration)>,
     /// Async rows are stored only while fewer than this many jobs wait.
@@ -41,6 +42,7 @@ impl InsertRow {
             callback_url: job.callback_url.clone(),
             created_at: job.created_at.clone(),
             client_ip: job.client_ip.clone(),
+            tenant: job.tenant.clone(),
             lease: None,
             backlog_limit: Some(backlog_limit),
         }
@@ -55,6 +57,7 @@ impl InsertRow {
             callback_url: None,
             created_at: request.created_at.clone(),
             client_ip: request.client_ip.clone(),
+            tenant: request.tenant.clone(),
             lease: Some((owner.to_owned(), lease)),
             backlog_limit: None,
         }
@@ -96,12 +99,13 @@ pub(super) async fn insert_many<'e>(
         "WITH backlog AS ( \
            SELECT count(*) AS n FROM (SELECT 1 FROM requests WHERE status = 'pending' AND mode = 'async' LIMIT $1) b), \
          t AS (SELECT * FROM unnest($2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], \
-                 $8::text[], $9::text[], $10::float8[], $11::int8[], $12::int8[]) \
-               AS t(id, mode, payload, status, callback_url, created_at, client_ip, owner, lease_secs, rank, lim)) \
-         INSERT INTO requests (id, mode, payload, status, callback_url, created_at, started_at, client_ip, \
+                 $8::text[], $9::text[], $10::float8[], $11::int8[], $12::int8[], $13::text[]) \
+               AS t(id, mode, payload, status, callback_url, created_at, client_ip, owner, lease_secs, rank, lim, \
+                    tenant)) \
+         INSERT INTO requests (id, mode, payload, status, callback_url, created_at, started_at, client_ip, tenant, \
                                attempt, lease_owner, lease_expires_at, attempted_by) \
          SELECT t.id, t.mode, t.payload::jsonb, t.status, t.callback_url, t.created_at::timestamptz, \
-                CASE WHEN t.owner IS NULL THEN NULL ELSE t.created_at::timestamptz END, t.client_ip, \
+                CASE WHEN t.owner IS NULL THEN NULL ELSE t.created_at::timestamptz END, t.client_ip, t.tenant, \
                 CASE WHEN t.owner IS NULL THEN 0 ELSE 1 END, t.owner, \
                 CASE WHEN t.owner IS NULL THEN NULL ELSE now() + make_interval(secs => t.lease_secs) END, \
                 CASE WHEN t.owner IS NULL THEN '{}'::text[] ELSE ARRAY[t.owner] END \
@@ -128,6 +132,7 @@ pub(super) async fn insert_many<'e>(
     )
     .bind(ranks)
     .bind(limits)
+    .bind(rows.iter().map(|r| r.tenant.as_deref()).collect::<Vec<_>>())
     .fetch_all(db)
     .await
 }

@@ -15,7 +15,7 @@ use crate::model::{DeliveryStatus, Mode, Status};
 /// The columns `request_row` reads, in one place.
 const COLUMNS: &str = "r.id, r.mode, r.status, r.payload, r.result, r.error, r.callback_url, \
      rfc3339(r.created_at) AS created_at, rfc3339(r.started_at) AS started_at, \
-     rfc3339(r.completed_at) AS completed_at, r.execution_time_ms, d.status AS delivery_status, d.attempts, \
+     rfc3339(r.completed_at) AS completed_at, r.execution_time_ms, r.tenant, d.status AS delivery_status, d.attempts, \
      d.last_status_code, d.last_error, rfc3339(d.due_at) AS due_at";
 
 fn request_row(row: &PgRow) -> Result<RequestRow, sqlx::Error> {
@@ -55,6 +55,7 @@ fn request_row(row: &PgRow) -> Result<RequestRow, sqlx::Error> {
         started_at: row.try_get("started_at")?,
         completed_at: row.try_get("completed_at")?,
         execution_time_ms: row.try_get("execution_time_ms")?,
+        tenant: row.try_get("tenant")?,
     })
 }
 
@@ -93,6 +94,10 @@ pub(super) async fn list(pool: &PgPool, query: &ListQuery) -> Result<(i64, Vec<R
 
 fn push_filter(q: &mut QueryBuilder<Postgres>, query: &ListQuery) -> &'static str {
     let mut sep = " WHERE ";
+    if let Some(tenant) = &query.tenant {
+        q.push(sep).push("r.tenant = ").push_bind(tenant.clone());
+        sep = " AND ";
+    }
     if let Some(mode) = query.mode {
         q.push(sep).push("r.mode = ").push_bind(mode.as_str());
         sep = " AND ";

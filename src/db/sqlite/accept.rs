@@ -20,6 +20,7 @@ pub(super) struct InsertRow {
     callback_url: Option<String>,
     created_at: String,
     client_ip: String,
+    tenant: Option<String>,
     /// Sync rows start leased to the replica running them.
     lease: Option<(String, Duration)>,
 }
@@ -34,6 +35,7 @@ impl InsertRow {
             callback_url: job.callback_url.clone(),
             created_at: job.created_at.clone(),
             client_ip: job.client_ip.clone(),
+            tenant: job.tenant.clone(),
             lease: None,
         }
     }
@@ -47,6 +49,7 @@ impl InsertRow {
             callback_url: None,
             created_at: request.created_at.clone(),
             client_ip: request.client_ip.clone(),
+            tenant: request.tenant.clone(),
             lease: Some((owner.to_owned(), lease)),
         }
     }
@@ -54,7 +57,7 @@ impl InsertRow {
 
 /// The columns every insert writes, in the order `push_row` binds them.
 const INSERT: &str = "INSERT INTO requests (id, mode, payload, status, callback_url, created_at, started_at, \
-     client_ip, attempt, lease_owner, lease_expires_at, attempted_by) ";
+     client_ip, tenant, attempt, lease_owner, lease_expires_at, attempted_by) ";
 
 /// Inserts rows with one statement: one round trip to the database thread, and atomic.
 pub(super) async fn insert_many<'r>(
@@ -72,6 +75,7 @@ pub(super) async fn insert_many<'r>(
             .push_bind(&row.created_at)
             .push_bind(owner.map(|_| &row.created_at))
             .push_bind(&row.client_ip)
+            .push_bind(&row.tenant)
             .push_bind(i64::from(owner.is_some()))
             .push_bind(owner)
             .push("strftime('%Y-%m-%dT%H:%M:%fZ', 'now', ")

@@ -14,7 +14,7 @@ use crate::model::{DeliveryStatus, Mode, Status};
 
 /// The columns `request_row` reads, in one place.
 const COLUMNS: &str = "r.id, r.mode, r.status, r.payload, r.result, r.error, r.callback_url, r.created_at, \
-     r.started_at, r.completed_at, r.execution_time_ms, d.status AS delivery_status, d.attempts, \
+     r.started_at, r.completed_at, r.execution_time_ms, r.tenant, d.status AS delivery_status, d.attempts, \
      d.last_status_code, d.last_error, d.due_at";
 
 fn request_row(row: &SqliteRow) -> Result<RequestRow, sqlx::Error> {
@@ -54,6 +54,7 @@ fn request_row(row: &SqliteRow) -> Result<RequestRow, sqlx::Error> {
         started_at: row.try_get("started_at")?,
         completed_at: row.try_get("completed_at")?,
         execution_time_ms: row.try_get("execution_time_ms")?,
+        tenant: row.try_get("tenant")?,
     })
 }
 
@@ -95,6 +96,10 @@ pub(super) async fn list(readers: &SqlitePool, query: &ListQuery) -> Result<(i64
 /// Pushes the filters; returns the separator the next condition needs.
 fn push_filter(q: &mut QueryBuilder<Sqlite>, query: &ListQuery) -> &'static str {
     let mut sep = " WHERE ";
+    if let Some(tenant) = &query.tenant {
+        q.push(sep).push("r.tenant = ").push_bind(tenant.clone());
+        sep = " AND ";
+    }
     if let Some(mode) = query.mode {
         q.push(sep).push("r.mode = ").push_bind(mode.as_str());
         sep = " AND ";

@@ -365,6 +365,7 @@ async fn a_policy_tightened_after_acceptance_refuses_the_delivery() {
         payload: quick_payload(),
         callback_url: Some(receiver.url()),
         client_ip: "127.0.0.1".to_owned(),
+        tenant: None,
         created_at: now.clone(),
     };
     assert_eq!(
