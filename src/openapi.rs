@@ -70,13 +70,50 @@ pub(crate) enum RateLimited {
     TooManyRequests(Problem),
 }
 
+/// What the derive macros cannot say, added to the finished document: the API keys and the
+/// links from a submission to its stored request.
+pub(crate) fn complete(api: utoipa::openapi::OpenApi) -> utoipa::openapi::OpenApi {
+    document_links(document_api_keys(api))
+}
+
+/// OpenAPI links from the answers of `POST /async` and `POST /sync` to the request they
+/// stored: a client (and schemathesis' stateful phase) learns that `request_id` is the `{id}`
+/// of `/requests/{id}`, its attempts and its redelivery.
+fn document_links(mut api: utoipa::openapi::OpenApi) -> utoipa::openapi::OpenApi {
+    use utoipa::openapi::RefOr;
+    use utoipa::openapi::link::LinkBuilder;
+
+    let targets = [
+        ("GetRequest", "get_request", "The stored request, its status and its result"),
+        ("ListAttempts", "list_attempts", "The callback delivery attempts of the request"),
+        ("Redeliver", "redeliver", "Send the stored result to the callback again"),
+    ];
+    for (path, status) in [("/async", "202"), ("/sync", "200")] {
+        let Some(post) = api.paths.paths.get_mut(path).and_then(|item| item.post.as_mut()) else {
+            continue;
+        };
+        let Some(RefOr::T(response)) = post.responses.responses.get_mut(status) else {
+            continue;
+        };
+        for (name, operation_id, description) in targets {
+            let link = LinkBuilder::new()
+                .operation_id(operation_id)
+                .parameter("id", "$response.body#/request_id")
+                .description(description)
+                .build();
+            response.links.insert(name.to_owned(), RefOr::T(link));
+        }
+    }
+    api
+}
+
 /// The security scheme's name in the document.
 const API_KEY_SCHEME: &str = "api_key";
 
 /// Documents the API keys on a finished document (its paths included): the bearer scheme, a
 /// requirement that is either a key or nothing (keys are optional: without API_KEYS the API is
 /// open), and the 401 of every operation but the health check.
-pub(crate) fn document_api_keys(mut api: utoipa::openapi::OpenApi) -> utoipa::openapi::OpenApi {
+fn document_api_keys(mut api: utoipa::openapi::OpenApi) -> utoipa::openapi::OpenApi {
     use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme};
     use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
 

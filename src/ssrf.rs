@@ -104,7 +104,7 @@ impl UrlPolicy {
     }
 
     fn check(&self, raw: &str, loopback: LoopbackVerdict) -> Result<Url, Refusal> {
-        if raw.len() > MAX_URL_LEN {
+        if raw.chars().count() > MAX_URL_LEN {
             return Err(Refusal::TooLong);
         }
         let url = Url::parse(raw.trim()).map_err(|e| Refusal::Unparseable(e.to_string()))?;

@@ -7,6 +7,7 @@ mod cancel;
 mod hash;
 mod matrix;
 mod prime;
+mod schema;
 mod spec;
 mod transform;
 

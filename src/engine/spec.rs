@@ -13,16 +13,17 @@ use super::{matrix, transform};
 pub const MAX_MATRIX_SIZE: u32 = 1_024;
 /// The side `matrix` uses when `data.size` is absent.
 const DEFAULT_MATRIX_SIZE: u32 = 256;
-/// Longest `data.input` for `hash`, in bytes.
-pub(super) const MAX_INPUT_BYTES: usize = 1_024;
+/// Longest `data.input` for `hash`, in characters (Unicode code points, as JSON Schema's
+/// `maxLength` counts them, so the schema and the server agree on every string).
+pub(super) const MAX_INPUT_CHARS: usize = 1_024;
 /// Most items `data.items` may hold for `transform`.
 pub(super) const MAX_ITEMS: usize = 1_000;
-/// Most JSON nodes (containers and leaves) across all of `data.items`.
-pub(super) const MAX_ITEM_NODES: u64 = 10_000;
-/// Deepest nesting inside one item.
-pub(super) const MAX_ITEM_DEPTH: usize = 8;
-/// Longest string inside `data.items`, in bytes.
-pub(super) const MAX_ITEM_STRING_BYTES: usize = 1_024;
+/// Most entries of an array or object inside `data.items`. With containers holding only
+/// scalars, the whole input is at most `MAX_ITEMS x (1 + MAX_CONTAINER_ENTRIES)` = 10 000 JSON
+/// values: a bound the OpenAPI schema can state exactly, unlike a total node count.
+pub(super) const MAX_CONTAINER_ENTRIES: usize = 9;
+/// Longest string inside `data.items`, in characters.
+pub(super) const MAX_ITEM_STRING_CHARS: usize = 1_024;
 /// Largest magnitude of a number inside `data.items`.
 pub(super) const MAX_ITEM_NUMBER: f64 = 1e15;
 
@@ -95,45 +96,56 @@ impl Complexity {
     }
 }
 
-/// The work a client asks for.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+/// The work a client asks for. Its OpenAPI schema (a union discriminated by `operation`, each
+/// variant with its own `data`) is written by hand in `schema.rs`, beside these rules.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-#[schema(example = json!({"operation": "hash", "complexity": 5}))]
 pub struct WorkPayload {
     pub operation: Operation,
     /// 1 (about 100 ms) to 10 (about 5 s); each step costs about 1.55x the one before.
-    #[schema(minimum = 1, maximum = 10, example = 5)]
     pub complexity: u8,
-    /// Optional input for the operation. Only the field that belongs to `operation` may be set.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// Optional input for the operation, a JSON object (or null, the same as absent). Only the
+    /// field that belongs to `operation` may be set.
+    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "data_object")]
     pub data: Option<WorkData>,
 }
 
 /// Operation input. Each field belongs to one operation and is bounded.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WorkData {
-    /// `hash`: the string to hash, at most 1024 bytes (default `"sync-async"`). The complexity
-    /// sets the number of iterations.
+    /// `hash`: the string to hash (default `"sync-async"`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(max_length = 1024, example = "hello")]
     pub input: Option<String>,
-    /// `prime`: which prime to find, from 1 to the complexity-10 amount. Replaces the amount the
-    /// complexity would pick.
+    /// `prime`: which prime to find; replaces the amount the complexity would pick.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(minimum = 1, example = 1000)]
     pub n: Option<u32>,
-    /// `matrix`: the side of the square matrices, from 1 to 1024 (default 256). The complexity
-    /// sets how many multiply-adds the rounds of `A x B^rounds` add up to (at least one round).
+    /// `matrix`: the side of the square matrices (default 256).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(minimum = 1, example = 64)]
     pub size: Option<u32>,
-    /// `transform`: the JSON values to transform (at most 1000 items, 10000 nodes, depth 8,
-    /// strings of 1024 bytes and numbers of magnitude 1e15). The complexity sets how many node
-    /// visits the rounds add up to.
+    /// `transform`: the JSON values to transform.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<Vec<Object>>, example = json!([1, "two", {"three": 3}]))]
     pub items: Option<Vec<Value>>,
+}
+
+/// `data` is a JSON object or null. A derived struct would also take an array and read it by
+/// position (`[null, null]` ran with defaults); the visitor below takes only a map, and still
+/// hands it to the derived code so errors keep their path (`/payload/data/n`).
+fn data_object<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<WorkData>, D::Error> {
+    struct ObjectOrNull;
+    impl<'de> serde::de::Visitor<'de> for ObjectOrNull {
+        type Value = Option<WorkData>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a JSON object or null")
+        }
+        fn visit_unit<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+            WorkData::deserialize(serde::de::value::MapAccessDeserializer::new(map)).map(Some)
+        }
+    }
+    deserializer.deserialize_any(ObjectOrNull)
 }
 
 /// A validated plan: exactly what the engine will compute.
@@ -177,10 +189,11 @@ impl WorkPayload {
         let work = match self.operation {
             Operation::Hash => {
                 let input = data.input.unwrap_or_else(|| DEFAULT_HASH_INPUT.to_owned());
-                if input.len() > MAX_INPUT_BYTES {
+                let chars = input.chars().count();
+                if chars > MAX_INPUT_CHARS {
                     errors.push(InvalidWork::new(
                         "/data/input",
-                        format!("must be at most {MAX_INPUT_BYTES} bytes, got {}", input.len()),
+                        format!("must be at most {MAX_INPUT_CHARS} characters, got {chars}"),
                     ));
                 }
                 Work::Hash {
@@ -200,11 +213,14 @@ impl WorkPayload {
             }
             Operation::Matrix => {
                 let size = data.size.unwrap_or(DEFAULT_MATRIX_SIZE);
+                // The size is checked before its cost is computed: size^3 of an unchecked size
+                // overflows u64 (a panic in a debug build, a silent wrap in release).
                 if !(1..=MAX_MATRIX_SIZE).contains(&size) {
                     errors.push(InvalidWork::new(
                         "/data/size",
                         format!("must be between 1 and {MAX_MATRIX_SIZE}, got {size}"),
                     ));
+                    return Err(errors);
                 }
                 Work::Matrix {
                     size,
@@ -212,8 +228,14 @@ impl WorkPayload {
                 }
             }
             Operation::Transform => {
-                let items = data.items.unwrap_or_else(default_items);
-                errors.extend(check_items(&items));
+                // Only a client's items are checked: the defaults are the server's own.
+                let items = match data.items {
+                    Some(items) => {
+                        errors.extend(check_items(&items));
+                        items
+                    }
+                    None => default_items(),
+                };
                 let rounds = rounds_within(amount, transform::round_cost(&items));
                 Work::Transform { items, rounds }
             }
@@ -255,34 +277,43 @@ fn check_items(items: &[Value]) -> Vec<InvalidWork> {
             format!("must hold 1 to {MAX_ITEMS} items, got {}", items.len()),
         ));
     }
-    let nodes = transform::node_count(items);
-    if nodes > MAX_ITEM_NODES {
-        errors.push(InvalidWork::new(
-            "/data/items",
-            format!("must hold at most {MAX_ITEM_NODES} JSON values in all, got {nodes}"),
-        ));
-    }
     for (i, item) in items.iter().enumerate() {
-        if let Err(message) = check_value(item, 1) {
+        if let Err(message) = check_item(item) {
             errors.push(InvalidWork::new(&format!("/data/items/{i}"), message));
         }
     }
     errors
 }
 
-fn check_value(value: &Value, depth: usize) -> Result<(), String> {
-    if depth > MAX_ITEM_DEPTH {
-        return Err(format!("nests deeper than {MAX_ITEM_DEPTH} levels"));
+/// An item is a scalar, or an array or object of at most `MAX_CONTAINER_ENTRIES` scalars.
+fn check_item(item: &Value) -> Result<(), String> {
+    let entries: Vec<&Value> = match item {
+        Value::Array(a) => a.iter().collect(),
+        Value::Object(o) => o.values().collect(),
+        scalar => return check_scalar(scalar),
+    };
+    if entries.len() > MAX_CONTAINER_ENTRIES {
+        return Err(format!(
+            "holds {} entries; an array or object holds at most {MAX_CONTAINER_ENTRIES}",
+            entries.len()
+        ));
     }
+    entries.into_iter().try_for_each(|entry| match entry {
+        Value::Array(_) | Value::Object(_) => {
+            Err("nests a container in a container; entries of an array or object must be scalars".to_owned())
+        }
+        scalar => check_scalar(scalar),
+    })
+}
+
+fn check_scalar(value: &Value) -> Result<(), String> {
     match value {
-        Value::String(s) if s.len() > MAX_ITEM_STRING_BYTES => {
-            Err(format!("holds a string longer than {MAX_ITEM_STRING_BYTES} bytes"))
+        Value::String(s) if s.chars().count() > MAX_ITEM_STRING_CHARS => {
+            Err(format!("holds a string longer than {MAX_ITEM_STRING_CHARS} characters"))
         }
         Value::Number(n) if n.as_f64().is_none_or(|x| x.abs() > MAX_ITEM_NUMBER) => {
             Err(format!("holds a number larger than {MAX_ITEM_NUMBER:e} in magnitude"))
         }
-        Value::Array(a) => a.iter().try_for_each(|v| check_value(v, depth + 1)),
-        Value::Object(o) => o.values().try_for_each(|v| check_value(v, depth + 1)),
         _ => Ok(()),
     }
 }
@@ -393,28 +424,78 @@ mod tests {
     }
 
     #[test]
-    fn oversized_hash_input_is_refused() {
-        let data = Some(json!({"input": "x".repeat(MAX_INPUT_BYTES + 1)}));
+    fn hash_input_is_bounded_in_characters_as_the_schema_counts_them() {
+        let data = Some(json!({"input": "x".repeat(MAX_INPUT_CHARS + 1)}));
         assert_eq!(pointers(payload(Operation::Hash, 1, data).plan()), vec!["/data/input"]);
+        // 1024 four-byte characters are 4096 bytes, and still within the limit.
+        let wide = Some(json!({"input": "\u{1F600}".repeat(MAX_INPUT_CHARS)}));
+        assert!(payload(Operation::Hash, 1, wide).plan().is_ok());
+    }
+
+    #[test]
+    fn a_huge_matrix_size_is_refused_before_its_cost_is_computed() {
+        // 4 000 000^3 overflows u64: computing the cost first panicked in a debug build.
+        let data = Some(json!({"size": 4_000_000}));
+        assert_eq!(pointers(payload(Operation::Matrix, 1, data).plan()), vec!["/data/size"]);
+        let data = Some(json!({"size": u32::MAX}));
+        assert_eq!(pointers(payload(Operation::Matrix, 10, data).plan()), vec!["/data/size"]);
+    }
+
+    #[test]
+    fn data_must_be_an_object_or_null() {
+        for data in [json!([null, null]), json!([]), json!("n"), json!(5), json!(true)] {
+            let body = json!({"operation": "prime", "complexity": 1, "data": data});
+            let err = serde_json::from_value::<WorkPayload>(body).expect_err("not an object");
+            assert!(err.to_string().contains("a JSON object or null"), "{data}: {err}");
+        }
+        let null = json!({"operation": "prime", "complexity": 1, "data": null});
+        assert_eq!(serde_json::from_value::<WorkPayload>(null).expect("null").data, None);
+        let object = json!({"operation": "prime", "complexity": 1, "data": {"n": 3}});
+        let parsed = serde_json::from_value::<WorkPayload>(object).expect("object");
+        assert_eq!(parsed.data.and_then(|d| d.n), Some(3));
+    }
+
+    #[test]
+    fn errors_inside_data_keep_their_path() {
+        let body = br#"{"payload": {"operation": "prime", "complexity": 1, "data": {"n": "x"}}}"#;
+        #[derive(Debug, Deserialize)]
+        struct Outer {
+            #[allow(dead_code)]
+            payload: WorkPayload,
+        }
+        let mut de = serde_json::Deserializer::from_slice(body);
+        let err = serde_path_to_error::deserialize::<_, Outer>(&mut de).expect_err("bad n");
+        assert_eq!(err.path().to_string(), "payload.data.n");
     }
 
     #[test]
     fn unbounded_transform_items_are_refused() {
-        let deep = (0..MAX_ITEM_DEPTH).fold(json!(1), |v, _| json!([v]));
         let cases = [
             (json!({"items": []}), "/data/items"),
             (json!({"items": [1e300]}), "/data/items/0"),
+            (json!({"items": [-1.5e15]}), "/data/items/0"),
             (
-                json!({"items": [1, "y".repeat(MAX_ITEM_STRING_BYTES + 1)]}),
+                json!({"items": [1, "y".repeat(MAX_ITEM_STRING_CHARS + 1)]}),
                 "/data/items/1",
             ),
-            (json!({"items": [deep]}), "/data/items/0"),
+            (json!({"items": [{"a": [1]}]}), "/data/items/0"),
+            (json!({"items": [[[1]]]}), "/data/items/0"),
+            (json!({"items": [[0; MAX_CONTAINER_ENTRIES + 1]]}), "/data/items/0"),
             (json!({"items": vec![0; MAX_ITEMS + 1]}), "/data/items"),
         ];
         for (data, pointer) in cases {
             let got = pointers(payload(Operation::Transform, 1, Some(data.clone())).plan());
             assert_eq!(got, vec![pointer], "for {data}");
         }
+    }
+
+    #[test]
+    fn transform_items_within_every_bound_are_accepted() {
+        let full: serde_json::Map<String, Value> =
+            (0..MAX_CONTAINER_ENTRIES).map(|i| (format!("k{i}"), json!(i))).collect();
+        let items = json!([null, true, 1e15, -1e15, "z".repeat(MAX_ITEM_STRING_CHARS), [1, "a", null, false], full]);
+        assert!(payload(Operation::Transform, 1, Some(json!({"items": items}))).plan().is_ok());
+        assert!(payload(Operation::Transform, 1, None).plan().is_ok(), "the default items");
     }
 
     #[test]

@@ -34,18 +34,6 @@ fn transform_rounds(items: &[Value], rounds: u32, cancel: &CancelToken) -> Resul
     Ok(current)
 }
 
-/// How many JSON nodes `items` holds (containers and leaves).
-pub(super) fn node_count(items: &[Value]) -> u64 {
-    fn count(v: &Value) -> u64 {
-        1 + match v {
-            Value::Array(a) => a.iter().map(count).sum(),
-            Value::Object(o) => o.values().map(count).sum(),
-            _ => 0,
-        }
-    }
-    items.iter().map(count).sum()
-}
-
 /// What one round costs in node-visit units: one per node, plus one per 16 bytes of every string
 /// and object key, which are copied each round. The planner divides a budget by this.
 pub(super) fn round_cost(items: &[Value]) -> u64 {
@@ -148,13 +136,6 @@ mod tests {
         assert_eq!(a["rounds"], 5);
         assert_eq!(a["sample"].as_array().map(Vec::len), Some(SAMPLE_LEN));
         assert_eq!(a["checksum"].as_str().map(str::len), Some(16));
-    }
-
-    #[test]
-    fn node_count_counts_containers_and_leaves() {
-        let items = vec![json!({"a": [1, 2], "b": "x"}), json!(3)];
-        // object + array + 1 + 2 + "x" = 5, plus 3 = 6
-        assert_eq!(node_count(&items), 6);
     }
 
     #[test]

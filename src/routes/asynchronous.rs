@@ -34,7 +34,8 @@ pub(super) fn router() -> OpenApiRouter<AppState> {
     post,
     path = "/async",
     tag = "async",
-    params(("Idempotency-Key" = Option<String>, Header, description = "1 to 255 visible ASCII characters; makes a retried submission safe")),
+    params(("Idempotency-Key" = Option<String>, Header, pattern = "^[!-~]{1,255}$",
+        description = "1 to 255 visible ASCII characters; makes a retried submission safe")),
     request_body(content = AsyncRequest, examples(
         ("callback" = (summary = "Deliver to the demo receiver", value = json!({"payload": {"operation": "prime", "complexity": 7}, "callback_url": "http://localhost:9000/callback"}))),
         ("poll" = (summary = "No callback: poll status_url", value = json!({"payload": {"operation": "hash", "complexity": 5}}))),

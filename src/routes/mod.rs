@@ -30,7 +30,7 @@ pub fn router() -> Router<AppState> {
 /// sends its requests, under the prefix.
 pub fn router_under(base_path: &str) -> Router<AppState> {
     let (routes, api) = api_router().split_for_parts();
-    let mut api = crate::openapi::document_api_keys(api);
+    let mut api = crate::openapi::complete(api);
     let mut docs = SwaggerUi::new("/docs");
     if !base_path.is_empty() {
         api.servers = Some(vec![utoipa::openapi::Server::new(base_path)]);
@@ -55,7 +55,7 @@ pub fn api_router() -> OpenApiRouter<AppState> {
 
 /// The OpenAPI document, as `/openapi.json` serves it.
 pub fn openapi() -> utoipa::openapi::OpenApi {
-    crate::openapi::document_api_keys(api_router().into_openapi())
+    crate::openapi::complete(api_router().into_openapi())
 }
 
 /// The 404 of an unknown path (also outside BASE_PATH).

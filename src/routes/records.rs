@@ -128,7 +128,7 @@ pub(super) struct ListFilter {
     /// Page size, 1 to 100 (default 50).
     #[param(minimum = 1, maximum = 100, default = 50)]
     pub limit: Option<u32>,
-    /// Rows to skip (default 0).
-    #[param(minimum = 0, default = 0)]
+    /// Rows to skip, 0 to 1 000 000 (default 0).
+    #[param(minimum = 0, maximum = 1_000_000, default = 0)]
     pub offset: Option<u32>,
 }

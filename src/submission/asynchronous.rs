@@ -30,8 +30,11 @@ const MAX_KEY_LEN: usize = 255;
 }))]
 pub struct AsyncRequest {
     pub payload: WorkPayload,
-    /// Where to POST the result (http or https). Without it, poll `status_url`.
+    /// Where to POST the result (http or https, at most 2048 characters). Without it, poll
+    /// `status_url`. The URL policy refuses addresses that are not globally routable (see the
+    /// README), with a 400 that says why: a check no schema can state.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(format = Uri, max_length = 2048)]
     pub callback_url: Option<String>,
 }
 

@@ -55,7 +55,7 @@ async fn a_body_over_the_size_limit_is_a_413_and_stores_nothing() {
 #[tokio::test]
 async fn invalid_payloads_are_422_with_a_pointer_to_the_field() {
     let Some(app) = spawn_app().await else { return };
-    let cases: [(Value, &str); 9] = [
+    let cases: [(Value, &str); 13] = [
         (
             json!({"payload": {"operation": "hash", "complexity": 0}}),
             "/payload/complexity",
@@ -88,6 +88,24 @@ async fn invalid_payloads_are_422_with_a_pointer_to_the_field() {
         (
             json!({"payload": {"operation": "hash", "complexity": 1, "data": {"size": 3}}}),
             "/payload/data/size",
+        ),
+        // Its cost (size^3) overflows u64: it must be refused before the cost is computed.
+        (
+            json!({"payload": {"operation": "matrix", "complexity": 1, "data": {"size": 4_000_000}}}),
+            "/payload/data/size",
+        ),
+        // An array is not an object, though a derived struct would read it by position.
+        (
+            json!({"payload": {"operation": "prime", "complexity": 1, "data": [null, null]}}),
+            "/payload/data",
+        ),
+        (
+            json!({"payload": {"operation": "transform", "complexity": 1, "data": {"items": [{"a": [1]}]}}}),
+            "/payload/data/items/0",
+        ),
+        (
+            json!({"payload": {"operation": "hash", "complexity": 1, "data": {"input": "é".repeat(1025)}}}),
+            "/payload/data/input",
         ),
     ];
     for (body, pointer) in cases {
