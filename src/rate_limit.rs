@@ -5,14 +5,17 @@
 //! exempt so that a busy client cannot make a load balancer think the service is down.
 //!
 //! On PostgreSQL the limit holds for the whole cluster: the same GCRA runs in the database (one
-//! upsert per request, see `db::Store::take_rate_token`), so N replicas together admit the
-//! configured rate, not N times it. If that write fails, the replica's own governor decides
-//! (fail open to the local limit rather than refuse everyone while the database is away).
+//! upsert per request, or per small batch of requests with a large limit: see `reserve`), so N
+//! replicas together admit the configured rate, not N times it. If that write fails, the
+//! replica's own governor decides (fail open to the local limit rather than refuse everyone while
+//! the database is away).
+
+mod reserve;
 
 use std::net::{IpAddr, SocketAddr};
 use std::num::NonZeroU32;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{HeaderName, HeaderValue};
@@ -79,6 +82,8 @@ pub(crate) struct ClientRateLimiter {
     /// The time the whole burst takes to refill.
     window: Duration,
     clock: DefaultClock,
+    /// Tokens taken from the shared limit in a batch and not spent yet (PostgreSQL only).
+    reserved: reserve::Reservations,
 }
 
 /// What the limiter decided for one request.
@@ -103,6 +108,7 @@ impl ClientRateLimiter {
             limit: burst.get(),
             window,
             clock,
+            reserved: reserve::Reservations::default(),
         }
     }
 
@@ -122,7 +128,19 @@ impl ClientRateLimiter {
 
     /// Decides with the cluster-wide state in `db` when the backend keeps one, else locally.
     pub(crate) async fn check_shared(&self, db: &Db, key: LimitKey) -> Decision {
-        match db.take_rate_token(&key.to_string(), self.limit, self.window).await {
+        let now = Instant::now();
+        if let Some(left) = self.reserved.spend(&key, now) {
+            return Decision::Allowed { remaining: left };
+        }
+        let batch = reserve::batch_for(self.limit);
+        let mut verdict = self.take_shared(db, &key, batch).await;
+        if batch > 1 && matches!(verdict, Ok(Some(RateVerdict::Refused { .. }))) {
+            // A whole batch does not fit any more, but one request may.
+            verdict = self.take_shared(db, &key, 1).await;
+        } else if batch > 1 && matches!(verdict, Ok(Some(RateVerdict::Allowed { .. }))) {
+            self.reserved.keep(key.clone(), batch - 1, now);
+        }
+        match verdict {
             Ok(Some(RateVerdict::Allowed { remaining })) => Decision::Allowed { remaining },
             Ok(Some(RateVerdict::Refused { retry_after })) => Decision::Refused {
                 retry_after_secs: retry_after.as_secs_f64().ceil().max(1.0) as u64,
@@ -133,6 +151,10 @@ impl ClientRateLimiter {
                 self.check(key)
             }
         }
+    }
+
+    async fn take_shared(&self, db: &Db, key: &LimitKey, tokens: u32) -> Result<Option<RateVerdict>, sqlx::Error> {
+        db.take_rate_tokens(&key.to_string(), tokens, self.limit, self.window).await
     }
 
     pub(crate) fn limit(&self) -> u32 {

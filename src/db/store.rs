@@ -135,12 +135,14 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// The database's size on disk, and for SQLite the WAL's.
     async fn storage(&self) -> Result<StorageFigures, sqlx::Error>;
 
-    /// Takes one request from `key`'s budget in the cluster-wide rate limit (GCRA: a burst of
-    /// `burst`, refilled evenly over `window`), or `None` when the backend keeps no shared state:
-    /// on SQLite one server owns the database and its in-process limiter is the whole truth.
-    async fn take_rate_token(
+    /// Takes `tokens` requests (all or none) from `key`'s budget in the cluster-wide rate limit
+    /// (GCRA: a burst of `burst`, refilled evenly over `window`), or `None` when the backend
+    /// keeps no shared state: on SQLite one server owns the database and its in-process limiter
+    /// is the whole truth.
+    async fn take_rate_tokens(
         &self,
         key: &str,
+        tokens: u32,
         burst: u32,
         window: Duration,
     ) -> Result<Option<RateVerdict>, sqlx::Error>;

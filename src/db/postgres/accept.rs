@@ -48,6 +48,11 @@ impl InsertRow {
         }
     }
 
+    /// The backlog limit this row is inserted under (jobs only).
+    pub(super) fn backlog_limit(&self) -> Option<u64> {
+        self.backlog_limit
+    }
+
     pub(super) fn sync(request: &NewSync, owner: &str, lease: Duration) -> Self {
         Self {
             id: request.id.clone(),
@@ -69,6 +74,7 @@ impl InsertRow {
 pub(super) async fn insert_many<'e>(
     db: impl sqlx::PgExecutor<'e>,
     rows: &[&InsertRow],
+    count_backlog: bool,
 ) -> Result<Vec<String>, sqlx::Error> {
     // Each async row's place among this statement's async rows: row k fits when the backlog
     // plus k is within its limit. Sync rows (rank 0) always go in.
@@ -90,10 +96,12 @@ pub(super) async fn insert_many<'e>(
                 .map_or(i64::MAX, |l| i64::try_from(l).unwrap_or(i64::MAX))
         })
         .collect();
+    // Counting up to 0 rows counts nothing: the caller knows the backlog is far below the limit.
     let count_up_to = rows
         .iter()
         .filter_map(|r| r.backlog_limit)
         .max()
+        .filter(|_| count_backlog)
         .map_or(0, |l| i64::try_from(l).unwrap_or(i64::MAX));
     sqlx::query_scalar(
         "WITH backlog AS ( \
@@ -146,9 +154,9 @@ pub(super) async fn insert_with_key(
     key: &KeyClaim,
     backlog_limit: u64,
 ) -> Result<Accepted, sqlx::Error> {
-    let mut tx = pool.begin().await?;
+    let mut tx = super::durable(pool).await?;
     let row = InsertRow::job(job, backlog_limit);
-    if insert_many(&mut *tx, &[&row]).await?.is_empty() {
+    if insert_many(&mut *tx, &[&row], true).await?.is_empty() {
         tx.rollback().await?;
         return Ok(Accepted::BacklogFull);
     }
@@ -199,6 +207,8 @@ pub(super) async fn find_key(
 
 /// Stores how a sync run ended, if `owner` still holds it.
 pub(super) async fn finish_sync(pool: &PgPool, id: &str, owner: &str, c: &Completion) -> Result<bool, sqlx::Error> {
+    // The client is about to get this result: its record waits for the WAL flush.
+    let mut tx = super::durable(pool).await?;
     let done = sqlx::query(
         "UPDATE requests SET status = $1, result = $2::jsonb, error = $3, completed_at = $4::timestamptz, \
          execution_time_ms = $5, lease_owner = NULL, lease_expires_at = NULL \
@@ -211,8 +221,9 @@ pub(super) async fn finish_sync(pool: &PgPool, id: &str, owner: &str, c: &Comple
     .bind(c.execution_time_ms)
     .bind(id)
     .bind(owner)
-    .execute(pool)
+    .execute(&mut *tx)
     .await?;
+    tx.commit().await?;
     Ok(done.rows_affected() == 1)
 }
 

@@ -114,13 +114,16 @@ pub(super) async fn record_attempt(
 
 /// Starts a new round for a failed delivery: due now, with a fresh retry budget.
 pub(super) async fn redeliver(pool: &PgPool, id: &str) -> Result<Result<(), RedeliverRefusal>, sqlx::Error> {
+    // The client is told the redelivery started: it waits for the WAL flush.
+    let mut tx = super::durable(pool).await?;
     let done = sqlx::query(
         "UPDATE deliveries SET status = 'pending', due_at = now(), round_start = attempts \
          WHERE request_id = $1 AND status = 'failed'",
     )
     .bind(id)
-    .execute(pool)
+    .execute(&mut *tx)
     .await?;
+    tx.commit().await?;
     if done.rows_affected() == 1 {
         return Ok(Ok(()));
     }

@@ -9,6 +9,7 @@ use sqlx::PgPool;
 use tokio::sync::{mpsc, oneshot};
 
 use super::accept::{InsertRow, MAX_BATCH, insert_many, outcome};
+use super::backlog::BacklogCount;
 use super::notify::Announcer;
 use crate::db::store::Accepted;
 use crate::liveness::Beat;
@@ -32,9 +33,9 @@ struct Pending {
 
 impl GroupCommit {
     /// Starts the committing task; it ends when the last `GroupCommit` is dropped.
-    pub(super) fn start(pool: PgPool, announce: Arc<Announcer>, beat: Beat) -> Self {
+    pub(super) fn start(pool: PgPool, announce: Arc<Announcer>, backlog: Arc<BacklogCount>, beat: Beat) -> Self {
         let (sender, receiver) = mpsc::channel(BACKLOG);
-        tokio::spawn(commit_loop(pool, receiver, announce, beat));
+        tokio::spawn(commit_loop(pool, receiver, announce, backlog, beat));
         Self { sender }
     }
 
@@ -49,7 +50,13 @@ impl GroupCommit {
     }
 }
 
-async fn commit_loop(pool: PgPool, mut receiver: mpsc::Receiver<Pending>, announce: Arc<Announcer>, beat: Beat) {
+async fn commit_loop(
+    pool: PgPool,
+    mut receiver: mpsc::Receiver<Pending>,
+    announce: Arc<Announcer>,
+    backlog: Arc<BacklogCount>,
+    beat: Beat,
+) {
     let slots = Arc::new(tokio::sync::Semaphore::new(IN_FLIGHT));
     loop {
         let Ok(slot) = slots.clone().acquire_owned().await else {
@@ -61,8 +68,10 @@ async fn commit_loop(pool: PgPool, mut receiver: mpsc::Receiver<Pending>, announ
         }
         beat.tick();
         let (pool, announce) = (pool.clone(), announce.clone());
+        let limit = batch.iter().filter_map(|p| p.row.backlog_limit()).max();
+        let count_backlog = limit.is_some_and(|limit| !backlog.far_below(limit));
         tokio::spawn(async move {
-            commit(&pool, batch, &announce).await;
+            commit(&pool, batch, &announce, count_backlog).await;
             drop(slot);
         });
     }
@@ -70,9 +79,9 @@ async fn commit_loop(pool: PgPool, mut receiver: mpsc::Receiver<Pending>, announ
     let _ = slots.acquire_many(IN_FLIGHT as u32).await;
 }
 
-async fn commit(pool: &PgPool, batch: Vec<Pending>, announce: &Announcer) {
+async fn commit(pool: &PgPool, batch: Vec<Pending>, announce: &Announcer, count_backlog: bool) {
     let rows: Vec<&InsertRow> = batch.iter().map(|p| &p.row).collect();
-    match insert_many(pool, &rows).await {
+    match insert_durably(pool, &rows, count_backlog).await {
         Ok(stored) => {
             if !stored.is_empty() {
                 announce.jobs();
@@ -89,11 +98,19 @@ async fn commit(pool: &PgPool, batch: Vec<Pending>, announce: &Announcer) {
             // Something in the batch failed and nothing was stored: go row by row so that only
             // the failing row fails.
             for pending in batch {
-                let answer = insert_many(pool, &[&pending.row])
+                let answer = insert_durably(pool, &[&pending.row], count_backlog)
                     .await
                     .map(|stored| outcome(&stored, &pending.row.id));
                 let _ = pending.done.send(answer);
             }
         }
     }
+}
+
+/// The insert behind a 202: its commit waits for the WAL flush.
+async fn insert_durably(pool: &PgPool, rows: &[&InsertRow], count_backlog: bool) -> Result<Vec<String>, sqlx::Error> {
+    let mut tx = super::durable(pool).await?;
+    let stored = insert_many(&mut *tx, rows, count_backlog).await?;
+    tx.commit().await?;
+    Ok(stored)
 }

@@ -4,6 +4,7 @@
 //! committed in groups, and replicas wake each other with a debounced NOTIFY.
 
 mod accept;
+mod backlog;
 mod deliveries;
 mod group_commit;
 mod notify;
@@ -31,6 +32,23 @@ const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(2);
 const STATEMENT_TIMEOUT_MS: &str = "15000";
 const IDLE_IN_TRANSACTION_TIMEOUT_MS: &str = "15000";
 
+/// Which commits wait for the WAL to reach the disk. Each flush takes milliseconds on an ordinary
+/// disk and flushes are taken one at a time, so if every claim, heartbeat and finish waited for
+/// one, acceptance would queue behind background writes. Sessions therefore commit without
+/// waiting (`synchronous_commit = off`: a commit survives a crash of this process, but a crash of
+/// the database server can lose its last fraction of a second), and what a client is told
+/// about waits for the flush in `durable`: the insert behind a 202 and its idempotency key, the
+/// record of a sync answer, a redelivery. A lost background write is repaired by the rescuer:
+/// a job whose claim or finish was lost is claimed and run again (at least once, as documented).
+const SESSION_SYNCHRONOUS_COMMIT: &str = "off";
+
+/// A transaction whose commit waits for the WAL flush (see `SESSION_SYNCHRONOUS_COMMIT`).
+pub(super) async fn durable(pool: &PgPool) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    sqlx::query("SET LOCAL synchronous_commit = on").execute(&mut *tx).await?;
+    Ok(tx)
+}
+
 /// The PostgreSQL store.
 #[derive(Debug)]
 pub struct PgStore {
@@ -39,6 +57,8 @@ pub struct PgStore {
     group_commit: group_commit::GroupCommit,
     /// Tells the other replicas (NOTIFY) that there are new jobs, at most once per interval.
     announce: Arc<notify::Announcer>,
+    /// The backlog, counted at most a few times a second rather than once per 202.
+    backlog: Arc<backlog::BacklogCount>,
 }
 
 /// Connects to `url`, brings the schema up to date (migrations take an advisory lock, so
@@ -55,6 +75,7 @@ pub async fn connect(
         .options([
             ("statement_timeout", STATEMENT_TIMEOUT_MS),
             ("idle_in_transaction_session_timeout", IDLE_IN_TRANSACTION_TIMEOUT_MS),
+            ("synchronous_commit", SESSION_SYNCHRONOUS_COMMIT),
         ]);
     let pool = PgPoolOptions::new()
         .max_connections(max_connections.max(2))
@@ -67,12 +88,18 @@ pub async fn connect(
         .await
         .context("running database migrations")?;
     let announce = notify::Announcer::start(pool.clone(), notify_interval);
-    let group_commit =
-        group_commit::GroupCommit::start(pool.clone(), announce.clone(), liveness.register("commit", None));
+    let backlog = Arc::new(backlog::BacklogCount::default());
+    let group_commit = group_commit::GroupCommit::start(
+        pool.clone(),
+        announce.clone(),
+        backlog.clone(),
+        liveness.register("commit", None),
+    );
     Ok(PgStore {
         pool,
         group_commit,
         announce,
+        backlog,
     })
 }
 
@@ -215,7 +242,7 @@ impl Store for PgStore {
     }
 
     async fn backlog(&self) -> Result<u64, sqlx::Error> {
-        reads::backlog(&self.pool).await
+        self.backlog.get(&self.pool).await
     }
 
     async fn replicas(&self, within: Duration) -> Result<Vec<ReplicaRow>, sqlx::Error> {
@@ -237,13 +264,14 @@ impl Store for PgStore {
         })
     }
 
-    async fn take_rate_token(
+    async fn take_rate_tokens(
         &self,
         key: &str,
+        tokens: u32,
         burst: u32,
         window: Duration,
     ) -> Result<Option<RateVerdict>, sqlx::Error> {
-        upkeep::take_rate_token(&self.pool, key, burst, window).await.map(Some)
+        upkeep::take_rate_tokens(&self.pool, key, tokens, burst, window).await.map(Some)
     }
 
     fn listen(&self, wake: &Wakeups, liveness: &Liveness) {

@@ -91,25 +91,30 @@ pub(super) async fn database_bytes(pool: &PgPool) -> Result<u64, sqlx::Error> {
 
 /// GCRA in one upsert: each request moves the key's theoretical arrival time (TAT) on by the
 /// emission interval T = window / burst, and is allowed while the TAT stays within the burst
-/// tolerance τ = T × (burst − 1) of now. A refused request changes nothing.
-pub(super) async fn take_rate_token(
+/// tolerance τ = T × (burst − 1) of now. A refused request changes nothing. `tokens` > 1 takes
+/// that many at once, all or none (a replica's reservation, see `rate_limit::reserve`).
+pub(super) async fn take_rate_tokens(
     pool: &PgPool,
     key: &str,
+    tokens: u32,
     burst: u32,
     window: Duration,
 ) -> Result<RateVerdict, sqlx::Error> {
     let burst = burst.max(1);
+    let tokens = tokens.clamp(1, burst);
     let t = window.as_secs_f64() / f64::from(burst);
-    let tau = t * f64::from(burst - 1);
+    // GCRA for a weight of `tokens`: the theoretical arrival time moves `tokens × T` on from
+    // itself (or from now, when it lies in the past), which is allowed while it stays within
+    // `burst × T` of now. With one token this is the classic test `tat <= now + tau`.
     let ahead: Option<f64> = sqlx::query_scalar(
         "INSERT INTO rate_limits AS r (key, tat) VALUES ($1, now() + make_interval(secs => $2)) \
          ON CONFLICT (key) DO UPDATE SET tat = greatest(r.tat, now()) + make_interval(secs => $2) \
-           WHERE r.tat <= now() + make_interval(secs => $3) \
+           WHERE greatest(r.tat, now()) + make_interval(secs => $2) <= now() + make_interval(secs => $3) \
          RETURNING extract(epoch FROM tat - now())::float8",
     )
     .bind(key)
-    .bind(t)
-    .bind(tau)
+    .bind(t * f64::from(tokens))
+    .bind(t * f64::from(burst))
     .fetch_optional(pool)
     .await?;
     if let Some(ahead) = ahead {
@@ -125,7 +130,8 @@ pub(super) async fn take_rate_token(
             .fetch_optional(pool)
             .await?
             .unwrap_or(0.0);
-    let wait = (ahead - tau).max(0.0);
+    // `tokens` fit once the TAT is back within (burst − tokens) × T of now.
+    let wait = (ahead - t * f64::from(burst - tokens)).max(0.0);
     Ok(RateVerdict::Refused {
         retry_after: Duration::try_from_secs_f64(wait).unwrap_or(Duration::ZERO),
     })

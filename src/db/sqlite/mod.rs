@@ -306,9 +306,10 @@ impl Store for SqliteStore {
         })
     }
 
-    async fn take_rate_token(
+    async fn take_rate_tokens(
         &self,
         _key: &str,
+        _tokens: u32,
         _burst: u32,
         _window: Duration,
     ) -> Result<Option<RateVerdict>, sqlx::Error> {
