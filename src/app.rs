@@ -139,6 +139,7 @@ impl App {
             wake: wake.clone(),
             settings,
             stop: stop.clone(),
+            completions: dashboard.rates.clone(),
         };
         let workers = jobs::start(&ctx, &liveness, &work);
         let deliveries = Deliveries::new(

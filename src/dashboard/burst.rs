@@ -190,7 +190,7 @@ pub(crate) async fn start(
     }));
     *bursts.last.lock().unwrap_or_else(|p| p.into_inner()) = Some(report.clone());
     let first = lock(&report).clone();
-    tokio::spawn(fire(state, dashboard, order, report, running));
+    tokio::spawn(fire(state, order, report, running));
     Ok((StatusCode::ACCEPTED, Json(first)))
 }
 
@@ -223,13 +223,7 @@ fn lock(report: &Mutex<BurstReport>) -> std::sync::MutexGuard<'_, BurstReport> {
     report.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-async fn fire(
-    state: AppState,
-    dashboard: Dashboard,
-    order: BurstOrder,
-    report: Arc<Mutex<BurstReport>>,
-    running: Running,
-) {
+async fn fire(state: AppState, order: BurstOrder, report: Arc<Mutex<BurstReport>>, running: Running) {
     let started = Instant::now();
     let payload = json!({"payload": {"operation": order.operation, "complexity": order.complexity}});
     let modes: &[&str] = match order.mode {
@@ -290,17 +284,13 @@ async fn fire(
         r.took_ms = Some(started.elapsed().as_secs_f64() * 1000.0);
     }
     drop(running);
-    follow_completion(&state, &dashboard, &report, accepted).await;
+    follow_completion(&state, &report, accepted).await;
 }
 
 /// Reads the burst's async jobs until each has ended, recording acceptance-to-end from the
-/// stored timestamps (exact, whatever the polling interval).
-async fn follow_completion(
-    state: &AppState,
-    dashboard: &Dashboard,
-    report: &Mutex<BurstReport>,
-    mut pending: Vec<String>,
-) {
+/// stored timestamps (exact, whatever the polling interval) in the burst's own summary. The
+/// rolling percentiles hear of these jobs from the completer, like of every other job.
+async fn follow_completion(state: &AppState, report: &Mutex<BurstReport>, mut pending: Vec<String>) {
     let deadline = Instant::now() + COMPLETION_PATIENCE;
     while !pending.is_empty() && Instant::now() < deadline && !state.stopping.is_cancelled() {
         tokio::select! {
@@ -328,7 +318,6 @@ async fn follow_completion(
                 .as_deref()
                 .and_then(|done| between(&row.created_at, done))
                 .unwrap_or_default();
-            dashboard.rates.record_completion(took);
             lock(report).asynchronous.completed(took);
         }
         pending = still;

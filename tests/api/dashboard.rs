@@ -519,3 +519,23 @@ async fn under_a_base_path_everything_moves_under_the_prefix() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn completion_percentiles_count_plain_async_jobs_not_only_bursts() {
+    let app = spawn_app().await;
+    for _ in 0..3 {
+        let (status, _) = app.submit_async(&json!({"payload": quick_payload()})).await;
+        assert_eq!(status, 202);
+    }
+
+    wait_until("three plain async jobs are in the completion percentiles", || async {
+        let snap = snapshot(&app, "").await;
+        snap["rates"]["last_minute"]["completion"]["count"] == 3
+    })
+    .await;
+
+    let snap = snapshot(&app, "").await;
+    assert!(snap["burst"].is_null(), "no burst was fired");
+    let completion = &snap["rates"]["last_minute"]["completion"];
+    assert!(completion["p99"].as_f64().is_some(), "{completion}");
+}
