@@ -3,6 +3,8 @@
 //! limit and the rate limit (429) act as they would for real clients (a browser holds only six
 //! connections per host and could never fill ten sync slots). One burst at a time; N at most
 //! 200. Async requests go without a callback; their completion is read from their records.
+//! With API keys set, the requests carry the key of whoever fired the burst: a tenant's burst
+//! is that tenant's requests, under its rate limit, and the admin's belong to no tenant.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -19,6 +21,8 @@ use tokio::task::JoinSet;
 use super::Dashboard;
 use super::access::Visitor;
 use super::rates::Percentiles;
+use crate::auth;
+use crate::config::Secret;
 use crate::engine::Operation;
 use crate::error::ApiError;
 use crate::extract::ApiJson;
@@ -166,6 +170,7 @@ pub(crate) async fn start(
 ) -> Result<(StatusCode, Json<BurstReport>), ApiError> {
     visitor.require_act()?;
     validate(&order)?;
+    let key = auth::key_of(&state.config.api_keys, &visitor.caller).map(|key| Arc::new(key.clone()));
     let bursts = dashboard.bursts.clone();
     if bursts
         .running
@@ -190,7 +195,7 @@ pub(crate) async fn start(
     }));
     *bursts.last.lock().unwrap_or_else(|p| p.into_inner()) = Some(report.clone());
     let first = lock(&report).clone();
-    tokio::spawn(fire(state, order, report, running));
+    tokio::spawn(fire(state, order, key, report, running));
     Ok((StatusCode::ACCEPTED, Json(first)))
 }
 
@@ -223,7 +228,13 @@ fn lock(report: &Mutex<BurstReport>) -> std::sync::MutexGuard<'_, BurstReport> {
     report.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-async fn fire(state: AppState, order: BurstOrder, report: Arc<Mutex<BurstReport>>, running: Running) {
+async fn fire(
+    state: AppState,
+    order: BurstOrder,
+    key: Option<Arc<Secret>>,
+    report: Arc<Mutex<BurstReport>>,
+    running: Running,
+) {
     let started = Instant::now();
     let payload = json!({"payload": {"operation": order.operation, "complexity": order.complexity}});
     let modes: &[&str] = match order.mode {
@@ -234,14 +245,19 @@ async fn fire(state: AppState, order: BurstOrder, report: Arc<Mutex<BurstReport>
     let mut requests = JoinSet::new();
     for &mode in modes {
         for _ in 0..order.n {
-            let (client, url, body) = (
+            let (client, url, body, key) = (
                 running.0.client.clone(),
                 format!("{}/{mode}", running.0.base_url),
                 payload.clone(),
+                key.clone(),
             );
             requests.spawn(async move {
+                let mut request = client.post(url).json(&body);
+                if let Some(key) = key {
+                    request = request.bearer_auth(key.expose());
+                }
                 let sent = Instant::now();
-                let answer = client.post(url).json(&body).send().await;
+                let answer = request.send().await;
                 let took = sent.elapsed();
                 let status = answer.as_ref().ok().map(|r| r.status().as_u16());
                 let id = match answer {
