@@ -25,7 +25,7 @@ use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetReques
 use tower_http::trace::{DefaultOnRequest, DefaultOnResponse, TraceLayer};
 use tracing::Level;
 
-use crate::auth::{self, Keyring};
+use crate::auth::{self, Authenticator};
 use crate::callback::Deliveries;
 use crate::client_ip::ClientIpSource;
 use crate::config::{Config, CorsOrigins, DatabaseTarget};
@@ -139,6 +139,7 @@ impl App {
             wake: wake.clone(),
             settings,
             stop: stop.clone(),
+            completions: dashboard.rates.clone(),
         };
         let workers = jobs::start(&ctx, &liveness, &work);
         let deliveries = Deliveries::new(
@@ -170,6 +171,7 @@ impl App {
             config.rate_limit_window,
         ));
         upkeep.spawn(housekeeping(rate_limiter.clone(), halt.clone()));
+        let auth = Arc::new(Authenticator::new(&config.api_keys));
         let state = AppState {
             sync_slots,
             config,
@@ -182,6 +184,7 @@ impl App {
             liveness,
             metrics,
             rate_limiter,
+            auth,
             stopping: stop.clone(),
         };
         Ok(Self {
@@ -305,14 +308,13 @@ fn lock_instance(database_path: &std::path::Path) -> anyhow::Result<std::fs::Fil
 /// rate limit (the API's routes; the dashboard's pages and its event stream are not counted, so a
 /// burst the demo fires cannot lock its own page out), a panic guard and body limit; all under
 /// BASE_PATH. The keys are checked before the rate limit, which counts per tenant; with keys set,
-/// the dashboard needs a key too.
+/// the dashboard needs a key too (or the session cookie its sign-in form sets).
 pub(crate) fn router(state: AppState, dashboard: Dashboard) -> Router {
     let base_path = state.config.base_path.clone();
     let tracking = HttpTracking {
         metrics: state.metrics.clone(),
         rates: dashboard.rates.clone(),
     };
-    let keyring = Arc::new(Keyring::new(&state.config.api_keys));
     let api = routes::router_under(&base_path).layer(middleware::from_fn_with_state(
         RateLimit {
             limiter: state.rate_limiter.clone(),
@@ -323,8 +325,10 @@ pub(crate) fn router(state: AppState, dashboard: Dashboard) -> Router {
         rate_limit::enforce,
     ));
     let app = api
-        .merge(dashboard::router(dashboard))
-        .layer(middleware::from_fn_with_state(keyring, auth::authenticate));
+        .merge(dashboard::router(dashboard.clone()))
+        .layer(middleware::from_fn_with_state(state.auth.clone(), auth::authenticate))
+        // Outside the keys: a dashboard page refused for want of a key shows the sign-in form.
+        .layer(middleware::map_response_with_state(dashboard, dashboard::offer_sign_in));
     let app = if base_path.is_empty() {
         app
     } else {

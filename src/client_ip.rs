@@ -73,6 +73,24 @@ impl ClientIpSource {
         }
     }
 
+    /// Whether the browser reached us over HTTPS. This server speaks plain HTTP, so only a
+    /// trusted proxy can say so, with `X-Forwarded-Proto` (its first entry: the scheme the
+    /// client used); the same header from anyone else is not believed.
+    pub fn came_over_https(&self, parts: &Parts) -> bool {
+        let peer = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|c| c.0.ip().to_canonical());
+        let proto = parts
+            .headers
+            .get("x-forwarded-proto")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(',').next())
+            .map(str::trim);
+        peer.is_some_and(|ip| self.trusted_proxies.contains(ip))
+            && proto.is_some_and(|p| p.eq_ignore_ascii_case("https"))
+    }
+
     /// The client of a request, resolved once: the rate limiter stores it in the request's
     /// extensions and handlers read it from there.
     pub fn of(&self, parts: &Parts) -> ClientIp {

@@ -3,7 +3,8 @@
 //!
 //! Module map (the public modules are what the binaries, the load tester and the tests use):
 //! - [`app`]: `App::build(Config)` wires everything and binds; `App::run(shutdown)` serves and drains.
-//! - [`auth`]: API keys: who is calling (a tenant, the admin, or anyone when the API is open).
+//! - [`auth`]: API keys: who is calling (a tenant, the admin, or anyone when the API is open);
+//!   `auth::session`: the dashboard's signed session tokens and their cookie.
 //! - [`config`]: every setting, its default and environment name, validated once.
 //! - [`error`]: `ApiError` and its `application/problem+json` form.
 //! - [`extract`]: request extractors whose rejections are `ApiError`s.
@@ -19,7 +20,7 @@
 //! - [`jobs`]: the async job queue, its workers and startup recovery.
 //! - [`db`]: the SQLite pool, migrations, and one module per table (all SQL lives here).
 //! - [`routes`]: the HTTP handlers, one module per resource.
-//! - [`dashboard`]: the built-in web dashboard: live overview, requests, the sync-vs-async demo.
+//! - [`dashboard`]: the built-in web dashboard: live overview, requests, the sync-vs-async demo, sign-in.
 //! - [`openapi`]: the OpenAPI frame and shared error responses.
 //! - [`rate_limit`]: the limiter, per tenant or per client IP.
 //! - [`model`]: the vocabulary storage and API share: mode, status, delivery status.

@@ -12,6 +12,7 @@ use crate::extract::BodyLimitKb;
 
 use tokio_util::sync::CancellationToken;
 
+use crate::auth::Authenticator;
 use crate::callback::Deliveries;
 use crate::config::Config;
 use crate::db::Wakeups;
@@ -44,6 +45,9 @@ pub struct AppState {
     pub liveness: Liveness,
     /// Counters and histograms behind /metrics.
     pub(crate) metrics: Arc<Metrics>,
+    /// Who a caller is: the API keys and the dashboard's sign-in sessions. The middleware
+    /// identifies every request with it; the dashboard's sign-in form turns a key into a session.
+    pub(crate) auth: Arc<Authenticator>,
     /// The per-client-IP limiter.
     pub(crate) rate_limiter: Arc<ClientRateLimiter>,
     /// Set when shutdown begins: new work is refused with 503 from then on.

@@ -3,6 +3,8 @@
 //! limit and the rate limit (429) act as they would for real clients (a browser holds only six
 //! connections per host and could never fill ten sync slots). One burst at a time; N at most
 //! 200. Async requests go without a callback; their completion is read from their records.
+//! With API keys set, the requests carry the key of whoever fired the burst: a tenant's burst
+//! is that tenant's requests, under its rate limit, and the admin's belong to no tenant.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -19,6 +21,8 @@ use tokio::task::JoinSet;
 use super::Dashboard;
 use super::access::Visitor;
 use super::rates::Percentiles;
+use crate::auth;
+use crate::config::Secret;
 use crate::engine::Operation;
 use crate::error::ApiError;
 use crate::extract::ApiJson;
@@ -166,6 +170,7 @@ pub(crate) async fn start(
 ) -> Result<(StatusCode, Json<BurstReport>), ApiError> {
     visitor.require_act()?;
     validate(&order)?;
+    let key = auth::key_of(&state.config.api_keys, &visitor.caller).map(|key| Arc::new(key.clone()));
     let bursts = dashboard.bursts.clone();
     if bursts
         .running
@@ -190,7 +195,7 @@ pub(crate) async fn start(
     }));
     *bursts.last.lock().unwrap_or_else(|p| p.into_inner()) = Some(report.clone());
     let first = lock(&report).clone();
-    tokio::spawn(fire(state, dashboard, order, report, running));
+    tokio::spawn(fire(state, order, key, report, running));
     Ok((StatusCode::ACCEPTED, Json(first)))
 }
 
@@ -225,8 +230,8 @@ fn lock(report: &Mutex<BurstReport>) -> std::sync::MutexGuard<'_, BurstReport> {
 
 async fn fire(
     state: AppState,
-    dashboard: Dashboard,
     order: BurstOrder,
+    key: Option<Arc<Secret>>,
     report: Arc<Mutex<BurstReport>>,
     running: Running,
 ) {
@@ -240,14 +245,19 @@ async fn fire(
     let mut requests = JoinSet::new();
     for &mode in modes {
         for _ in 0..order.n {
-            let (client, url, body) = (
+            let (client, url, body, key) = (
                 running.0.client.clone(),
                 format!("{}/{mode}", running.0.base_url),
                 payload.clone(),
+                key.clone(),
             );
             requests.spawn(async move {
+                let mut request = client.post(url).json(&body);
+                if let Some(key) = key {
+                    request = request.bearer_auth(key.expose());
+                }
                 let sent = Instant::now();
-                let answer = client.post(url).json(&body).send().await;
+                let answer = request.send().await;
                 let took = sent.elapsed();
                 let status = answer.as_ref().ok().map(|r| r.status().as_u16());
                 let id = match answer {
@@ -290,17 +300,13 @@ async fn fire(
         r.took_ms = Some(started.elapsed().as_secs_f64() * 1000.0);
     }
     drop(running);
-    follow_completion(&state, &dashboard, &report, accepted).await;
+    follow_completion(&state, &report, accepted).await;
 }
 
 /// Reads the burst's async jobs until each has ended, recording acceptance-to-end from the
-/// stored timestamps (exact, whatever the polling interval).
-async fn follow_completion(
-    state: &AppState,
-    dashboard: &Dashboard,
-    report: &Mutex<BurstReport>,
-    mut pending: Vec<String>,
-) {
+/// stored timestamps (exact, whatever the polling interval) in the burst's own summary. The
+/// rolling percentiles hear of these jobs from the completer, like of every other job.
+async fn follow_completion(state: &AppState, report: &Mutex<BurstReport>, mut pending: Vec<String>) {
     let deadline = Instant::now() + COMPLETION_PATIENCE;
     while !pending.is_empty() && Instant::now() < deadline && !state.stopping.is_cancelled() {
         tokio::select! {
@@ -328,7 +334,6 @@ async fn follow_completion(
                 .as_deref()
                 .and_then(|done| between(&row.created_at, done))
                 .unwrap_or_default();
-            dashboard.rates.record_completion(took);
             lock(report).asynchronous.completed(took);
         }
         pending = still;

@@ -64,7 +64,7 @@ pub(crate) async fn page(
     let snap = snapshot::take(&state, &dashboard).await?;
     let json = serde_json::to_value(&snap).map_err(ApiError::internal)?;
     let page = DemoPage {
-        chrome: Chrome::new(&dashboard, "demo", visitor.access),
+        chrome: Chrome::new(&dashboard, "demo", &visitor),
         capacity: meters(
             &json,
             &[

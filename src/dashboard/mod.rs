@@ -8,6 +8,7 @@
 //! - [`events`]: the SSE stream and the JSON snapshot; [`snapshot`] builds what both send.
 //! - [`rates`]: per-second answers and latency percentiles, fed by the HTTP middleware.
 //! - [`access`]: who may read and who may act; [`redact`]: what is never shown.
+//! - [`sign_in`]: the sign-in form that turns an API key into a session cookie, and sign-out.
 //! - [`assets`]: the compiled-in CSS and JS.
 
 mod access;
@@ -20,6 +21,7 @@ mod rates;
 mod redact;
 mod request;
 mod requests;
+mod sign_in;
 mod snapshot;
 mod tiles;
 
@@ -36,8 +38,11 @@ use axum::routing::{get, post};
 
 pub(crate) use rates::Rates;
 
-use self::access::Access;
+pub(crate) use sign_in::offer_sign_in;
+
+use self::access::{Access, Visitor};
 use self::burst::Bursts;
+use crate::auth::Caller;
 use crate::config::Config;
 use crate::error::ApiError;
 use crate::state::AppState;
@@ -89,11 +94,13 @@ pub(crate) fn router(dashboard: Dashboard) -> Router<AppState> {
         .route("/dashboard/api/requests/{id}", get(request::figures))
         .route("/dashboard/api/requests/{id}/redeliver", post(request::redeliver))
         .route("/dashboard/assets/{file}", get(assets::serve))
+        .route("/dashboard/sign-in", get(sign_in::form).post(sign_in::sign_in))
+        .route("/dashboard/sign-out", post(sign_in::sign_out))
         .layer(axum::middleware::map_response(security_headers))
         .layer(Extension(dashboard))
 }
 
-async fn security_headers(mut response: Response) -> Response {
+pub(crate) async fn security_headers(mut response: Response) -> Response {
     let headers = response.headers_mut();
     headers.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(CSP));
     headers.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
@@ -110,16 +117,41 @@ async fn security_headers(mut response: Response) -> Response {
 pub(crate) struct Chrome {
     /// BASE_PATH; every link and URL the page and its script use starts with it.
     pub base: String,
-    /// `overview`, `requests` or `demo`: the current tab, and which script part runs.
+    /// `overview`, `requests`, `demo` or `sign-in`: the current tab, and which script part runs.
     pub page: &'static str,
     pub access: Access,
+    /// Who is signed in ("the admin", "tenant shop"), beside the Sign out button; `None` when
+    /// the dashboard is open (no keys) or on the sign-in form.
+    pub who: Option<String>,
+    /// The visitor's tenant: pages with server-wide figures say that they are not its own.
+    pub tenant: Option<String>,
     /// The versioned asset URLs.
     pub css: String,
     pub js: String,
 }
 
 impl Chrome {
-    pub(crate) fn new(dashboard: &Dashboard, page: &'static str, access: Access) -> Self {
+    pub(crate) fn new(dashboard: &Dashboard, page: &'static str, visitor: &Visitor) -> Self {
+        let mut chrome = Self::frame(dashboard, page, visitor.access.clone());
+        chrome.who = match &visitor.caller {
+            Caller::Open => None,
+            Caller::Admin => Some("the admin".to_owned()),
+            Caller::Tenant(name) => Some(format!("tenant {name}")),
+        };
+        chrome.tenant = visitor.caller.tenant().map(str::to_owned);
+        chrome
+    }
+
+    /// The frame of the sign-in form: no navigation, nobody signed in.
+    pub(crate) fn sign_in(dashboard: &Dashboard) -> Self {
+        let access = Access {
+            may_act: false,
+            read_only_because: None,
+        };
+        Self::frame(dashboard, "sign-in", access)
+    }
+
+    fn frame(dashboard: &Dashboard, page: &'static str, access: Access) -> Self {
         let base = dashboard.base_path.to_string();
         Self {
             css: assets::url(&base, assets::Asset::Css),
@@ -127,6 +159,8 @@ impl Chrome {
             base,
             page,
             access,
+            who: None,
+            tenant: None,
         }
     }
 

@@ -59,7 +59,7 @@ pub(crate) async fn page(
         .collect();
     let json = serde_json::to_value(&snap).map_err(ApiError::internal)?;
     let page = OverviewPage {
-        chrome: Chrome::new(&dashboard, "overview", visitor.access),
+        chrome: Chrome::new(&dashboard, "overview", &visitor),
         requests: tiles(
             &json,
             &[

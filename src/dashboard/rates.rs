@@ -1,13 +1,16 @@
 //! A rolling window of one-second buckets behind the dashboard's rates and charts: answers of
 //! `/sync` and `/async` by status, the latency of each answer, async completion times, and the
 //! queue depth and workers busy as last sampled. Fed by the HTTP middleware (one call per
-//! answer); the window is pure and takes its clock as a second number, so tests drive it.
+//! answer) and by the job completer (one call per async job this replica finishes); the window
+//! is pure and takes its clock as a second number, so tests drive it.
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
+
+use crate::jobs::CompletionObserver;
 
 /// Seconds of history kept: the overview's throughput chart shows them all.
 pub(crate) const WINDOW_SECONDS: usize = 300;
@@ -82,6 +85,13 @@ impl Rates {
         // A panic while the lock was held leaves plain counters behind: still usable.
         let mut window = self.window.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         f(&mut window)
+    }
+}
+
+/// Every async job this replica finishes, whoever submitted it (not only the demo's bursts).
+impl CompletionObserver for Rates {
+    fn job_completed(&self, accepted_to_end: Duration) {
+        self.record_completion(accepted_to_end);
     }
 }
 
@@ -267,7 +277,8 @@ pub(crate) struct Series {
     pub sync_ms: Vec<Percentiles>,
     /// Async acknowledgement time (202s only).
     pub ack_ms: Vec<Percentiles>,
-    /// Async completion: from acceptance to the job's end, for the jobs of dashboard bursts.
+    /// Async completion: from acceptance to the job's end, for every async job this replica
+    /// finished.
     pub completion_ms: Vec<Percentiles>,
     pub last_minute: LastMinute,
     pub last_second: LastSecond,

@@ -1,6 +1,7 @@
 //! One request's page: payload, result or error, a timeline of its steps, its delivery
 //! attempts, and the Redeliver action behind the page's button (plus the JSON the page's script
-//! refreshes after it). Callback URLs and URLs inside errors are shown redacted.
+//! refreshes after it). Callback URLs and URLs inside errors are shown redacted. Another
+//! tenant's request is a 404, the same as the API's and as an id never used.
 
 use askama::Template;
 use axum::Json;
@@ -13,10 +14,12 @@ use super::access::Visitor;
 use super::redact::{redact_url, redact_urls_in};
 use super::requests::delivery_state;
 use super::{Chrome, Dashboard, render};
+use crate::auth::Caller;
 use crate::db::{AttemptRow, RequestRow};
 use crate::error::ApiError;
 use crate::extract::ApiPath;
 use crate::model::{DeliveryStatus, Mode, Status};
+use crate::routes::requests::{start_redelivery, visible_request};
 use crate::state::AppState;
 
 /// One step of a request's life.
@@ -125,15 +128,11 @@ pub(crate) async fn page(
     visitor: Visitor,
     ApiPath(id): ApiPath<String>,
 ) -> Result<Response, ApiError> {
-    let row = state
-        .db
-        .get(&id)
-        .await?
-        .ok_or_else(|| ApiError::NotFound(format!("no request with id {id}")))?;
+    let row = visible_request(&state, &visitor.caller, &id).await?;
     let attempts = state.db.attempts(&id).await?;
     let pretty = |v: &serde_json::Value| serde_json::to_string_pretty(v).unwrap_or_default();
     let page = DetailPage {
-        chrome: Chrome::new(&dashboard, "requests", visitor.access),
+        chrome: Chrome::new(&dashboard, "requests", &visitor),
         steps: timeline(&row, &attempts),
         attempts: attempt_views(
             &attempts,
@@ -173,13 +172,10 @@ pub(crate) struct DetailFigures {
 
 pub(crate) async fn figures(
     State(state): State<AppState>,
+    caller: Caller,
     ApiPath(id): ApiPath<String>,
 ) -> Result<Json<DetailFigures>, ApiError> {
-    let row = state
-        .db
-        .get(&id)
-        .await?
-        .ok_or_else(|| ApiError::NotFound(format!("no request with id {id}")))?;
+    let row = visible_request(&state, &caller, &id).await?;
     let attempts = state.db.attempts(&id).await?;
     Ok(Json(DetailFigures {
         status: row.status.as_str(),
@@ -192,14 +188,16 @@ pub(crate) async fn figures(
 }
 
 /// Starts a new delivery round for a failed delivery: 202, or 403 for a read-only visitor,
-/// 404, 409 as the API's redeliver.
+/// 404 (another tenant's request too), 409 as the API's redeliver.
 pub(crate) async fn redeliver(
     State(state): State<AppState>,
     visitor: Visitor,
     ApiPath(id): ApiPath<String>,
 ) -> Result<StatusCode, ApiError> {
     visitor.require_act()?;
-    crate::routes::requests::start_redelivery(&state, &id).await?;
+    // A request's tenant never changes, so checking before the redelivery is not a race.
+    visible_request(&state, &visitor.caller, &id).await?;
+    start_redelivery(&state, &id).await?;
     Ok(StatusCode::ACCEPTED)
 }
 

@@ -1,5 +1,6 @@
 //! The requests list: filters for mode, status and delivery state, newest first with keyset
-//! paging, and a "go to id" box. Callback URLs are shown redacted.
+//! paging, and a "go to id" box. A tenant lists (and goes to) only its own requests; the admin
+//! and an open dashboard list every one. Callback URLs are shown redacted.
 
 use askama::Template;
 use axum::extract::{Extension, State};
@@ -167,7 +168,13 @@ pub(crate) async fn list_page(
     let go_to = params.id.trim().to_owned();
     let mut notice = None;
     if !go_to.is_empty() {
-        if state.db.get(&go_to).await?.is_some() {
+        // Another tenant's request is "no request", as in the API.
+        let visible = state
+            .db
+            .get(&go_to)
+            .await?
+            .filter(|row| visitor.caller.may_see(row.tenant.as_deref()));
+        if visible.is_some() {
             let to = format!("{}/dashboard/requests/{}", dashboard.base_path, urlencode(&go_to));
             return Ok((StatusCode::SEE_OTHER, [(header::LOCATION, to)]).into_response());
         }
@@ -180,8 +187,7 @@ pub(crate) async fn list_page(
         status: filters.status,
         delivery: filters.delivery,
         before_id: before.clone(),
-        // The dashboard is the admin's (or open): it lists every tenant's requests.
-        tenant: None,
+        tenant: visitor.caller.tenant().map(str::to_owned),
         limit: PAGE_SIZE + 1,
         offset: 0,
     };
@@ -193,7 +199,7 @@ pub(crate) async fn list_page(
         .then(|| rows.last().map(|r| format!("{list_url}&before={}", urlencode(&r.id))))
         .flatten();
     let page = ListPage {
-        chrome: Chrome::new(&dashboard, "requests", visitor.access),
+        chrome: Chrome::new(&dashboard, "requests", &visitor),
         modes: choices(&["sync", "async"], filters.mode.map(Mode::as_str)),
         statuses: choices(
             &["pending", "processing", "done", "failed"],

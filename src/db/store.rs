@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use chrono::{DateTime, Utc};
 use serde_json::Value;
 use tokio::sync::Notify;
 
@@ -263,6 +264,8 @@ pub struct Lease {
 #[derive(Debug, Clone, PartialEq)]
 pub struct ClaimedJob {
     pub lease: Lease,
+    /// When the job was accepted (its `created_at`): the start of its completion time.
+    pub accepted_at: DateTime<Utc>,
     pub payload: Value,
     pub callback_url: Option<String>,
 }

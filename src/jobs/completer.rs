@@ -2,8 +2,12 @@
 //! in one transaction (River's batch completer, on a smaller scale). Each write is fenced by the
 //! job's owner and attempt; one that finds the lease gone is dropped and counted as stale. A
 //! job with a callback gets its delivery in the same transaction, and the delivery claimer is
-//! woken after the commit.
+//! woken after the commit. Each stored outcome's time from acceptance to its end goes to the
+//! completion observer (the dashboard's percentiles).
 
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
 use tokio::sync::mpsc;
 use tokio_util::task::TaskTracker;
 
@@ -14,11 +18,21 @@ use crate::liveness::Beat;
 /// The most outcomes one transaction stores.
 const MAX_BATCH: usize = 256;
 
+/// One outcome on its way to the store.
+#[derive(Debug)]
+struct Finished {
+    finish: JobFinish,
+    /// Wake the delivery claimer once it is stored.
+    has_callback: bool,
+    /// When the job was accepted: its completion time runs from here to `completed_at`.
+    accepted_at: DateTime<Utc>,
+}
+
 /// Where workers hand outcomes. Cheap to clone; the completer ends once every clone is gone and
 /// what they sent is stored.
 #[derive(Clone, Debug)]
 pub(crate) struct Completer {
-    sender: mpsc::UnboundedSender<(JobFinish, bool)>,
+    sender: mpsc::UnboundedSender<Finished>,
 }
 
 impl Completer {
@@ -29,27 +43,36 @@ impl Completer {
     }
 
     /// Queues an outcome to store; `has_callback` wakes the delivery claimer once it is stored.
-    pub(super) fn submit(&self, finish: JobFinish, has_callback: bool) {
-        if let Err(mpsc::error::SendError((finish, _))) = self.sender.send((finish, has_callback)) {
+    pub(super) fn submit(&self, finish: JobFinish, has_callback: bool, accepted_at: DateTime<Utc>) {
+        let finished = Finished {
+            finish,
+            has_callback,
+            accepted_at,
+        };
+        if let Err(mpsc::error::SendError(finished)) = self.sender.send(finished) {
             // Only at the very end of a shutdown; the lease expires and the job runs again.
-            tracing::warn!(request_id = %finish.lease.id, "outcome dropped: the completer has stopped");
+            tracing::warn!(request_id = %finished.finish.lease.id, "outcome dropped: the completer has stopped");
         }
     }
 }
 
-async fn complete_loop(ctx: JobsContext, mut finished: mpsc::UnboundedReceiver<(JobFinish, bool)>, beat: Beat) {
+async fn complete_loop(ctx: JobsContext, mut finished: mpsc::UnboundedReceiver<Finished>, beat: Beat) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while finished.recv_many(&mut batch, MAX_BATCH).await > 0 {
         beat.tick();
-        let finishes: Vec<JobFinish> = batch.iter().map(|(f, _)| f.clone()).collect();
+        let finishes: Vec<JobFinish> = batch.iter().map(|f| f.finish.clone()).collect();
         let owner = ctx.leases.owner();
         match db::retry_transient("storing job outcomes", || ctx.db.finish_jobs(owner, &finishes)).await {
             Ok(applied) => {
                 let mut deliveries = false;
-                for ((finish, has_callback), stored) in batch.iter().zip(applied) {
+                for (done, stored) in batch.iter().zip(applied) {
+                    let finish = &done.finish;
                     if stored {
                         ctx.metrics.jobs_processed.inc();
-                        deliveries |= *has_callback;
+                        deliveries |= done.has_callback;
+                        if let Some(took) = accepted_to_end(done.accepted_at, &finish.completion.completed_at) {
+                            ctx.completions.job_completed(took);
+                        }
                     } else {
                         ctx.metrics.stale_writes.inc();
                         tracing::warn!(request_id = %finish.lease.id, attempt = finish.lease.attempt,
@@ -70,8 +93,33 @@ async fn complete_loop(ctx: JobsContext, mut finished: mpsc::UnboundedReceiver<(
                 );
             }
         }
-        for (finish, _) in batch.drain(..) {
-            ctx.leases.drop_lease(Kind::Job, &finish.lease);
+        for done in batch.drain(..) {
+            ctx.leases.drop_lease(Kind::Job, &done.finish.lease);
         }
+    }
+}
+
+/// From acceptance to the stored end of a job; `None` for a timestamp that does not parse or
+/// an end before the start (clocks of two replicas that disagree).
+fn accepted_to_end(accepted_at: DateTime<Utc>, completed_at: &str) -> Option<Duration> {
+    let completed_at = DateTime::parse_from_rfc3339(completed_at).ok()?;
+    (completed_at.with_timezone(&Utc) - accepted_at).to_std().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn completion_time_runs_from_acceptance_to_the_stored_end() {
+        let accepted_at = DateTime::parse_from_rfc3339("2026-01-01T00:00:00.000Z")
+            .expect("a timestamp")
+            .with_timezone(&Utc);
+        assert_eq!(
+            accepted_to_end(accepted_at, "2026-01-01T00:00:01.250Z"),
+            Some(Duration::from_millis(1250))
+        );
+        assert_eq!(accepted_to_end(accepted_at, "2025-12-31T23:59:59.000Z"), None);
+        assert_eq!(accepted_to_end(accepted_at, "not a time"), None);
     }
 }

@@ -63,6 +63,16 @@ pub(crate) struct JobsContext {
     pub(crate) settings: QueueSettings,
     /// Fires on shutdown: stop claiming; the job in hand gets `shutdown_grace`.
     pub(crate) stop: CancellationToken,
+    /// Told how long each job this replica finished took: the dashboard's completion
+    /// percentiles, for all traffic and not only the dashboard's own bursts.
+    pub(crate) completions: Arc<dyn CompletionObserver>,
+}
+
+/// Hears of every job whose outcome this replica stored, with its time from acceptance to its
+/// end (queue wait plus work). Called on the completer's task, once per job: it must be quick
+/// and must not block.
+pub(crate) trait CompletionObserver: Send + Sync {
+    fn job_completed(&self, accepted_to_end: Duration);
 }
 
 /// Starts the claimer, the workers and the completer on `tasks`. Returns the workers (for

@@ -98,6 +98,7 @@ async fn run_job(ctx: &JobsContext, completer: &Completer, job: ClaimedJob) {
     ctx.metrics.workers_busy.inc();
     let _busy = BusyGuard(ctx.metrics.clone());
     let has_callback = job.callback_url.is_some();
+    let accepted_at = job.accepted_at;
     let plan = serde_json::from_value::<WorkPayload>(job.payload)
         .map_err(|e| e.to_string())
         .and_then(|p| p.plan().map(|w| (p.operation, w)).map_err(|errs| format!("{errs:?}")));
@@ -138,6 +139,7 @@ async fn run_job(ctx: &JobsContext, completer: &Completer, job: ClaimedJob) {
             completion,
         },
         has_callback,
+        accepted_at,
     );
 }
 

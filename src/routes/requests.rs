@@ -202,8 +202,9 @@ pub(crate) async fn start_redelivery(state: &AppState, id: &str) -> Result<(), A
 }
 
 /// The request `id` if `caller` may see it. Another tenant's request is the same 404 as an id
-/// that was never used, so that a tenant cannot even learn that it exists.
-async fn visible_request(state: &AppState, caller: &Caller, id: &str) -> Result<RequestRow, ApiError> {
+/// that was never used, so that a tenant cannot even learn that it exists. The dashboard's pages
+/// use it too.
+pub(crate) async fn visible_request(state: &AppState, caller: &Caller, id: &str) -> Result<RequestRow, ApiError> {
     state
         .db
         .get(id)

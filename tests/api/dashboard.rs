@@ -1,7 +1,9 @@
 //! The dashboard without a browser: pages over real HTTP, the event stream, bursts, access
-//! rules, redaction, the requests list and BASE_PATH.
+//! rules, redaction, the requests list and BASE_PATH; with API keys, the sign-in form, its
+//! cookie, and what a tenant and the admin see.
 
 use serde_json::{Value, json};
+use sync_async::config::{ApiKeys, Secret};
 use sync_async_loadtest::receiver::ReceiverOptions;
 
 use crate::helpers::{
@@ -518,4 +520,404 @@ async fn under_a_base_path_everything_moves_under_the_prefix() {
             == 3
     })
     .await;
+}
+
+// --- with API keys: sign-in, tenants, the admin ------------------------------------------------
+
+const KEY_A: &str = "tenant-a-key-0123456789";
+const KEY_B: &str = "tenant-b-key-0123456789";
+const ADMIN: &str = "the-admin-key-0123456789";
+
+fn with_keys(config: &mut sync_async::Config) {
+    config.api_keys = ApiKeys {
+        tenants: vec![
+            ("tenant-a".to_owned(), Secret::new(KEY_A)),
+            ("tenant-b".to_owned(), Secret::new(KEY_B)),
+        ],
+        admin: Some(Secret::new(ADMIN)),
+    };
+}
+
+/// Submits quick async work as `key`'s owner, with `callback_url` if given; returns its id.
+async fn submit_as(app: &TestApp, key: &str, callback_url: Option<&str>) -> String {
+    let mut body = json!({"payload": quick_payload()});
+    if let Some(url) = callback_url {
+        body["callback_url"] = json!(url);
+    }
+    let response = app
+        .client
+        .post(app.url("/async"))
+        .bearer_auth(key)
+        .json(&body)
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(response.status(), 202);
+    let accepted: Value = response.json().await.expect("JSON body");
+    accepted["request_id"].as_str().expect("request_id").to_owned()
+}
+
+async fn page_as(app: &TestApp, key: &str, path: &str) -> (u16, String) {
+    let response = app
+        .client
+        .get(app.url(path))
+        .bearer_auth(key)
+        .send()
+        .await
+        .expect("sent");
+    let status = response.status().as_u16();
+    (status, response.text().await.expect("body"))
+}
+
+/// Waits until `id`'s delivery has `status`, read with the admin key.
+async fn wait_for_delivery(app: &TestApp, id: &str, status: &str) {
+    wait_until(&format!("{id}'s delivery is {status}"), || async {
+        let record: Value = app
+            .client
+            .get(app.url(&format!("/requests/{id}")))
+            .bearer_auth(ADMIN)
+            .send()
+            .await
+            .expect("sent")
+            .json()
+            .await
+            .expect("JSON body");
+        record["delivery"]["status"] == status
+    })
+    .await;
+}
+
+/// Posts the sign-in form with `key`, as the dashboard's own page would.
+async fn sign_in(app: &TestApp, base: &str, key: &str, next: &str) -> reqwest::Response {
+    no_redirects()
+        .post(app.url(&format!("{base}/dashboard/sign-in")))
+        .header("sec-fetch-site", "same-origin")
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(form_body(&[("key", key), ("next", next)]))
+        .send()
+        .await
+        .expect("sent")
+}
+
+/// An `application/x-www-form-urlencoded` body, as a browser posts a form.
+fn form_body(pairs: &[(&str, &str)]) -> String {
+    url::form_urlencoded::Serializer::new(String::new())
+        .extend_pairs(pairs)
+        .finish()
+}
+
+fn set_cookie(response: &reqwest::Response) -> String {
+    response.headers()["set-cookie"].to_str().expect("ascii").to_owned()
+}
+
+/// `name=value` of a `Set-Cookie` line, as a browser sends it back.
+fn cookie_pair(set_cookie: &str) -> String {
+    set_cookie.split(';').next().expect("a pair").to_owned()
+}
+
+#[tokio::test]
+async fn with_keys_a_page_without_a_key_shows_the_sign_in_form_and_json_gets_a_401_problem() {
+    let app = spawn_app_with(with_keys).await;
+
+    let response = app.get("/dashboard/requests?mode=sync").await;
+
+    assert_eq!(response.status(), 401);
+    assert!(
+        response.headers()["content-security-policy"]
+            .to_str()
+            .is_ok_and(|csp| csp.contains("script-src 'self'"))
+    );
+    let html = response.text().await.expect("html");
+    assert!(html.contains(r#"data-testid="sign-in-form""#), "{html}");
+    assert!(html.contains(r#"<label for="sign-in-key">API key</label>"#));
+    assert!(html.contains(r#"type="password""#) && html.contains(r#"data-testid="sign-in-submit""#));
+    assert!(html.contains(r#"name="next" value="/dashboard/requests?mode=sync""#));
+    assert!(
+        !html.contains(r#"data-testid="nav-requests""#),
+        "no navigation before signing in"
+    );
+    for path in ["/dashboard/api/snapshot", "/dashboard/events"] {
+        assert_eq!(problem(app.get(path).await).await.0, 401, "{path}");
+    }
+    let css = html
+        .split(r#"<link rel="stylesheet" href=""#)
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .expect("stylesheet url")
+        .to_owned();
+    assert_eq!(
+        app.get(&css).await.status(),
+        200,
+        "the form's own stylesheet needs no key"
+    );
+}
+
+#[tokio::test]
+async fn a_wrong_key_shows_the_form_again_with_an_error_and_a_401() {
+    let app = spawn_app_with(with_keys).await;
+
+    let response = sign_in(&app, "", "not-a-key-of-this-server", "/dashboard").await;
+
+    assert_eq!(response.status(), 401);
+    assert!(response.headers().get("set-cookie").is_none());
+    let html = response.text().await.expect("html");
+    assert!(html.contains(r#"data-testid="sign-in-error""#) && html.contains("not valid"));
+    assert!(
+        !html.contains("not-a-key-of-this-server"),
+        "the key typed is not echoed"
+    );
+    assert!(html.contains(r#"data-testid="sign-in-form""#));
+}
+
+#[tokio::test]
+async fn signing_in_sets_a_strict_http_only_dashboard_cookie_without_the_key_and_sign_out_clears_it() {
+    let app = spawn_app_with(with_keys).await;
+    let mine = submit_as(&app, KEY_A, None).await;
+    let theirs = submit_as(&app, KEY_B, None).await;
+
+    let signed_in = sign_in(&app, "", KEY_A, "/dashboard/requests").await;
+
+    assert_eq!(signed_in.status(), 303);
+    assert_eq!(signed_in.headers()["location"], "/dashboard/requests");
+    let cookie = set_cookie(&signed_in);
+    for flag in ["HttpOnly", "SameSite=Strict", "Path=/dashboard;", "Max-Age="] {
+        assert!(cookie.contains(flag), "{flag} in {cookie}");
+    }
+    assert!(!cookie.contains("Secure"), "plain http: no Secure flag");
+    assert!(!cookie.contains(KEY_A), "the key is not in the cookie");
+    let pair = cookie_pair(&cookie);
+    let with_cookie = |path: &str| app.client.get(app.url(path)).header("cookie", pair.clone()).send();
+
+    let list = with_cookie("/dashboard/requests").await.expect("sent");
+    assert_eq!(list.status(), 200);
+    let html = list.text().await.expect("html");
+    assert!(html.contains(&mine) && !html.contains(&theirs), "tenant a's rows only");
+    assert!(html.contains(r#"data-testid="signed-in-as">tenant tenant-a<"#));
+    assert!(with_cookie("/dashboard/api/snapshot").await.expect("sent").status() == 200);
+    assert_eq!(
+        problem(with_cookie("/requests").await.expect("sent")).await.0,
+        401,
+        "the cookie opens the dashboard, never the API"
+    );
+
+    let signed_out = no_redirects()
+        .post(app.url("/dashboard/sign-out"))
+        .header("cookie", pair.clone())
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(signed_out.status(), 303);
+    assert_eq!(signed_out.headers()["location"], "/dashboard");
+    let cleared = set_cookie(&signed_out);
+    assert!(
+        cleared.starts_with("sync_async_session=;") && cleared.contains("Max-Age=0"),
+        "{cleared}"
+    );
+    assert!(cleared.contains("Path=/dashboard;"), "{cleared}");
+    let (status, html) = {
+        let r = app
+            .client
+            .get(app.url("/dashboard"))
+            .header("cookie", cookie_pair(&cleared))
+            .send()
+            .await
+            .expect("sent");
+        (r.status().as_u16(), r.text().await.expect("html"))
+    };
+    assert_eq!(status, 401);
+    assert!(html.contains(r#"data-testid="sign-in-form""#));
+}
+
+#[tokio::test]
+async fn behind_a_trusted_https_proxy_and_a_base_path_the_cookie_is_secure_and_scoped_to_the_prefix() {
+    let app = spawn_app_with(|c| {
+        with_keys(c);
+        trust_loopback_proxy(c);
+        c.base_path = "/ops".to_owned();
+    })
+    .await;
+
+    let response = no_redirects()
+        .post(app.url("/ops/dashboard/sign-in"))
+        .header("x-forwarded-proto", "https")
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(form_body(&[("key", ADMIN), ("next", "/ops/dashboard/demo")]))
+        .send()
+        .await
+        .expect("sent");
+
+    assert_eq!(response.status(), 303);
+    assert_eq!(response.headers()["location"], "/ops/dashboard/demo");
+    let cookie = set_cookie(&response);
+    assert!(
+        cookie.contains("Path=/ops/dashboard;") && cookie.ends_with("; Secure"),
+        "{cookie}"
+    );
+    let demo = app
+        .client
+        .get(app.url("/ops/dashboard/demo"))
+        .header("cookie", cookie_pair(&cookie))
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(demo.status(), 200);
+    let html = demo.text().await.expect("html");
+    assert!(html.contains(r#"data-testid="signed-in-as">the admin<"#));
+    assert!(
+        !html.contains(r#"data-testid="global-figures""#),
+        "the admin's figures are all of them"
+    );
+}
+
+#[tokio::test]
+async fn a_sign_in_another_site_sends_is_refused() {
+    let app = spawn_app_with(with_keys).await;
+    let forged = no_redirects()
+        .post(app.url("/dashboard/sign-in"))
+        .header("sec-fetch-site", "cross-site")
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(form_body(&[("key", KEY_A), ("next", "/dashboard")]))
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(problem(forged).await.0, 403);
+}
+
+#[tokio::test]
+async fn a_tenant_sees_only_its_own_requests_and_another_tenants_request_is_a_404() {
+    let app = spawn_app_with(with_keys).await;
+    let a1 = submit_as(&app, KEY_A, None).await;
+    let a2 = submit_as(&app, KEY_A, None).await;
+    let b = submit_as(&app, KEY_B, None).await;
+
+    let (status, list) = page_as(&app, KEY_A, "/dashboard/requests").await;
+
+    assert_eq!(status, 200);
+    assert_eq!(count(&list, r#"data-testid="request-row""#), 2);
+    assert!(list.contains(&a1) && list.contains(&a2) && !list.contains(&b));
+    assert!(list.contains("2 matching"));
+    let (status, detail) = page_as(&app, KEY_A, &format!("/dashboard/requests/{a1}")).await;
+    assert_eq!(status, 200, "{detail}");
+    let other = app
+        .client
+        .get(app.url(&format!("/dashboard/requests/{b}")))
+        .bearer_auth(KEY_A)
+        .send()
+        .await
+        .expect("sent");
+    let (status, body) = problem(other).await;
+    assert_eq!(status, 404);
+    assert_eq!(body["detail"], format!("no request with id {b}"), "the API's own 404");
+    let figures = app
+        .client
+        .get(app.url(&format!("/dashboard/api/requests/{b}")))
+        .bearer_auth(KEY_A)
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(problem(figures).await.0, 404);
+    let (status, go_to) = page_as(&app, KEY_A, &format!("/dashboard/requests?id={b}")).await;
+    assert_eq!(status, 404, "go to id does not reveal another tenant's request");
+    assert!(go_to.contains(&format!("No request has id {b}.")));
+    let (_, overview) = page_as(&app, KEY_A, "/dashboard").await;
+    assert!(
+        overview.contains(r#"data-testid="global-figures""#),
+        "the overview says its figures are global"
+    );
+
+    let (_, everything) = page_as(&app, ADMIN, "/dashboard/requests").await;
+    assert_eq!(
+        count(&everything, r#"data-testid="request-row""#),
+        3,
+        "the admin sees every tenant"
+    );
+}
+
+#[tokio::test]
+async fn a_tenant_may_redeliver_its_own_request_from_anywhere_but_not_another_tenants() {
+    let app = spawn_app_with(|c| {
+        with_keys(c);
+        trust_loopback_proxy(c);
+        c.max_callback_retries = 0;
+    })
+    .await;
+    let mut receiver = TestReceiver::start(ReceiverOptions {
+        fail_first: 1,
+        ..ReceiverOptions::default()
+    })
+    .await;
+    let mine = submit_as(&app, KEY_A, Some(&receiver.url())).await;
+    let theirs = submit_as(&app, KEY_B, Some(&receiver.url())).await;
+    wait_for_delivery(&app, &mine, "failed").await;
+    wait_for_delivery(&app, &theirs, "failed").await;
+    let redeliver = |id: &str| {
+        app.client
+            .post(app.url(&format!("/dashboard/api/requests/{id}/redeliver")))
+            .bearer_auth(KEY_A)
+            // From another machine: with keys, the key decides, not the address.
+            .header("x-forwarded-for", "203.0.113.5")
+            .send()
+    };
+
+    let refused = redeliver(&theirs).await.expect("sent");
+    let accepted = redeliver(&mine).await.expect("sent");
+
+    assert_eq!(problem(refused).await.0, 404);
+    assert_eq!(accepted.status(), 202);
+    receiver.next().await;
+    wait_for_delivery(&app, &mine, "delivered").await;
+    wait_for_delivery(&app, &theirs, "failed").await;
+}
+
+#[tokio::test]
+async fn a_tenants_burst_is_stored_as_that_tenants_requests() {
+    let app = spawn_app_with(with_keys).await;
+
+    let fired = app
+        .client
+        .post(app.url("/dashboard/api/burst"))
+        .bearer_auth(KEY_A)
+        .json(&json!({"mode": "sync", "n": 3, "operation": "prime", "complexity": 1}))
+        .send()
+        .await
+        .expect("sent");
+
+    assert_eq!(fired.status(), 202);
+    wait_until("the burst has every answer back", || async {
+        let (_, body) = page_as(&app, KEY_A, "/dashboard/api/snapshot").await;
+        serde_json::from_str::<Value>(&body).expect("json")["burst"]["finished"] == true
+    })
+    .await;
+    let (_, body) = page_as(&app, KEY_A, "/dashboard/api/snapshot").await;
+    let snap: Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(snap["burst"]["sync"]["by_status"]["200"], 3, "{}", snap["burst"]);
+    let total = |key: &'static str| {
+        let app = &app;
+        async move {
+            let (_, body) = page_as(app, key, "/requests").await;
+            serde_json::from_str::<Value>(&body).expect("json")["total"].clone()
+        }
+    };
+    assert_eq!(total(KEY_A).await, 3, "the burst's requests are tenant a's");
+    assert_eq!(total(KEY_B).await, 0);
+}
+
+#[tokio::test]
+async fn completion_percentiles_count_plain_async_jobs_not_only_bursts() {
+    let app = spawn_app().await;
+    for _ in 0..3 {
+        let (status, _) = app.submit_async(&json!({"payload": quick_payload()})).await;
+        assert_eq!(status, 202);
+    }
+
+    wait_until("three plain async jobs are in the completion percentiles", || async {
+        let snap = snapshot(&app, "").await;
+        snap["rates"]["last_minute"]["completion"]["count"] == 3
+    })
+    .await;
+
+    let snap = snapshot(&app, "").await;
+    assert!(snap["burst"].is_null(), "no burst was fired");
+    let completion = &snap["rates"]["last_minute"]["completion"];
+    assert!(completion["p99"].as_f64().is_some(), "{completion}");
 }

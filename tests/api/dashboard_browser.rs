@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use fantoccini::wd::WebDriverCompatibleCommand;
 use fantoccini::{Client, ClientBuilder, Locator};
 use serde_json::{Value, json};
+use sync_async::config::{ApiKeys, Secret};
 use sync_async_loadtest::receiver::ReceiverOptions;
 use tempfile::TempDir;
 use tokio::sync::Mutex;
@@ -392,5 +393,76 @@ async fn all_of_it_works_under_a_base_path() {
     pages_load_cleanly(&app, &client, "/ops").await;
     sync_refuses_and_async_queues(&app, &client, "/ops", false).await;
     redeliver_adds_an_attempt_row(&app, &client, "/ops").await;
+    client.close().await.expect("browser closes");
+}
+
+/// Submits quick async work with `key`; returns the request id.
+async fn submit_as(app: &TestApp, key: &str) -> String {
+    let response = app
+        .client
+        .post(app.url("/async"))
+        .bearer_auth(key)
+        .json(&json!({"payload": crate::helpers::quick_payload()}))
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(response.status(), 202);
+    let accepted: Value = response.json().await.expect("accepted");
+    accepted["request_id"].as_str().expect("id").to_owned()
+}
+
+#[tokio::test]
+async fn signing_in_with_a_tenant_key_shows_only_that_tenants_requests() {
+    const KEY_A: &str = "tenant-a-key-0123456789";
+    const KEY_B: &str = "tenant-b-key-0123456789";
+    let _one = BROWSER.lock().await;
+    let app = spawn_app_with(|c| {
+        c.api_keys = ApiKeys {
+            tenants: vec![
+                ("tenant-a".to_owned(), Secret::new(KEY_A)),
+                ("tenant-b".to_owned(), Secret::new(KEY_B)),
+            ],
+            admin: None,
+        };
+    })
+    .await;
+    let mine = [submit_as(&app, KEY_A).await, submit_as(&app, KEY_A).await];
+    let theirs = submit_as(&app, KEY_B).await;
+    let Some((_driver, client)) = browser(1280, 1000).await else {
+        return;
+    };
+
+    client.goto(&app.url("/dashboard/requests")).await.expect("page opens");
+    assert_eq!(count(&client, "sign-in-form").await, 1, "the page asks for a key");
+    client
+        .find(Locator::Css(&testid("sign-in-key")))
+        .await
+        .expect("the key field")
+        .send_keys(KEY_A)
+        .await
+        .expect("typed");
+    click(&client, "sign-in-submit").await;
+
+    wait_text(&client, "requests-total", "signed in, the list shows", |t| {
+        t.starts_with("2 matching")
+    })
+    .await;
+    assert_eq!(count(&client, "request-row").await, 2);
+    let html = client.source().await.expect("page source");
+    assert!(mine.iter().all(|id| html.contains(id.as_str())) && !html.contains(&theirs));
+    assert_eq!(text_of(&client, "signed-in-as").await, "tenant tenant-a");
+    // The form page itself was a 401, which the browser logs; nothing else may be.
+    let errors: Vec<String> = console_errors(&client)
+        .await
+        .into_iter()
+        .filter(|e| !e.contains("status of 401"))
+        .collect();
+    assert_eq!(errors, Vec::<String>::new());
+
+    click(&client, "sign-out").await;
+    wait_text(&client, "sign-in-submit", "signed out, the form is back", |t| {
+        t == "Sign in"
+    })
+    .await;
     client.close().await.expect("browser closes");
 }

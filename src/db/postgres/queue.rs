@@ -31,7 +31,7 @@ pub(super) async fn claim_jobs(
            lease_expires_at = now() + make_interval(secs => $2), started_at = now(), \
            attempted_by = array_append(r.attempted_by, $1) \
          FROM picked WHERE r.id = picked.id AND r.status = 'pending' \
-         RETURNING r.id, r.attempt, r.payload, r.callback_url",
+         RETURNING r.id, r.attempt, r.payload, r.callback_url, r.created_at",
     )
     .bind(owner)
     .bind(secs(lease))
@@ -46,6 +46,7 @@ pub(super) async fn claim_jobs(
                     id: row.try_get("id")?,
                     attempt: row.try_get("attempt")?,
                 },
+                accepted_at: row.try_get("created_at")?,
                 payload,
                 callback_url: row.try_get("callback_url")?,
             })

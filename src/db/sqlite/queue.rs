@@ -28,7 +28,7 @@ pub(super) async fn claim_jobs(
          attempted_by = json_insert(attempted_by, '$[#]', ?1) \
          WHERE id IN (SELECT id FROM requests WHERE status = 'pending' AND mode = 'async' \
                       ORDER BY created_at, id LIMIT ?3) \
-         RETURNING id, attempt, payload, callback_url",
+         RETURNING id, attempt, payload, callback_url, created_at",
     )
     .bind(owner)
     .bind(plus(lease))
@@ -43,6 +43,7 @@ pub(super) async fn claim_jobs(
                     id: row.try_get("id")?,
                     attempt: row.try_get("attempt")?,
                 },
+                accepted_at: row.try_get("created_at")?,
                 payload,
                 callback_url: row.try_get("callback_url")?,
             })
