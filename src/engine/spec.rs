@@ -480,7 +480,7 @@ mod tests {
             ),
             (json!({"items": [{"a": [1]}]}), "/data/items/0"),
             (json!({"items": [[[1]]]}), "/data/items/0"),
-            (json!({"items": [[0; MAX_CONTAINER_ENTRIES + 1]]}), "/data/items/0"),
+            (json!({"items": [vec![0; MAX_CONTAINER_ENTRIES + 1]]}), "/data/items/0"),
             (json!({"items": vec![0; MAX_ITEMS + 1]}), "/data/items"),
         ];
         for (data, pointer) in cases {

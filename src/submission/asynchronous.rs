@@ -34,7 +34,7 @@ pub struct AsyncRequest {
     /// `status_url`. The URL policy refuses addresses that are not globally routable (see the
     /// README), with a 400 that says why: a check no schema can state.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(format = Uri, max_length = 2048)]
+    #[schema(max_length = 2048)]
     pub callback_url: Option<String>,
 }
 
