@@ -5,6 +5,7 @@
 mod calibration;
 mod cancel;
 mod hash;
+mod integral;
 mod matrix;
 mod prime;
 mod schema;

@@ -57,19 +57,20 @@ fn variant_name(op: Operation) -> &'static str {
     }
 }
 
-/// One variant: the operation's name as a one-value enum, the complexity, and its `data`.
+/// One variant: the operation's name as a one-value enum, the complexity, and its `data`. A
+/// null `data`, or a null field in it, is the same as an absent one, as the server reads it.
 fn variant(op: Operation) -> RefOr<Schema> {
     let (summary, field, field_schema) = match op {
         Operation::Hash => (
             "Chained SHA-256 over `data.input`; the complexity sets the number of iterations.",
             "input",
-            json!({"type": "string", "maxLength": MAX_INPUT_CHARS,
+            json!({"type": ["string", "null"], "maxLength": MAX_INPUT_CHARS,
                 "description": "The string to hash (default `\"sync-async\"`).", "example": "hello"}),
         ),
         Operation::Prime => (
             "The n-th prime; the complexity picks n unless `data.n` sets it.",
             "n",
-            json!({"type": "integer", "minimum": 1, "maximum": MAX_PRIME_N,
+            json!({"type": ["integer", "null"], "minimum": 1, "maximum": MAX_PRIME_N,
                 "description": "Which prime to find; replaces the amount the complexity would pick.",
                 "example": 1000}),
         ),
@@ -77,14 +78,14 @@ fn variant(op: Operation) -> RefOr<Schema> {
             "Square integer matrix multiplication, `A x B^rounds`; the complexity sets how many \
              multiply-adds the rounds add up to (at least one round).",
             "size",
-            json!({"type": "integer", "minimum": 1, "maximum": MAX_MATRIX_SIZE,
+            json!({"type": ["integer", "null"], "minimum": 1, "maximum": MAX_MATRIX_SIZE,
                 "description": "The side of the square matrices (default 256).", "example": 64}),
         ),
         Operation::Transform => (
             "A JSON transformation of `data.items`, in rounds; the complexity sets how many node \
              visits the rounds add up to.",
             "items",
-            json!({"type": "array", "minItems": 1, "maxItems": MAX_ITEMS, "items": transform_item(),
+            json!({"type": ["array", "null"], "minItems": 1, "maxItems": MAX_ITEMS, "items": transform_item(),
                 "description": "The values to transform (default: 64 small records). Each item is a \
                     scalar, or an array or object of scalars.",
                 "example": [1, "two", {"three": 3}]}),

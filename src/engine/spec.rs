@@ -7,6 +7,7 @@ use serde_json::{Value, json};
 use utoipa::ToSchema;
 
 use super::calibration::{self, MAX_PRIME_N};
+use super::integral::{integral, integral_opt};
 use super::{matrix, transform};
 
 /// Largest `data.size` for `matrix`: four 1024 x 1024 u32 buffers are 16 MiB.
@@ -103,6 +104,7 @@ impl Complexity {
 pub struct WorkPayload {
     pub operation: Operation,
     /// 1 (about 100 ms) to 10 (about 5 s); each step costs about 1.55x the one before.
+    #[serde(deserialize_with = "integral")]
     pub complexity: u8,
     /// Optional input for the operation, a JSON object (or null, the same as absent). Only the
     /// field that belongs to `operation` may be set.
@@ -118,10 +120,10 @@ pub struct WorkData {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub input: Option<String>,
     /// `prime`: which prime to find; replaces the amount the complexity would pick.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "integral_opt")]
     pub n: Option<u32>,
     /// `matrix`: the side of the square matrices (default 256).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "integral_opt")]
     pub size: Option<u32>,
     /// `transform`: the JSON values to transform.
     #[serde(default, skip_serializing_if = "Option::is_none")]
