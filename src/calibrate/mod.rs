@@ -106,7 +106,7 @@ impl Calibration {
             prime = factors.prime,
             matrix = factors.matrix,
             transform = factors.transform,
-            file = ?self.file.as_deref(),
+            file = %self.file.as_deref().map_or_else(String::new, |f| f.display().to_string()),
             "engine calibration in use: {}",
             self.describe()
         );

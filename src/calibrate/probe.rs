@@ -69,6 +69,7 @@ fn measure_one(operation: Operation, deadline: Instant) -> Result<f64, TooSlow> 
     let scouted = scouted.clamp(MIN_FACTOR, MAX_FACTOR);
     let work = complexity_1_work(operation, scouted);
     let mut best_ms = f64::INFINITY;
+    let mut runs = 0;
     for _ in 0..REFINING_RUNS {
         // About `target_ms` by construction; the best run so far is the better guess.
         let expected = Duration::from_secs_f64(best_ms.min(target_ms) / 1e3);
@@ -76,17 +77,22 @@ fn measure_one(operation: Operation, deadline: Instant) -> Result<f64, TooSlow> 
             break;
         }
         match timed_run(&work, deadline) {
-            Some(ms) => best_ms = best_ms.min(ms),
+            Some(ms) => {
+                best_ms = best_ms.min(ms);
+                runs += 1;
+            }
             None => break,
         }
     }
     // The time of every operation scales with its factor (prime's through its n^1.4), so the run
     // at `scouted` corrects it by the ratio of its time to the target's.
-    Ok(if best_ms.is_finite() {
+    let factor = if best_ms.is_finite() {
         scouted * target_ms / best_ms.max(f64::MIN_POSITIVE)
     } else {
         scouted
-    })
+    };
+    tracing::debug!(%operation, scout_ms, scouted, runs, best_ms, factor, "calibration probe");
+    Ok(factor)
 }
 
 /// The complexity-1 work of `operation` with default data, scaled by `factor` for it alone.
