@@ -26,6 +26,7 @@ use tower_http::trace::{DefaultOnRequest, DefaultOnResponse, TraceLayer};
 use tracing::Level;
 
 use crate::auth::{self, Authenticator};
+use crate::calibrate;
 use crate::callback::Deliveries;
 use crate::client_ip::ClientIpSource;
 use crate::config::{Config, CorsOrigins, DatabaseTarget};
@@ -94,6 +95,21 @@ impl App {
         let liveness = Liveness::new();
         let db = db::connect(&target, &liveness).await?;
         let metrics = Arc::new(Metrics::new());
+        // Before any engine work starts, so that the measurement has the CPUs to itself; on a
+        // blocking thread, since it reads a file and may compute for up to 2 s.
+        let calibration = {
+            let config = config.clone();
+            tokio::task::spawn_blocking(move || calibrate::resolve(&config))
+                .await
+                .context("calibrating the engine")?
+        };
+        calibration.log();
+        metrics.set_calibration(
+            calibration.mode.as_str(),
+            calibration.source.as_str(),
+            &calibration.amounts.factors(),
+        );
+        let calibration = Arc::new(calibration);
         let engine_threads = config.max_sync_concurrency + config.num_workers;
         let pool = EnginePool::new(engine_threads, config.engine_priority, metrics.clone())
             .context("starting the engine pool")?;
@@ -138,6 +154,7 @@ impl App {
             metrics: metrics.clone(),
             wake: wake.clone(),
             settings,
+            amounts: calibration.amounts,
             stop: stop.clone(),
             completions: dashboard.rates.clone(),
         };
@@ -174,6 +191,7 @@ impl App {
         let auth = Arc::new(Authenticator::new(&config.api_keys));
         let state = AppState {
             sync_slots,
+            calibration,
             config,
             db,
             executor,
@@ -478,6 +496,7 @@ mod tests {
             host: [127, 0, 0, 1].into(),
             port: 0,
             database_path: dir.path().join("requests.db"),
+            engine_calibration: crate::config::EngineCalibration::Fixed,
             ..Config::default()
         })
         .await

@@ -58,6 +58,32 @@ pub enum EnginePriority {
     Normal,
 }
 
+/// ENGINE_CALIBRATION: which work amounts the engine plans with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EngineCalibration {
+    /// `auto`: the factors stored for this machine; measured (in at most 2 s) at a start that
+    /// finds the file missing, unreadable, or written on another CPU.
+    Auto,
+    /// `remeasure`: measure at every start, whatever the file holds, and rewrite it.
+    Remeasure,
+    /// `fixed`: the reference amounts, so the same payload gives the same result on every
+    /// machine (and takes the reference machine's time only there).
+    Fixed,
+}
+
+impl EngineCalibration {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Auto => "auto",
+            Self::Remeasure => "remeasure",
+            Self::Fixed => "fixed",
+        }
+    }
+}
+
+/// The calibration file next to a PostgreSQL replica: in its working directory.
+const POSTGRES_CALIBRATION_FILE: &str = "calibration.json";
+
 /// DATABASE_URL, parsed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DatabaseUrl {
@@ -199,6 +225,11 @@ pub struct Config {
     pub idempotency_ttl: Duration,
     /// How engine threads are scheduled against the threads that answer HTTP.
     pub engine_priority: EnginePriority,
+    /// ENGINE_CALIBRATION: measured amounts (`auto`, `remeasure`) or the reference ones (`fixed`).
+    pub engine_calibration: EngineCalibration,
+    /// CALIBRATION_PATH: where this machine's factors are stored. `None`: next to the SQLite
+    /// file, or in the working directory on PostgreSQL (see `calibration_file`).
+    pub calibration_path: Option<PathBuf>,
     /// An `EnvFilter` directive such as `info` or `sync_async=debug,tower_http=info`.
     pub log_level: String,
     pub log_format: LogFormat,
@@ -278,6 +309,8 @@ impl Config {
             loopback_callbacks: env.loopback_callbacks("LOOPBACK_CALLBACKS", "BLOCK_LOCALHOST")?,
             idempotency_ttl: env.seconds("IDEMPOTENCY_TTL_SECONDS", "86400", 1.0, 31_536_000.0)?,
             engine_priority: env.engine_priority("ENGINE_PRIORITY", "idle")?,
+            engine_calibration: env.engine_calibration("ENGINE_CALIBRATION", "auto")?,
+            calibration_path: env.optional("CALIBRATION_PATH").map(PathBuf::from),
             log_level: env.string("LOG_LEVEL", "info"),
             log_format: env.log_format("LOG_FORMAT", "pretty")?,
             cors_origins: env.cors_origins("CORS_ORIGINS", "*"),
@@ -292,7 +325,14 @@ impl Config {
 
     /// Bounds that need more than one value or a range check after parsing.
     fn check_ranges(&self, env: &Lookup<'_>) -> Result<(), ConfigError> {
-        let checks: [(&'static str, bool, &str); 10] = [
+        let checks: [(&'static str, bool, &str); 11] = [
+            (
+                "CALIBRATION_PATH",
+                self.calibration_path
+                    .as_ref()
+                    .is_none_or(|p| !p.as_os_str().as_encoded_bytes().contains(&0)),
+                "a file path",
+            ),
             (
                 "DATABASE_MAX_CONNECTIONS",
                 (4..=1000).contains(&self.database_max_connections),
@@ -369,6 +409,23 @@ impl Config {
                 path: self.database_path.clone(),
                 wal_limit_bytes: self.sqlite_wal_limit_bytes(),
             },
+        }
+    }
+
+    /// Where this machine's calibration is stored: CALIBRATION_PATH if set; otherwise beside
+    /// the SQLite file (`<file>.calibration.json`, like its `.lock`), or `calibration.json` in
+    /// the working directory on PostgreSQL, where there is no file to sit beside.
+    pub fn calibration_file(&self) -> PathBuf {
+        if let Some(path) = &self.calibration_path {
+            return path.clone();
+        }
+        match self.database() {
+            DatabaseTarget::Sqlite { path, .. } => {
+                let mut file = path.into_os_string();
+                file.push(".calibration.json");
+                PathBuf::from(file)
+            }
+            DatabaseTarget::Postgres { .. } => PathBuf::from(POSTGRES_CALIBRATION_FILE),
         }
     }
 
@@ -449,6 +506,8 @@ mod tests {
             ("SHUTDOWN_GRACE_SECONDS", "0"),
             ("LOG_LEVEL", "sync_async=loud"),
             ("ENGINE_PRIORITY", "realtime"),
+            ("ENGINE_CALIBRATION", "measure"),
+            ("ENGINE_CALIBRATION", "on"),
             ("BASE_PATH", "ops"),
             ("BASE_PATH", "/ops/"),
             ("BASE_PATH", "/"),
@@ -467,6 +526,35 @@ mod tests {
         assert_eq!(with(&[("BASE_PATH", "/ops")]).expect("valid").base_path, "/ops");
         assert_eq!(with(&[("BASE_PATH", "/a/b-c")]).expect("valid").base_path, "/a/b-c");
         assert_eq!(Config::default().base_path, "");
+    }
+
+    #[test]
+    fn engine_calibration_is_auto_by_default_and_its_file_sits_beside_the_database() {
+        let c = Config::default();
+        assert_eq!(c.engine_calibration, EngineCalibration::Auto);
+        assert_eq!(
+            c.calibration_file(),
+            PathBuf::from("./data/requests.db.calibration.json")
+        );
+        for (raw, mode) in [
+            ("fixed", EngineCalibration::Fixed),
+            ("AUTO", EngineCalibration::Auto),
+            ("remeasure", EngineCalibration::Remeasure),
+        ] {
+            let c = with(&[("ENGINE_CALIBRATION", raw)]).expect(raw);
+            assert_eq!(c.engine_calibration, mode);
+        }
+        let pg = with(&[("DATABASE_URL", "postgres://app@db.internal:5432/sync")]).expect("valid");
+        assert_eq!(pg.calibration_file(), PathBuf::from("calibration.json"));
+        let set = with(&[
+            ("DATABASE_URL", "postgres://app@db.internal:5432/sync"),
+            ("CALIBRATION_PATH", "/var/lib/sync-async/calibration.json"),
+        ])
+        .expect("valid");
+        assert_eq!(
+            set.calibration_file(),
+            PathBuf::from("/var/lib/sync-async/calibration.json")
+        );
     }
 
     #[test]

@@ -11,7 +11,7 @@
 //! - [`client_ip`]: the client address a request is attributed to, and whether it is on this host.
 //! - [`trusted_proxies`]: TRUSTED_PROXIES and the address forms proxies write.
 //! - [`engine`]: the pure, deterministic, cancellable CPU work (hash, prime, matrix, transform).
-//! - [`calibrate`]: measures the engine against its documented durations.
+//! - [`calibrate`]: the engine amounts for this machine (ENGINE_CALIBRATION: measure, store, load) and the `calibrate` table.
 //! - [`execution`]: runs engine work on low-priority blocking threads with a deadline, and records it.
 //! - [`submission`]: accepting work: the sync path and the async path (idempotency, queue slot, commit).
 //! - [`callback`]: callback delivery: scheduler, one attempt, retry policy (pure).

@@ -1,11 +1,12 @@
 //! The `sync-async` binary: `sync-async` (or `sync-async serve`) runs the server until SIGINT or
-//! SIGTERM; `sync-async calibrate` measures the work engine on this machine.
+//! SIGTERM; `sync-async calibrate` measures the work engine on this machine with the amounts a
+//! start would use, and `sync-async calibrate --save` re-measures and stores this machine's factors.
 
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use sync_async::app::StartError;
-use sync_async::engine::Operation;
+use sync_async::engine::{Complexity, Operation};
 use sync_async::{App, Config, calibrate, telemetry};
 
 #[derive(Parser)]
@@ -22,7 +23,8 @@ struct Cli {
 enum Command {
     /// Run the server (the default). Settings come from the environment and `.env`.
     Serve,
-    /// Time every operation at every complexity with default data and print a Markdown table.
+    /// Time every operation at every complexity with default data and the amounts a start would
+    /// use (ENGINE_CALIBRATION), and print a Markdown table.
     Calibrate {
         /// Runs per cell; the fastest counts.
         #[arg(long, default_value_t = 1)]
@@ -30,9 +32,16 @@ enum Command {
         /// Only these operations (repeatable).
         #[arg(long = "operation", value_parser = clap::value_parser!(String))]
         operations: Vec<String>,
+        /// Only these complexities (repeatable), such as `--level 1 --level 4 --level 7`.
+        #[arg(long = "level", value_parser = clap::value_parser!(u8).range(1..=10))]
+        levels: Vec<u8>,
         /// Also print the work amounts that would put each cell on the target curve.
         #[arg(long)]
         suggest: bool,
+        /// Re-measure this machine (at most 2 s), rewrite the calibration file, print the
+        /// factors, and stop: the next start in `auto` uses them.
+        #[arg(long)]
+        save: bool,
     },
 }
 
@@ -42,8 +51,10 @@ fn main() -> ExitCode {
         Some(Command::Calibrate {
             repeats,
             operations,
+            levels,
             suggest,
-        }) => run_calibration(repeats, &operations, suggest),
+            save,
+        }) => run_calibration(repeats, &operations, &levels, suggest, save),
     }
 }
 
@@ -107,7 +118,31 @@ fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
     })
 }
 
-fn run_calibration(repeats: u32, names: &[String], suggest: bool) -> ExitCode {
+fn run_calibration(repeats: u32, names: &[String], levels: &[u8], suggest: bool, save: bool) -> ExitCode {
+    let config = match Config::from_env() {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("sync-async calibrate: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    // Log lines (a file that cannot be written, a refused measurement) go to stderr, away from
+    // the table.
+    let _ = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .compact()
+        .try_init();
+    if save {
+        let calibration = calibrate::remeasure(&config);
+        println!("{}", calibration.describe());
+        if let Some(file) = &calibration.file {
+            println!("file: {}", file.display());
+        }
+        return match calibration.source {
+            calibrate::Source::Measured { .. } => ExitCode::SUCCESS,
+            _ => ExitCode::FAILURE,
+        };
+    }
     let operations: Result<Vec<Operation>, String> = names.iter().map(|n| n.parse()).collect();
     let operations = match operations {
         Ok(ops) if ops.is_empty() => Operation::ALL.to_vec(),
@@ -117,7 +152,14 @@ fn run_calibration(repeats: u32, names: &[String], suggest: bool) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let measurements = calibrate::measure(&operations, repeats, |m| {
+    // clap has checked the range, so every level is a complexity.
+    let levels: Vec<Complexity> = match levels {
+        [] => Complexity::all().collect(),
+        some => some.iter().filter_map(|&level| Complexity::new(level)).collect(),
+    };
+    let calibration = calibrate::resolve(&config);
+    eprintln!("{}", calibration.describe());
+    let measurements = calibrate::measure(&operations, &levels, repeats, &calibration.amounts, |m| {
         eprintln!(
             "{:>9} c{:<2} {:>8.1} ms",
             m.operation.as_str(),
@@ -127,7 +169,7 @@ fn run_calibration(repeats: u32, names: &[String], suggest: bool) -> ExitCode {
     });
     println!("{}", calibrate::render_table(&measurements));
     if suggest {
-        println!("{}", calibrate::render_suggestions(&measurements));
+        println!("{}", calibrate::render_suggestions(&measurements, &calibration.amounts));
     }
     ExitCode::SUCCESS
 }

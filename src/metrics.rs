@@ -8,8 +8,10 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
+use std::sync::atomic::AtomicU64;
+
 use crate::db::{StorageFigures, Summary};
-use crate::engine::Operation;
+use crate::engine::{Factors, Operation};
 
 /// HTTP latency buckets: 0.5 ms to about 33 s, doubling.
 fn http_buckets() -> Histogram {
@@ -93,6 +95,19 @@ pub(crate) struct CallbackLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct OperationLabels {
+    pub operation: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct CalibrationLabels {
+    /// ENGINE_CALIBRATION.
+    pub mode: &'static str,
+    /// `fixed`, `file`, `measured` or `refused`.
+    pub source: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(crate) struct StoredLabels {
     pub mode: &'static str,
     pub status: &'static str,
@@ -153,6 +168,10 @@ pub(crate) struct Metrics {
     pub wal_checkpoints: Family<CheckpointLabels, Gauge>,
     /// This process's resident memory in bytes (set when read).
     pub resident_memory_bytes: Gauge,
+    /// The calibration factor of each operation (1 is the reference machine), set at start.
+    pub calibration_factor: Family<OperationLabels, Gauge<f64, AtomicU64>>,
+    /// 1, labelled with the calibration's mode and source: an info metric, set at start.
+    pub calibration_info: Family<CalibrationLabels, Gauge>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -197,6 +216,8 @@ impl Metrics {
             wal_limit_bytes: Gauge::default(),
             wal_checkpoints: Family::default(),
             resident_memory_bytes: Gauge::default(),
+            calibration_factor: Family::default(),
+            calibration_info: Family::default(),
             registry: Registry::default(),
         };
         registry.register("http_requests", "HTTP requests answered", m.http_requests.clone());
@@ -289,7 +310,31 @@ impl Metrics {
             "Resident memory of this process",
             m.resident_memory_bytes.clone(),
         );
+        registry.register(
+            "engine_calibration_factor",
+            "How much faster than the reference machine each operation runs here; its amounts scale by it",
+            m.calibration_factor.clone(),
+        );
+        registry.register(
+            "engine_calibration",
+            "The engine calibration in use: its mode and where its factors came from",
+            m.calibration_info.clone(),
+        );
         Self { registry, ..m }
+    }
+
+    /// Records the calibration in use; called once, at start.
+    pub(crate) fn set_calibration(&self, mode: &'static str, source: &'static str, factors: &Factors) {
+        self.calibration_info
+            .get_or_create(&CalibrationLabels { mode, source })
+            .set(1);
+        for operation in Operation::ALL {
+            self.calibration_factor
+                .get_or_create(&OperationLabels {
+                    operation: operation.as_str(),
+                })
+                .set(factors.get(operation));
+        }
     }
 
     pub(crate) fn record_run(&self, mode: &'static str, operation: Operation, outcome: RunOutcome, seconds: f64) {

@@ -84,8 +84,16 @@ fn document_links(mut api: utoipa::openapi::OpenApi) -> utoipa::openapi::OpenApi
     use utoipa::openapi::link::LinkBuilder;
 
     let targets = [
-        ("GetRequest", "get_request", "The stored request, its status and its result"),
-        ("ListAttempts", "list_attempts", "The callback delivery attempts of the request"),
+        (
+            "GetRequest",
+            "get_request",
+            "The stored request, its status and its result",
+        ),
+        (
+            "ListAttempts",
+            "list_attempts",
+            "The callback delivery attempts of the request",
+        ),
         ("Redeliver", "redeliver", "Send the stored result to the callback again"),
     ];
     for (path, status) in [("/async", "202"), ("/sync", "200")] {

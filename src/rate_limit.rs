@@ -154,7 +154,8 @@ impl ClientRateLimiter {
     }
 
     async fn take_shared(&self, db: &Db, key: &LimitKey, tokens: u32) -> Result<Option<RateVerdict>, sqlx::Error> {
-        db.take_rate_tokens(&key.to_string(), tokens, self.limit, self.window).await
+        db.take_rate_tokens(&key.to_string(), tokens, self.limit, self.window)
+            .await
     }
 
     pub(crate) fn limit(&self) -> u32 {

@@ -13,6 +13,7 @@ use crate::extract::BodyLimitKb;
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::Authenticator;
+use crate::calibrate::Calibration;
 use crate::callback::Deliveries;
 use crate::config::Config;
 use crate::db::Wakeups;
@@ -31,6 +32,9 @@ pub struct AppState {
     /// MAX_SYNC_CONCURRENCY slots: a sync request that cannot take one at once gets 503 instead
     /// of queueing invisibly inside the server.
     pub(crate) sync_slots: Arc<Semaphore>,
+    /// The work amounts in use (ENGINE_CALIBRATION) and where they came from, for planning and
+    /// for /metrics.
+    pub calibration: Arc<Calibration>,
     /// Runs engine work at low priority; shared by /sync and the workers.
     pub(crate) executor: Executor,
     /// This replica's leases (sync requests hold one while they run) and its owner id.

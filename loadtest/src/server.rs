@@ -25,8 +25,11 @@ pub struct SpawnedServer {
 /// Settings for a spawned server: the user's (environment and `.env`), then loopback on a free
 /// port, a temporary database, no rate limit to speak of, and loopback callbacks allowed for the
 /// clients on this host even if the user's settings say `never` (the tool's receiver is here).
+/// The engine calibration stays the user's file (beside their database, not the temporary one),
+/// so that a run does not measure the machine again.
 pub fn loadtest_config(base: Config, dir: &tempfile::TempDir) -> Config {
     Config {
+        calibration_path: Some(base.calibration_file()),
         host: [127, 0, 0, 1].into(),
         port: 0,
         database_path: dir.path().join("loadtest.db"),

@@ -5,8 +5,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use super::{
-    ApiKeys, ConfigError, CorsOrigins, DatabaseUrl, EnginePriority, LogFormat, LoopbackCallbacks, MIN_API_KEY_LEN,
-    Secret,
+    ApiKeys, ConfigError, CorsOrigins, DatabaseUrl, EngineCalibration, EnginePriority, LogFormat, LoopbackCallbacks,
+    MIN_API_KEY_LEN, Secret,
 };
 use crate::signing::SigningKey;
 use crate::trusted_proxies::TrustedProxies;
@@ -218,6 +218,22 @@ impl Lookup<'_> {
             "low" => Ok(EnginePriority::Low),
             "normal" => Ok(EnginePriority::Normal),
             _ => Err(self.error(key, "idle, low or normal")),
+        }
+    }
+
+    pub(super) fn engine_calibration(
+        &self,
+        key: &'static str,
+        default: &str,
+    ) -> Result<EngineCalibration, ConfigError> {
+        match self.string(key, default).to_ascii_lowercase().as_str() {
+            "auto" => Ok(EngineCalibration::Auto),
+            "remeasure" => Ok(EngineCalibration::Remeasure),
+            "fixed" => Ok(EngineCalibration::Fixed),
+            _ => Err(self.error(
+                key,
+                "auto (measure this machine once and keep its factors), remeasure or fixed (the reference amounts)",
+            )),
         }
     }
 

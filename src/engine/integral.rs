@@ -88,13 +88,24 @@ mod tests {
     #[test]
     fn whole_numbers_are_read_with_or_without_a_fraction() {
         assert_eq!(probe(json!({"level": 6})), Ok(Probe { level: 6, n: None }));
-        assert_eq!(probe(json!({"level": 6.0, "n": 7.0})), Ok(Probe { level: 6, n: Some(7) }));
+        assert_eq!(
+            probe(json!({"level": 6.0, "n": 7.0})),
+            Ok(Probe { level: 6, n: Some(7) })
+        );
         assert_eq!(probe(json!({"level": 1, "n": null})), Ok(Probe { level: 1, n: None }));
     }
 
     #[test]
     fn fractions_negatives_overflow_and_other_types_are_refused() {
-        for bad in [json!(6.5), json!(-1), json!(256), json!(-0.5), json!("6"), json!(true), json!(1e300)] {
+        for bad in [
+            json!(6.5),
+            json!(-1),
+            json!(256),
+            json!(-0.5),
+            json!("6"),
+            json!(true),
+            json!(1e300),
+        ] {
             assert!(probe(json!({"level": bad})).is_err(), "{bad}");
         }
         assert!(probe(json!({"level": 1, "n": 4_294_967_296u64})).is_err());

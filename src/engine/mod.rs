@@ -12,7 +12,10 @@ mod schema;
 mod spec;
 mod transform;
 
-pub use calibration::{amount_for, nominal_ms};
+pub use calibration::{
+    Amounts, FactorOutOfBounds, Factors, MAX_FACTOR, MIN_FACTOR, PRIME_GROWTH_EXPONENT, nominal_ms,
+    reference_fingerprint,
+};
 pub use cancel::{CancelOnDrop, CancelToken, Cancelled};
 pub use spec::{Complexity, InvalidWork, MAX_MATRIX_SIZE, Operation, Work, WorkData, WorkPayload};
 

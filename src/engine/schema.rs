@@ -23,7 +23,12 @@ impl PartialSchema for WorkPayload {
             .collect();
         let mapping: serde_json::Map<String, Value> = Operation::ALL
             .iter()
-            .map(|op| (op.as_str().to_owned(), json!(format!("#/components/schemas/{}", variant_name(*op)))))
+            .map(|op| {
+                (
+                    op.as_str().to_owned(),
+                    json!(format!("#/components/schemas/{}", variant_name(*op))),
+                )
+            })
             .collect();
         parse(json!({
             "description": "The work to run: an `operation`, a `complexity` and, optionally, the \
@@ -147,7 +152,10 @@ mod tests {
             assert_eq!(schema["properties"]["complexity"]["maximum"], json!(10));
         }
         let prime = serde_json::to_value(variant(Operation::Prime)).expect("json");
-        assert_eq!(prime["properties"]["data"]["properties"]["n"]["maximum"], json!(MAX_PRIME_N));
+        assert_eq!(
+            prime["properties"]["data"]["properties"]["n"]["maximum"],
+            json!(MAX_PRIME_N)
+        );
     }
 
     #[test]

@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use utoipa::ToSchema;
 
-use super::calibration::{self, MAX_PRIME_N};
+use super::calibration::{Amounts, MAX_PRIME_N};
 use super::integral::{integral, integral_opt};
 use super::{matrix, transform};
 
@@ -177,8 +177,9 @@ impl InvalidWork {
 }
 
 impl WorkPayload {
-    /// Checks every bound and turns the payload into the exact work to run.
-    pub fn plan(&self) -> Result<Work, Vec<InvalidWork>> {
+    /// Checks every bound and turns the payload into the exact work to run, with the amounts
+    /// this machine's calibration chose for each complexity.
+    pub fn plan(&self, amounts: &Amounts) -> Result<Work, Vec<InvalidWork>> {
         let complexity = Complexity::new(self.complexity).ok_or_else(|| {
             vec![InvalidWork::new(
                 "/complexity",
@@ -187,7 +188,7 @@ impl WorkPayload {
         })?;
         let data = self.data.clone().unwrap_or_default();
         let mut errors = misplaced_fields(self.operation, &data);
-        let amount = calibration::amount_for(self.operation, complexity);
+        let amount = amounts.amount_for(self.operation, complexity);
         let work = match self.operation {
             Operation::Hash => {
                 let input = data.input.unwrap_or_else(|| DEFAULT_HASH_INPUT.to_owned());
@@ -204,14 +205,17 @@ impl WorkPayload {
                 }
             }
             Operation::Prime => {
-                let n = data.n.unwrap_or(amount as u32);
-                if !(1..=MAX_PRIME_N).contains(&n) {
+                // Only a client's n is held to the documented limit: the amount a complexity
+                // picks follows the calibration, and on a fast machine lies above it.
+                if let Some(n) = data.n.filter(|n| !(1..=MAX_PRIME_N).contains(n)) {
                     errors.push(InvalidWork::new(
                         "/data/n",
                         format!("must be between 1 and {MAX_PRIME_N}, got {n}"),
                     ));
                 }
-                Work::Prime { n }
+                Work::Prime {
+                    n: data.n.unwrap_or(amount as u32),
+                }
             }
             Operation::Matrix => {
                 let size = data.size.unwrap_or(DEFAULT_MATRIX_SIZE);
@@ -339,6 +343,8 @@ fn default_items() -> Vec<Value> {
 mod tests {
     use super::*;
 
+    const REFERENCE: Amounts = Amounts::reference();
+
     fn payload(operation: Operation, complexity: u8, data: Option<Value>) -> WorkPayload {
         WorkPayload {
             operation,
@@ -359,7 +365,7 @@ mod tests {
     fn complexity_outside_1_to_10_is_refused() {
         for level in [0, 11, 255] {
             assert_eq!(
-                pointers(payload(Operation::Hash, level, None).plan()),
+                pointers(payload(Operation::Hash, level, None).plan(&REFERENCE)),
                 vec!["/complexity"]
             );
         }
@@ -368,11 +374,11 @@ mod tests {
     #[test]
     fn default_data_uses_the_calibrated_amount() {
         let c = Complexity::new(4).expect("valid");
-        let plan = payload(Operation::Prime, 4, None).plan().expect("valid");
+        let plan = payload(Operation::Prime, 4, None).plan(&REFERENCE).expect("valid");
         assert_eq!(
             plan,
             Work::Prime {
-                n: calibration::amount_for(Operation::Prime, c) as u32
+                n: REFERENCE.amount_for(Operation::Prime, c) as u32
             }
         );
     }
@@ -380,7 +386,7 @@ mod tests {
     #[test]
     fn explicit_data_replaces_the_amount() {
         let plan = payload(Operation::Prime, 9, Some(json!({"n": 1000})))
-            .plan()
+            .plan(&REFERENCE)
             .expect("valid");
         assert_eq!(plan, Work::Prime { n: 1000 });
     }
@@ -388,9 +394,9 @@ mod tests {
     #[test]
     fn matrix_rounds_spread_the_budget_over_the_chosen_size() {
         let c = Complexity::new(2).expect("valid");
-        let budget = calibration::amount_for(Operation::Matrix, c);
+        let budget = REFERENCE.amount_for(Operation::Matrix, c);
         let plan = payload(Operation::Matrix, 2, Some(json!({"size": 100})))
-            .plan()
+            .plan(&REFERENCE)
             .expect("valid");
         assert_eq!(
             plan,
@@ -399,7 +405,7 @@ mod tests {
                 rounds: (budget / 1_040_160) as u32
             }
         );
-        let huge = payload(Operation::Matrix, 1, Some(json!({"size": MAX_MATRIX_SIZE}))).plan();
+        let huge = payload(Operation::Matrix, 1, Some(json!({"size": MAX_MATRIX_SIZE}))).plan(&REFERENCE);
         assert_eq!(
             huge.expect("valid"),
             Work::Matrix {
@@ -412,35 +418,56 @@ mod tests {
     #[test]
     fn amounts_above_the_complexity_10_cost_are_refused() {
         let n = Some(json!({"n": MAX_PRIME_N + 1}));
-        assert_eq!(pointers(payload(Operation::Prime, 1, n).plan()), vec!["/data/n"]);
+        assert_eq!(
+            pointers(payload(Operation::Prime, 1, n).plan(&REFERENCE)),
+            vec!["/data/n"]
+        );
         let size = Some(json!({"size": MAX_MATRIX_SIZE + 1}));
-        assert_eq!(pointers(payload(Operation::Matrix, 1, size).plan()), vec!["/data/size"]);
+        assert_eq!(
+            pointers(payload(Operation::Matrix, 1, size).plan(&REFERENCE)),
+            vec!["/data/size"]
+        );
         let zero = Some(json!({"size": 0}));
-        assert_eq!(pointers(payload(Operation::Matrix, 1, zero).plan()), vec!["/data/size"]);
+        assert_eq!(
+            pointers(payload(Operation::Matrix, 1, zero).plan(&REFERENCE)),
+            vec!["/data/size"]
+        );
     }
 
     #[test]
     fn a_field_of_another_operation_is_refused() {
         let data = Some(json!({"n": 5}));
-        assert_eq!(pointers(payload(Operation::Hash, 1, data).plan()), vec!["/data/n"]);
+        assert_eq!(
+            pointers(payload(Operation::Hash, 1, data).plan(&REFERENCE)),
+            vec!["/data/n"]
+        );
     }
 
     #[test]
     fn hash_input_is_bounded_in_characters_as_the_schema_counts_them() {
         let data = Some(json!({"input": "x".repeat(MAX_INPUT_CHARS + 1)}));
-        assert_eq!(pointers(payload(Operation::Hash, 1, data).plan()), vec!["/data/input"]);
+        assert_eq!(
+            pointers(payload(Operation::Hash, 1, data).plan(&REFERENCE)),
+            vec!["/data/input"]
+        );
         // 1024 four-byte characters are 4096 bytes, and still within the limit.
         let wide = Some(json!({"input": "\u{1F600}".repeat(MAX_INPUT_CHARS)}));
-        assert!(payload(Operation::Hash, 1, wide).plan().is_ok());
+        assert!(payload(Operation::Hash, 1, wide).plan(&REFERENCE).is_ok());
     }
 
     #[test]
     fn a_huge_matrix_size_is_refused_before_its_cost_is_computed() {
         // 4 000 000^3 overflows u64: computing the cost first panicked in a debug build.
         let data = Some(json!({"size": 4_000_000}));
-        assert_eq!(pointers(payload(Operation::Matrix, 1, data).plan()), vec!["/data/size"]);
+        assert_eq!(
+            pointers(payload(Operation::Matrix, 1, data).plan(&REFERENCE)),
+            vec!["/data/size"]
+        );
         let data = Some(json!({"size": u32::MAX}));
-        assert_eq!(pointers(payload(Operation::Matrix, 10, data).plan()), vec!["/data/size"]);
+        assert_eq!(
+            pointers(payload(Operation::Matrix, 10, data).plan(&REFERENCE)),
+            vec!["/data/size"]
+        );
     }
 
     #[test]
@@ -486,25 +513,41 @@ mod tests {
             (json!({"items": vec![0; MAX_ITEMS + 1]}), "/data/items"),
         ];
         for (data, pointer) in cases {
-            let got = pointers(payload(Operation::Transform, 1, Some(data.clone())).plan());
+            let got = pointers(payload(Operation::Transform, 1, Some(data.clone())).plan(&REFERENCE));
             assert_eq!(got, vec![pointer], "for {data}");
         }
     }
 
     #[test]
     fn transform_items_within_every_bound_are_accepted() {
-        let full: serde_json::Map<String, Value> =
-            (0..MAX_CONTAINER_ENTRIES).map(|i| (format!("k{i}"), json!(i))).collect();
-        let items = json!([null, true, 1e15, -1e15, "z".repeat(MAX_ITEM_STRING_CHARS), [1, "a", null, false], full]);
-        assert!(payload(Operation::Transform, 1, Some(json!({"items": items}))).plan().is_ok());
-        assert!(payload(Operation::Transform, 1, None).plan().is_ok(), "the default items");
+        let full: serde_json::Map<String, Value> = (0..MAX_CONTAINER_ENTRIES)
+            .map(|i| (format!("k{i}"), json!(i)))
+            .collect();
+        let items = json!([
+            null,
+            true,
+            1e15,
+            -1e15,
+            "z".repeat(MAX_ITEM_STRING_CHARS),
+            [1, "a", null, false],
+            full
+        ]);
+        assert!(
+            payload(Operation::Transform, 1, Some(json!({"items": items})))
+                .plan(&REFERENCE)
+                .is_ok()
+        );
+        assert!(
+            payload(Operation::Transform, 1, None).plan(&REFERENCE).is_ok(),
+            "the default items"
+        );
     }
 
     #[test]
     fn transform_rounds_spread_the_node_budget_over_the_input() {
         let c = Complexity::new(3).expect("valid");
-        let budget = calibration::amount_for(Operation::Transform, c);
-        let plan = payload(Operation::Transform, 3, Some(json!({"items": [1, 2]}))).plan();
+        let budget = REFERENCE.amount_for(Operation::Transform, c);
+        let plan = payload(Operation::Transform, 3, Some(json!({"items": [1, 2]}))).plan(&REFERENCE);
         assert_eq!(
             plan.expect("valid"),
             Work::Transform {

@@ -30,6 +30,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::db::{Db, Wakeups};
+use crate::engine::Amounts;
 use crate::execution::Executor;
 use crate::liveness::Liveness;
 use crate::metrics::Metrics;
@@ -61,6 +62,8 @@ pub(crate) struct JobsContext {
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) wake: Wakeups,
     pub(crate) settings: QueueSettings,
+    /// The work amounts this machine's calibration chose, for planning each job.
+    pub(crate) amounts: Amounts,
     /// Fires on shutdown: stop claiming; the job in hand gets `shutdown_grace`.
     pub(crate) stop: CancellationToken,
     /// Told how long each job this replica finished took: the dashboard's completion

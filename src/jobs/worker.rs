@@ -101,7 +101,11 @@ async fn run_job(ctx: &JobsContext, completer: &Completer, job: ClaimedJob) {
     let accepted_at = job.accepted_at;
     let plan = serde_json::from_value::<WorkPayload>(job.payload)
         .map_err(|e| e.to_string())
-        .and_then(|p| p.plan().map(|w| (p.operation, w)).map_err(|errs| format!("{errs:?}")));
+        .and_then(|p| {
+            p.plan(&ctx.amounts)
+                .map(|w| (p.operation, w))
+                .map_err(|errs| format!("{errs:?}"))
+        });
     let completion = match plan {
         Ok((operation, work)) => {
             let grace = release_after_grace(ctx, cancel.clone());

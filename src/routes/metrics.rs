@@ -13,6 +13,7 @@ use utoipa_axum::routes;
 
 use strum::VariantArray;
 
+use crate::calibrate;
 use crate::db::{self, DELIVERY_STATES};
 use crate::error::ApiError;
 use crate::metrics::CallbackOutcome;
@@ -60,6 +61,25 @@ pub(crate) struct MetricsReport {
     pub rate_limited: u64,
     pub storage: StorageFigures,
     pub process: ProcessFigures,
+    pub calibration: CalibrationFigures,
+}
+
+/// The engine calibration this replica runs with (ENGINE_CALIBRATION), fixed at its start.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct CalibrationFigures {
+    /// ENGINE_CALIBRATION: `auto`, `remeasure` or `fixed`.
+    pub mode: &'static str,
+    /// Where the factors come from: `fixed` (the reference amounts), `file` (measured at an
+    /// earlier start on this machine), `measured` (at this start), or `refused` (a measurement
+    /// out of bounds; the reference amounts are used).
+    pub source: &'static str,
+    /// When the factors were measured, RFC 3339 UTC; null for the reference amounts.
+    pub measured_at: Option<String>,
+    /// Per operation, how much faster this machine runs it than the reference machine (1: the
+    /// reference amounts). The amounts chosen from a complexity are the reference ones times
+    /// this; for `prime`, its n grows so that its time does.
+    #[schema(example = json!({"hash": 1.21, "prime": 1.18, "matrix": 1.52, "transform": 1.3}))]
+    pub factors: BTreeMap<&'static str, f64>,
 }
 
 /// This replica.
@@ -253,6 +273,14 @@ pub(crate) async fn report(state: &AppState) -> Result<MetricsReport, ApiError> 
             wal_peak_bytes: wal.map(|w| w.wal_peak_bytes),
         },
         process: ProcessFigures { resident_memory_bytes },
+        calibration: CalibrationFigures {
+            mode: state.calibration.mode.as_str(),
+            source: state.calibration.source.as_str(),
+            measured_at: state.calibration.source.measured_at().map(str::to_owned),
+            factors: calibrate::factors_by_name(&state.calibration.amounts.factors())
+                .into_iter()
+                .collect(),
+        },
     })
 }
 

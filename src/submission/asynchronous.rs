@@ -100,7 +100,7 @@ pub async fn accept_async(
     let complexity = request.payload.complexity;
     request
         .payload
-        .plan()
+        .plan(&state.calibration.amounts)
         .map_err(|errors| ApiError::invalid_work(errors, "/payload"))?;
     let policy = UrlPolicy::from_config(&state.config);
     let callback_url = match request.callback_url.as_deref() {

@@ -55,7 +55,7 @@ pub async fn run_sync(
 ) -> Result<SyncResponse, ApiError> {
     let payload = request.payload;
     let work = payload
-        .plan()
+        .plan(&state.calibration.amounts)
         .map_err(|errors| ApiError::invalid_work(errors, "/payload"))?;
     if state.stopping.is_cancelled() {
         return Err(ApiError::ShuttingDown);

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use sync_async::config::{DatabaseUrl, Secret, TrustedProxies};
+use sync_async::config::{DatabaseUrl, EngineCalibration, Secret, TrustedProxies};
 use sync_async::db::Db;
 use sync_async::liveness::Liveness;
 use sync_async::state::AppState;
@@ -41,9 +41,11 @@ pub(crate) struct TestApp {
 }
 
 /// Settings for tests: loopback, port 0, a temp database, a rate limit no test trips by
-/// accident, and a callback backoff unit of a millisecond so retries take no real time.
+/// accident, a callback backoff unit of a millisecond so retries take no real time, and the
+/// reference engine amounts, so that no test start spends 2 s measuring the machine.
 pub(crate) fn test_config(dir: &TempDir) -> Config {
     Config {
+        engine_calibration: EngineCalibration::Fixed,
         host: [127, 0, 0, 1].into(),
         port: 0,
         database_path: dir.path().join("data").join("requests.db"),
@@ -333,8 +335,15 @@ impl TestReceiver {
 pub(crate) const BIN: &str = env!("CARGO_BIN_EXE_sync-async");
 
 /// Starts the server binary with `env` on port 0 and returns it with its bound address, read from
-/// its first JSON log line that says "listening".
+/// its first JSON log line that says "listening". With the reference engine amounts, unless `env`
+/// says otherwise: a measurement would cost every start 2 s.
 pub(crate) fn start_server(env: &[(&str, String)]) -> (Child, String) {
+    let (child, addr, _) = start_server_logging(env);
+    (child, addr)
+}
+
+/// `start_server`, also returning the JSON log lines the server printed before "listening".
+pub(crate) fn start_server_logging(env: &[(&str, String)]) -> (Child, String, Vec<serde_json::Value>) {
     let mut child = Command::new(BIN)
         // Away from the project root: a developer's .env must not change what is tested.
         .current_dir(std::env::temp_dir())
@@ -343,6 +352,7 @@ pub(crate) fn start_server(env: &[(&str, String)]) -> (Child, String) {
         .env("HOST", "127.0.0.1")
         .env("LOG_FORMAT", "json")
         .env("LOG_LEVEL", "info")
+        .env("ENGINE_CALIBRATION", "fixed")
         .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -350,6 +360,7 @@ pub(crate) fn start_server(env: &[(&str, String)]) -> (Child, String) {
         .expect("server starts");
     let stdout = child.stdout.take().expect("stdout");
     let mut lines = BufReader::new(stdout).lines();
+    let mut log = Vec::new();
     let addr = loop {
         let line = lines.next().expect("server printed a line").expect("utf-8");
         let Ok(event) = serde_json::from_str::<serde_json::Value>(&line) else {
@@ -358,10 +369,11 @@ pub(crate) fn start_server(env: &[(&str, String)]) -> (Child, String) {
         if event["message"] == "listening" {
             break event["addr"].as_str().expect("addr").to_owned();
         }
+        log.push(event);
     };
     // Keep draining stdout so the server never blocks on a full pipe.
     std::thread::spawn(move || for _ in lines {});
-    (child, addr)
+    (child, addr, log)
 }
 
 /// Sends SIGTERM: a graceful stop.

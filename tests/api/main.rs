@@ -6,6 +6,7 @@
 mod helpers;
 mod pg;
 
+mod calibration;
 mod cluster;
 mod config_cli;
 mod dashboard;

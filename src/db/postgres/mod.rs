@@ -45,7 +45,9 @@ const SESSION_SYNCHRONOUS_COMMIT: &str = "off";
 /// A transaction whose commit waits for the WAL flush (see `SESSION_SYNCHRONOUS_COMMIT`).
 pub(super) async fn durable(pool: &PgPool) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, sqlx::Error> {
     let mut tx = pool.begin().await?;
-    sqlx::query("SET LOCAL synchronous_commit = on").execute(&mut *tx).await?;
+    sqlx::query("SET LOCAL synchronous_commit = on")
+        .execute(&mut *tx)
+        .await?;
     Ok(tx)
 }
 
@@ -271,7 +273,9 @@ impl Store for PgStore {
         burst: u32,
         window: Duration,
     ) -> Result<Option<RateVerdict>, sqlx::Error> {
-        upkeep::take_rate_tokens(&self.pool, key, tokens, burst, window).await.map(Some)
+        upkeep::take_rate_tokens(&self.pool, key, tokens, burst, window)
+            .await
+            .map(Some)
     }
 
     fn listen(&self, wake: &Wakeups, liveness: &Liveness) {
