@@ -119,6 +119,12 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// Jobs waiting to be claimed, cluster-wide.
     async fn backlog(&self) -> Result<u64, sqlx::Error>;
 
+    /// The same figure where a slightly stale one will do (a 202's `Retry-After` estimate, on
+    /// every acceptance): PostgreSQL counts at most a few times a second.
+    async fn backlog_estimate(&self) -> Result<u64, sqlx::Error> {
+        self.backlog().await
+    }
+
     /// The replicas that beat within `within`, with their figures.
     async fn replicas(&self, within: Duration) -> Result<Vec<ReplicaRow>, sqlx::Error>;
 

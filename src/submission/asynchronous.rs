@@ -230,7 +230,7 @@ fn hash_body(request: &AsyncRequest) -> Result<String, ApiError> {
 /// over the workers, plus its own run, at the documented durations.
 async fn estimate_secs(state: &AppState, complexity: u8) -> u64 {
     let run_ms = Complexity::new(complexity).map_or(1000.0, engine::nominal_ms);
-    let backlog = state.db.backlog().await.unwrap_or(0);
+    let backlog = state.db.backlog_estimate().await.unwrap_or(0);
     let waves = 1.0 + backlog as f64 / state.workers.size().max(1) as f64;
     ((run_ms * waves) / 1000.0).ceil().max(1.0) as u64
 }

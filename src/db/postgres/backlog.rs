@@ -1,8 +1,8 @@
-//! The cluster's backlog (async jobs waiting to be claimed), counted at most once per
-//! `FRESH_FOR` per replica. Every 202 reads it for its `Retry-After` estimate, and a count is an
-//! index scan as long as the backlog: counted per request, it cost more than the insert itself
-//! once the backlog held a few thousand jobs. The backlog *limit* does not use this figure; the
-//! insert statement counts for itself.
+//! The cluster's backlog (async jobs waiting to be claimed) for the `Retry-After` estimate of
+//! every 202, counted at most once per `FRESH_FOR` per replica: a count is an index scan as long
+//! as the backlog, and counted per request it cost more than the insert itself once the backlog
+//! held a few thousand jobs. `/metrics` and `/healthz` count exactly; the backlog *limit* is
+//! checked by the insert statement itself.
 
 use std::time::{Duration, Instant};
 

@@ -244,6 +244,10 @@ impl Store for PgStore {
     }
 
     async fn backlog(&self) -> Result<u64, sqlx::Error> {
+        reads::backlog(&self.pool).await
+    }
+
+    async fn backlog_estimate(&self) -> Result<u64, sqlx::Error> {
         self.backlog.get(&self.pool).await
     }
 
