@@ -11,7 +11,8 @@ use std::sync::mpsc::{self, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
 use crate::engine::{
-    self, Amounts, CancelToken, Complexity, Factors, MAX_FACTOR, MIN_FACTOR, Operation, Work, WorkPayload,
+    self, Amounts, CancelToken, Complexity, Factors, MAX_FACTOR, MIN_FACTOR, Operation, PRIME_GROWTH_EXPONENT, Work,
+    WorkPayload,
 };
 
 /// The whole measurement's wall time, under the 2 s promised, leaving room for the rest of the
@@ -61,12 +62,16 @@ pub(super) fn measure(budget: Duration) -> Result<Probe, TooSlow> {
 /// The factor of `operation`, measured before `deadline`.
 fn measure_one(operation: Operation, deadline: Instant) -> Result<f64, TooSlow> {
     let target_ms = COMPLEXITY_1_MS;
+    let reference = complexity_1_work(operation, 1.0);
+    // A run of `work` in `ms` says this machine is `factor` times the reference, which would
+    // take its share of `target_ms`. The share comes from the plan, not the factor asked for:
+    // matrix and transform plan whole rounds, so a small amount is rounded a lot.
+    let factor_from = |work: &Work, ms: f64| size(work) / size(&reference) * target_ms / ms.max(f64::MIN_POSITIVE);
     let scout = complexity_1_work(operation, SCOUT_SHARE);
     let scout_ms = timed_run(&scout, deadline).ok_or(TooSlow(operation))?;
-    let scouted = SCOUT_SHARE * target_ms / scout_ms.max(f64::MIN_POSITIVE);
     // Refine within the bounds: outside them the result is refused anyway, and the refining work
     // must stay a sensible size.
-    let scouted = scouted.clamp(MIN_FACTOR, MAX_FACTOR);
+    let scouted = factor_from(&scout, scout_ms).clamp(MIN_FACTOR, MAX_FACTOR);
     let work = complexity_1_work(operation, scouted);
     let mut best_ms = f64::INFINITY;
     let mut runs = 0;
@@ -84,15 +89,23 @@ fn measure_one(operation: Operation, deadline: Instant) -> Result<f64, TooSlow> 
             None => break,
         }
     }
-    // The time of every operation scales with its factor (prime's through its n^1.4), so the run
-    // at `scouted` corrects it by the ratio of its time to the target's.
     let factor = if best_ms.is_finite() {
-        scouted * target_ms / best_ms.max(f64::MIN_POSITIVE)
+        factor_from(&work, best_ms)
     } else {
         scouted
     };
     tracing::debug!(%operation, scout_ms, scouted, runs, best_ms, factor, "calibration probe");
     Ok(factor)
+}
+
+/// How much work a plan is, in units its time is proportional to: iterations, rounds, or for
+/// `prime` n^1.4.
+fn size(work: &Work) -> f64 {
+    match work {
+        Work::Hash { iterations, .. } => f64::from(*iterations),
+        Work::Prime { n } => f64::from(*n).powf(PRIME_GROWTH_EXPONENT),
+        Work::Matrix { rounds, .. } | Work::Transform { rounds, .. } => f64::from(*rounds),
+    }
 }
 
 /// The complexity-1 work of `operation` with default data, scaled by `factor` for it alone.
@@ -158,5 +171,15 @@ mod tests {
             panic!("a matrix plan")
         };
         assert!(rounds > 1, "{rounds}");
+    }
+
+    #[test]
+    fn a_plan_is_sized_by_what_its_time_grows_with() {
+        let scout = complexity_1_work(Operation::Matrix, SCOUT_SHARE);
+        let full = complexity_1_work(Operation::Matrix, 1.0);
+        // 27 rounds at complexity 1; a tenth of the budget is 2 whole rounds, not 2.77.
+        assert_eq!((size(&scout), size(&full)), (2.0, 27.0));
+        let prime = size(&Work::Prime { n: 1_000 });
+        assert!((prime - 1_000f64.powf(PRIME_GROWTH_EXPONENT)).abs() < 1e-6);
     }
 }
