@@ -22,6 +22,17 @@ pub struct Machine {
     pub cores: usize,
 }
 
+#[cfg(test)]
+impl Machine {
+    /// The machine the calibration tests pretend to run on.
+    pub(super) fn for_tests() -> Self {
+        Self {
+            cpu_model: "AMD EPYC 7B13".to_owned(),
+            cores: 2,
+        }
+    }
+}
+
 impl Machine {
     /// The machine this process runs on.
     pub fn this_one() -> Self {
@@ -131,10 +142,7 @@ mod tests {
     use super::*;
 
     fn machine() -> Machine {
-        Machine {
-            cpu_model: "AMD EPYC 7B13".to_owned(),
-            cores: 2,
-        }
+        Machine::for_tests()
     }
 
     fn measured(factors: Factors) -> StoredCalibration {

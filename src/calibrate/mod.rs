@@ -216,10 +216,7 @@ mod tests {
     use crate::engine::MAX_FACTOR;
 
     fn machine() -> Machine {
-        Machine {
-            cpu_model: "AMD EPYC 7B13".to_owned(),
-            cores: 2,
-        }
+        Machine::for_tests()
     }
 
     fn fake(factors: Factors) -> impl FnOnce() -> Result<Probe, TooSlow> {
