@@ -45,6 +45,10 @@ pub struct Probe {
 /// Measures every operation within `budget` of wall time (a run still going at its operation's
 /// deadline is cancelled, which takes a millisecond).
 pub(super) fn measure(budget: Duration) -> Result<Probe, TooSlow> {
+    super::off_the_main_thread(|| measure_here(budget))
+}
+
+fn measure_here(budget: Duration) -> Result<Probe, TooSlow> {
     let started = Instant::now();
     let share = budget / Operation::ALL.len() as u32;
     let mut factors = Factors::REFERENCE;

@@ -22,8 +22,18 @@ pub struct Measurement {
 }
 
 /// Runs each operation at each of `levels` `repeats` times with `amounts` and keeps the fastest
-/// run.
+/// run. Like the server's engine, it runs off the main thread.
 pub fn measure(
+    operations: &[Operation],
+    levels: &[Complexity],
+    repeats: u32,
+    amounts: &Amounts,
+    progress: impl FnMut(&Measurement) + Send,
+) -> Vec<Measurement> {
+    super::off_the_main_thread(|| measure_here(operations, levels, repeats, amounts, progress))
+}
+
+fn measure_here(
     operations: &[Operation],
     levels: &[Complexity],
     repeats: u32,
