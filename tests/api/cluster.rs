@@ -434,3 +434,45 @@ async fn two_replicas_together_admit_the_configured_rate() {
         "two replicas admitted {allowed}, not the burst of {BURST}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_vacuums_a_churned_queue_table_even_without_autovacuum() {
+    let Some(setup) = TestSetup::new(Backend::Postgres).await else {
+        return;
+    };
+    let database = setup.database.clone().expect("a PostgreSQL database");
+    // The store's migrations run first; its vacuum loop starts with it.
+    let store = open_store(&setup.config).await;
+    // Autovacuum, where this server runs it, must not get there first.
+    database
+        .query("ALTER TABLE requests SET (autovacuum_enabled = false)")
+        .await;
+    database
+        .query(
+            "INSERT INTO requests (id, mode, payload, status, created_at) \
+             SELECT 'churn-' || g, 'sync', '{}', 'done', now() FROM generate_series(1, 3000) g",
+        )
+        .await;
+    // 3000 dead row versions: above the threshold of 1000 + 5% of the live rows.
+    database.query("UPDATE requests SET error = 'churned'").await;
+    let stats = "SELECT concat_ws(' ', (last_vacuum IS NOT NULL)::text, n_dead_tup) FROM pg_stat_user_tables \
+                 WHERE relname = 'requests'";
+    wait_until("a replica has vacuumed requests", || async {
+        database
+            .query(stats)
+            .await
+            .first()
+            .cloned()
+            .flatten()
+            .is_some_and(|s| s.starts_with("true"))
+    })
+    .await;
+    let after = database.query(stats).await;
+    let dead: i64 = after[0]
+        .as_deref()
+        .and_then(|s| s.split(' ').nth(1))
+        .and_then(|n| n.parse().ok())
+        .expect("n_dead_tup");
+    assert!(dead < 1_000, "dead rows left after the vacuum: {dead}");
+    store.close().await;
+}

@@ -11,6 +11,7 @@ mod notify;
 mod queue;
 mod reads;
 mod upkeep;
+mod vacuum;
 
 use std::str::FromStr;
 use std::sync::Arc;
@@ -97,6 +98,7 @@ pub async fn connect(
         backlog.clone(),
         liveness.register("commit", None),
     );
+    vacuum::start(pool.clone(), liveness.register("vacuum", Some(vacuum::EVERY)));
     Ok(PgStore {
         pool,
         group_commit,
@@ -209,14 +211,8 @@ impl Store for PgStore {
         deliveries::next_due_in(&self.pool).await
     }
 
-    async fn record_attempt(
-        &self,
-        owner: &str,
-        delivery: &Lease,
-        attempt: &AttemptRow,
-        next: &AfterAttempt,
-    ) -> Result<bool, sqlx::Error> {
-        deliveries::record_attempt(&self.pool, owner, delivery, attempt, next).await
+    async fn record_attempts(&self, owner: &str, records: &[AttemptRecord]) -> Result<Vec<bool>, sqlx::Error> {
+        deliveries::record_attempts(&self.pool, owner, records).await
     }
 
     async fn redeliver(&self, id: &str) -> Result<Result<(), RedeliverRefusal>, sqlx::Error> {
