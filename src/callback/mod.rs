@@ -4,10 +4,13 @@
 //! retry holds nothing in memory: its next due time is in the database.
 
 mod attempt;
+mod recorder;
 mod retry;
 
 pub(crate) use attempt::{CallbackBody, build_client};
 pub(crate) use retry::{Decision, RetryPolicy};
+
+use recorder::Recorder;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,7 +22,7 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use crate::config::Config;
-use crate::db::{self, AfterAttempt, AttemptRow, ClaimedDelivery, Db, RedeliverRefusal, Wakeups};
+use crate::db::{self, AfterAttempt, AttemptRecord, AttemptRow, ClaimedDelivery, Db, RedeliverRefusal, Wakeups};
 use crate::jobs::{Kind, Leases};
 use crate::liveness::{Beat, Liveness};
 use crate::metrics::{CallbackOutcome, Metrics};
@@ -92,7 +95,13 @@ impl Deliveries {
     /// attempts in flight finish (each is bounded by CALLBACK_TIMEOUT_SECONDS).
     pub(crate) fn start(&self, liveness: &Liveness, stop: CancellationToken, tasks: &TaskTracker) {
         let beat = liveness.register("deliveries", Some(self.inner.poll_every));
-        tasks.spawn(claim_loop(self.inner.clone(), stop, tasks.clone(), beat));
+        let recorder = Recorder::start(
+            self.inner.db.clone(),
+            self.inner.leases.clone(),
+            liveness.register("attempt recorder", None),
+            tasks,
+        );
+        tasks.spawn(claim_loop(self.inner.clone(), recorder, stop, tasks.clone(), beat));
     }
 
     /// Starts a new round for a failed delivery, with a fresh retry budget.
@@ -112,7 +121,7 @@ impl Deliveries {
 
 /// Claims due deliveries as attempt slots free up, and sleeps until the next one is due (or it
 /// is woken, or `poll_every` passes).
-async fn claim_loop(inner: Arc<Inner>, stop: CancellationToken, tasks: TaskTracker, beat: Beat) {
+async fn claim_loop(inner: Arc<Inner>, recorder: Recorder, stop: CancellationToken, tasks: TaskTracker, beat: Beat) {
     let mut backoff = Duration::from_millis(50);
     'claiming: loop {
         let first = loop {
@@ -155,7 +164,7 @@ async fn claim_loop(inner: Arc<Inner>, stop: CancellationToken, tasks: TaskTrack
         for (delivery, permit) in claimed.into_iter().zip(permits.drain(..)) {
             inner.leases.hold(Kind::Delivery, delivery.lease.clone(), None);
             let span = tracing::info_span!("delivery", request_id = %delivery.lease.id);
-            tasks.spawn(deliver(inner.clone(), delivery, permit).instrument(span));
+            tasks.spawn(deliver(inner.clone(), recorder.clone(), delivery, permit).instrument(span));
         }
         drop(permits);
         if got < wanted {
@@ -173,8 +182,8 @@ async fn claim_loop(inner: Arc<Inner>, stop: CancellationToken, tasks: TaskTrack
 }
 
 /// One attempt of a claimed delivery, and its outcome stored.
-async fn deliver(inner: Arc<Inner>, delivery: ClaimedDelivery, slot: OwnedSemaphorePermit) {
-    if let Err(e) = attempt_once(&inner, &delivery, slot).await {
+async fn deliver(inner: Arc<Inner>, recorder: Recorder, delivery: ClaimedDelivery, slot: OwnedSemaphorePermit) {
+    if let Err(e) = attempt_once(&inner, &recorder, &delivery, slot).await {
         // The lease is no longer renewed: it expires and the rescuer makes the delivery due
         // again, with no restart.
         tracing::error!(
@@ -185,7 +194,12 @@ async fn deliver(inner: Arc<Inner>, delivery: ClaimedDelivery, slot: OwnedSemaph
     inner.leases.drop_lease(Kind::Delivery, &delivery.lease);
 }
 
-async fn attempt_once(inner: &Inner, due: &ClaimedDelivery, slot: OwnedSemaphorePermit) -> anyhow::Result<()> {
+async fn attempt_once(
+    inner: &Inner,
+    recorder: &Recorder,
+    due: &ClaimedDelivery,
+    slot: OwnedSemaphorePermit,
+) -> anyhow::Result<()> {
     let body = serde_json::to_vec(&callback_body(due))?;
     let attempted_at = db::timestamp(chrono::Utc::now());
     let id = &due.lease.id;
@@ -236,11 +250,13 @@ async fn attempt_once(inner: &Inner, due: &ClaimedDelivery, slot: OwnedSemaphore
         error_class: report.error_class.map(str::to_owned),
         error: report.error.clone(),
     };
-    let owner = inner.leases.owner();
-    let stored = db::retry_transient("recording an attempt", || {
-        inner.db.record_attempt(owner, &due.lease, &attempt, &next)
-    })
-    .await?;
+    let stored = recorder
+        .record(AttemptRecord {
+            delivery: due.lease.clone(),
+            attempt,
+            next,
+        })
+        .await?;
     if !stored {
         inner.metrics.stale_writes.inc();
         tracing::warn!(

@@ -91,14 +91,9 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// How long until the next pending delivery is due (`None` when none is pending).
     async fn next_delivery_due_in(&self) -> Result<Option<Duration>, sqlx::Error>;
 
-    /// Records an attempt and where the delivery goes next, fenced; false when stale.
-    async fn record_attempt(
-        &self,
-        owner: &str,
-        delivery: &Lease,
-        attempt: &AttemptRow,
-        next: &AfterAttempt,
-    ) -> Result<bool, sqlx::Error>;
+    /// Records attempts and where each delivery goes next, all in one transaction, each fenced
+    /// by its claim. For each record, in order: false when it was stale (nothing stored for it).
+    async fn record_attempts(&self, owner: &str, records: &[AttemptRecord]) -> Result<Vec<bool>, sqlx::Error>;
 
     /// Starts a new delivery round for a failed delivery: due now, with a fresh retry budget.
     async fn redeliver(&self, id: &str) -> Result<Result<(), RedeliverRefusal>, sqlx::Error>;
@@ -374,6 +369,15 @@ pub struct AfterAttempt {
     pub status: DeliveryStatus,
     /// How long until the next attempt, from the database's clock; with `pending` only.
     pub due_in: Option<Duration>,
+}
+
+/// One attempt's outcome to store: the attempt, and where its delivery goes next. Stored only
+/// while the claim `delivery` still holds.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AttemptRecord {
+    pub delivery: Lease,
+    pub attempt: AttemptRow,
+    pub next: AfterAttempt,
 }
 
 /// Why a redelivery was not started.

@@ -8,7 +8,7 @@ use sqlx::types::Json;
 use sqlx::{PgPool, Row};
 
 use super::{big, secs};
-use crate::db::store::{AfterAttempt, AttemptRow, ClaimedDelivery, Lease, RedeliverRefusal};
+use crate::db::store::{AttemptRecord, AttemptRow, ClaimedDelivery, Lease, RedeliverRefusal};
 use crate::model::{DeliveryStatus, Status};
 
 /// Claims up to `max` due deliveries, soonest due first, with what their attempt needs, in one
@@ -73,43 +73,53 @@ pub(super) async fn next_due_in(pool: &PgPool) -> Result<Option<Duration>, sqlx:
     Ok(seconds.map(|s| Duration::try_from_secs_f64(s.max(0.0)).unwrap_or(Duration::ZERO)))
 }
 
-/// Records an attempt, and where the delivery goes next, if `owner` still holds this claim: one
-/// statement, so both or neither are stored.
-pub(super) async fn record_attempt(
+/// Records attempts, and where each delivery goes next, if `owner` still holds the claim: one
+/// transaction, and one statement per record, so each attempt and its move are stored together
+/// or not at all.
+pub(super) async fn record_attempts(
     pool: &PgPool,
     owner: &str,
-    delivery: &Lease,
-    attempt: &AttemptRow,
-    next: &AfterAttempt,
-) -> Result<bool, sqlx::Error> {
-    let updated: i64 = sqlx::query_scalar(
-        "WITH moved AS ( \
-           UPDATE deliveries SET status = $1, \
-             due_at = CASE WHEN $2::float8 IS NULL THEN due_at ELSE now() + make_interval(secs => $2) END, \
-             attempts = $3, last_status_code = $4, last_error = $5, lease_owner = NULL, lease_expires_at = NULL \
-           WHERE request_id = $6 AND status = 'delivering' AND lease_owner = $7 AND claim = $8 \
-           RETURNING request_id), \
-         logged AS ( \
-           INSERT INTO callback_attempts (request_id, number, attempted_at, duration_ms, status_code, error_class, error) \
-           SELECT request_id, $3, $9::timestamptz, $10, $4, $11, $12 FROM moved \
-           ON CONFLICT (request_id, number) DO NOTHING) \
-         SELECT count(*) FROM moved",
-    )
-    .bind(next.status.as_str())
-    .bind(next.due_in.map(secs))
-    .bind(attempt.number)
-    .bind(attempt.status_code)
-    .bind(&attempt.error)
-    .bind(&delivery.id)
-    .bind(owner)
-    .bind(delivery.attempt)
-    .bind(&attempt.attempted_at)
-    .bind(attempt.duration_ms)
-    .bind(&attempt.error_class)
-    .bind(&attempt.error)
-    .fetch_one(pool)
-    .await?;
-    Ok(updated == 1)
+    records: &[AttemptRecord],
+) -> Result<Vec<bool>, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let mut stored = Vec::with_capacity(records.len());
+    for AttemptRecord {
+        delivery,
+        attempt,
+        next,
+    } in records
+    {
+        let updated: i64 = sqlx::query_scalar(
+            "WITH moved AS ( \
+               UPDATE deliveries SET status = $1, \
+                 due_at = CASE WHEN $2::float8 IS NULL THEN due_at ELSE now() + make_interval(secs => $2) END, \
+                 attempts = $3, last_status_code = $4, last_error = $5, lease_owner = NULL, lease_expires_at = NULL \
+               WHERE request_id = $6 AND status = 'delivering' AND lease_owner = $7 AND claim = $8 \
+               RETURNING request_id), \
+             logged AS ( \
+               INSERT INTO callback_attempts (request_id, number, attempted_at, duration_ms, status_code, error_class, error) \
+               SELECT request_id, $3, $9::timestamptz, $10, $4, $11, $12 FROM moved \
+               ON CONFLICT (request_id, number) DO NOTHING) \
+             SELECT count(*) FROM moved",
+        )
+        .bind(next.status.as_str())
+        .bind(next.due_in.map(secs))
+        .bind(attempt.number)
+        .bind(attempt.status_code)
+        .bind(&attempt.error)
+        .bind(&delivery.id)
+        .bind(owner)
+        .bind(delivery.attempt)
+        .bind(&attempt.attempted_at)
+        .bind(attempt.duration_ms)
+        .bind(&attempt.error_class)
+        .bind(&attempt.error)
+        .fetch_one(&mut *tx)
+        .await?;
+        stored.push(updated == 1);
+    }
+    tx.commit().await?;
+    Ok(stored)
 }
 
 /// Starts a new round for a failed delivery: due now, with a fresh retry budget.

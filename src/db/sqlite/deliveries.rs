@@ -8,7 +8,7 @@ use sqlx::types::Json;
 use sqlx::{Row, SqlitePool};
 
 use super::{now, plus};
-use crate::db::store::{AfterAttempt, AttemptRow, ClaimedDelivery, Lease, RedeliverRefusal};
+use crate::db::store::{AttemptRecord, AttemptRow, ClaimedDelivery, Lease, RedeliverRefusal};
 use crate::model::{DeliveryStatus, Status};
 
 /// Claims up to `max` due deliveries, soonest due first, with what their attempt needs.
@@ -75,50 +75,56 @@ pub(super) async fn next_due_in(readers: &SqlitePool) -> Result<Option<Duration>
 }
 
 /// Records an attempt, and where the delivery goes next, if `owner` still holds this claim.
-pub(super) async fn record_attempt(
+pub(super) async fn record_attempts(
     writer: &SqlitePool,
     owner: &str,
-    delivery: &Lease,
-    attempt: &AttemptRow,
-    next: &AfterAttempt,
-) -> Result<bool, sqlx::Error> {
+    records: &[AttemptRecord],
+) -> Result<Vec<bool>, sqlx::Error> {
     let mut tx = writer.begin().await?;
-    let updated = sqlx::query(
-        "UPDATE deliveries SET status = ?1, \
-         due_at = COALESCE(strftime('%Y-%m-%dT%H:%M:%fZ', 'now', ?2), due_at), \
-         attempts = ?3, last_status_code = ?4, last_error = ?5, lease_owner = NULL, lease_expires_at = NULL \
-         WHERE request_id = ?6 AND status = 'delivering' AND lease_owner = ?7 AND claim = ?8",
-    )
-    .bind(next.status.as_str())
-    .bind(next.due_in.map(plus))
-    .bind(attempt.number)
-    .bind(attempt.status_code)
-    .bind(&attempt.error)
-    .bind(&delivery.id)
-    .bind(owner)
-    .bind(delivery.attempt)
-    .execute(&mut *tx)
-    .await?
-    .rows_affected()
-        == 1;
-    if !updated {
-        return Ok(false);
+    let mut stored = Vec::with_capacity(records.len());
+    for AttemptRecord {
+        delivery,
+        attempt,
+        next,
+    } in records
+    {
+        let updated = sqlx::query(
+            "UPDATE deliveries SET status = ?1, \
+             due_at = COALESCE(strftime('%Y-%m-%dT%H:%M:%fZ', 'now', ?2), due_at), \
+             attempts = ?3, last_status_code = ?4, last_error = ?5, lease_owner = NULL, lease_expires_at = NULL \
+             WHERE request_id = ?6 AND status = 'delivering' AND lease_owner = ?7 AND claim = ?8",
+        )
+        .bind(next.status.as_str())
+        .bind(next.due_in.map(plus))
+        .bind(attempt.number)
+        .bind(attempt.status_code)
+        .bind(&attempt.error)
+        .bind(&delivery.id)
+        .bind(owner)
+        .bind(delivery.attempt)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
+            == 1;
+        if updated {
+            sqlx::query(
+                "INSERT INTO callback_attempts (request_id, number, attempted_at, duration_ms, status_code, error_class, error) \
+                 VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (request_id, number) DO NOTHING",
+            )
+            .bind(&delivery.id)
+            .bind(attempt.number)
+            .bind(&attempt.attempted_at)
+            .bind(attempt.duration_ms)
+            .bind(attempt.status_code)
+            .bind(&attempt.error_class)
+            .bind(&attempt.error)
+            .execute(&mut *tx)
+            .await?;
+        }
+        stored.push(updated);
     }
-    sqlx::query(
-        "INSERT INTO callback_attempts (request_id, number, attempted_at, duration_ms, status_code, error_class, error) \
-         VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (request_id, number) DO NOTHING",
-    )
-    .bind(&delivery.id)
-    .bind(attempt.number)
-    .bind(&attempt.attempted_at)
-    .bind(attempt.duration_ms)
-    .bind(attempt.status_code)
-    .bind(&attempt.error_class)
-    .bind(&attempt.error)
-    .execute(&mut *tx)
-    .await?;
     tx.commit().await?;
-    Ok(true)
+    Ok(stored)
 }
 
 /// Starts a new round for a failed delivery: due now, with a fresh retry budget.

@@ -252,14 +252,8 @@ impl Store for SqliteStore {
         deliveries::next_due_in(&self.readers).await
     }
 
-    async fn record_attempt(
-        &self,
-        owner: &str,
-        delivery: &Lease,
-        attempt: &AttemptRow,
-        next: &AfterAttempt,
-    ) -> Result<bool, sqlx::Error> {
-        deliveries::record_attempt(&self.writer, owner, delivery, attempt, next).await
+    async fn record_attempts(&self, owner: &str, records: &[AttemptRecord]) -> Result<Vec<bool>, sqlx::Error> {
+        deliveries::record_attempts(&self.writer, owner, records).await
     }
 
     async fn redeliver(&self, id: &str) -> Result<Result<(), RedeliverRefusal>, sqlx::Error> {
