@@ -29,34 +29,39 @@ struct Finished {
 }
 
 /// Where workers hand outcomes. Cheap to clone; the completer ends once every clone is gone and
-/// what they sent is stored.
+/// what they sent is stored. At most `MAX_BATCH` outcomes wait: when the store falls behind, a
+/// worker waits to hand its outcome over and claims nothing meanwhile. Unbounded, the outcomes
+/// piled up in memory while the workers went on claiming: short runs on PostgreSQL showed up to
+/// 2,189 jobs `processing` with 5 workers, and a 5-minute soak's RSS rose by 45 MiB in its last
+/// 40 s. Bounded, the same soak stayed between 20 and 25 MiB.
 #[derive(Clone, Debug)]
 pub(crate) struct Completer {
-    sender: mpsc::UnboundedSender<Finished>,
+    sender: mpsc::Sender<Finished>,
 }
 
 impl Completer {
     pub(super) fn start(ctx: &JobsContext, beat: Beat, tasks: &TaskTracker) -> Self {
-        let (sender, finished) = mpsc::unbounded_channel();
+        let (sender, finished) = mpsc::channel(MAX_BATCH);
         tasks.spawn(complete_loop(ctx.clone(), finished, beat));
         Self { sender }
     }
 
-    /// Queues an outcome to store; `has_callback` wakes the delivery claimer once it is stored.
-    pub(super) fn submit(&self, finish: JobFinish, has_callback: bool, accepted_at: DateTime<Utc>) {
+    /// Queues an outcome to store, waiting while `MAX_BATCH` are already waiting; `has_callback`
+    /// wakes the delivery claimer once it is stored.
+    pub(super) async fn submit(&self, finish: JobFinish, has_callback: bool, accepted_at: DateTime<Utc>) {
         let finished = Finished {
             finish,
             has_callback,
             accepted_at,
         };
-        if let Err(mpsc::error::SendError(finished)) = self.sender.send(finished) {
+        if let Err(mpsc::error::SendError(finished)) = self.sender.send(finished).await {
             // Only at the very end of a shutdown; the lease expires and the job runs again.
             tracing::warn!(request_id = %finished.finish.lease.id, "outcome dropped: the completer has stopped");
         }
     }
 }
 
-async fn complete_loop(ctx: JobsContext, mut finished: mpsc::UnboundedReceiver<Finished>, beat: Beat) {
+async fn complete_loop(ctx: JobsContext, mut finished: mpsc::Receiver<Finished>, beat: Beat) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while finished.recv_many(&mut batch, MAX_BATCH).await > 0 {
         beat.tick();

@@ -137,14 +137,16 @@ async fn run_job(ctx: &JobsContext, completer: &Completer, job: ClaimedJob) {
         },
     };
     tracing::debug!(status = completion.status.as_str(), "job finished");
-    completer.submit(
-        JobFinish {
-            lease: job.lease,
-            completion,
-        },
-        has_callback,
-        accepted_at,
-    );
+    completer
+        .submit(
+            JobFinish {
+                lease: job.lease,
+                completion,
+            },
+            has_callback,
+            accepted_at,
+        )
+        .await;
 }
 
 /// Gives claimed jobs back to the queue; if that fails, their leases expire and the rescuer
