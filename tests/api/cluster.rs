@@ -255,7 +255,16 @@ fn new_job() -> NewJob {
 
 #[tokio::test]
 async fn a_holder_whose_lease_expired_cannot_overwrite_the_newer_attempt() {
-    let Some(setup) = TestSetup::new(Backend::Postgres).await else {
+    a_stale_holder_cannot_overwrite(Backend::Postgres).await;
+}
+
+#[tokio::test]
+async fn a_holder_whose_lease_expired_cannot_overwrite_the_newer_attempt_on_sqlite() {
+    a_stale_holder_cannot_overwrite(Backend::Sqlite).await;
+}
+
+async fn a_stale_holder_cannot_overwrite(backend: Backend) {
+    let Some(setup) = TestSetup::new(backend).await else {
         return;
     };
     let store = open_store(&setup.config).await;

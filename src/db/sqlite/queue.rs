@@ -52,49 +52,71 @@ pub(super) async fn claim_jobs(
 }
 
 /// Stores every finish that still holds its lease, and the delivery of each that has a
-/// callback, in one transaction.
+/// callback, in one transaction of two statements whatever the batch's size: each statement is a
+/// hand-off to sqlx's SQLite thread and back, and one per row cost more than the rows did.
 pub(super) async fn finish_jobs(
     writer: &SqlitePool,
     owner: &str,
     finishes: &[JobFinish],
 ) -> Result<Vec<bool>, sqlx::Error> {
+    let rows: Vec<Value> = finishes
+        .iter()
+        .map(|f| {
+            let c = &f.completion;
+            serde_json::json!({
+                "id": f.lease.id,
+                "attempt": f.lease.attempt,
+                "status": c.status.as_str(),
+                // Stored as JSON text, as a single row's finish stores it.
+                "result": c.result.as_ref().map(Value::to_string),
+                "error": c.error,
+                "completed_at": c.completed_at,
+                "ms": c.execution_time_ms,
+            })
+        })
+        .collect();
     let mut tx = writer.begin().await?;
-    let mut applied = Vec::with_capacity(finishes.len());
-    for finish in finishes {
-        let c = &finish.completion;
-        let updated: Option<Option<String>> = sqlx::query_scalar(
-            "UPDATE requests SET status = ?, result = ?, error = ?, completed_at = ?, execution_time_ms = ?, \
-             lease_owner = NULL, lease_expires_at = NULL \
-             WHERE id = ? AND status = 'processing' AND lease_owner = ? AND attempt = ? \
-             RETURNING callback_url",
-        )
-        .bind(c.status.as_str())
-        .bind(c.result.as_ref().map(Value::to_string))
-        .bind(&c.error)
-        .bind(&c.completed_at)
-        .bind(c.execution_time_ms)
-        .bind(&finish.lease.id)
-        .bind(owner)
-        .bind(finish.lease.attempt)
-        .fetch_optional(&mut *tx)
-        .await?;
-        if let Some(Some(_callback)) = &updated {
-            insert_delivery(&mut tx, &finish.lease.id).await?;
-        }
-        applied.push(updated.is_some());
+    let updated: Vec<(String, Option<String>)> = sqlx::query_as(
+        "UPDATE requests SET status = f.status, result = f.result, error = f.error, \
+           completed_at = f.completed_at, execution_time_ms = f.ms, \
+           lease_owner = NULL, lease_expires_at = NULL \
+         FROM (SELECT value ->> '$.id' AS id, value ->> '$.attempt' AS attempt, \
+                 value ->> '$.status' AS status, value ->> '$.result' AS result, \
+                 value ->> '$.error' AS error, value ->> '$.completed_at' AS completed_at, \
+                 value ->> '$.ms' AS ms \
+               FROM json_each(?2)) AS f \
+         WHERE requests.id = f.id AND requests.status = 'processing' \
+           AND requests.lease_owner = ?1 AND requests.attempt = f.attempt \
+         RETURNING requests.id, requests.callback_url",
+    )
+    .bind(owner)
+    .bind(Value::Array(rows).to_string())
+    .fetch_all(&mut *tx)
+    .await?;
+    let with_callback: Vec<&str> = updated
+        .iter()
+        .filter(|(_, callback)| callback.is_some())
+        .map(|(id, _)| id.as_str())
+        .collect();
+    if !with_callback.is_empty() {
+        insert_deliveries(&mut tx, &with_callback).await?;
     }
     tx.commit().await?;
-    Ok(applied)
+    Ok(finishes
+        .iter()
+        .map(|f| updated.iter().any(|(id, _)| *id == f.lease.id))
+        .collect())
 }
 
-/// The outbox: a finished job's delivery, due now.
-async fn insert_delivery(tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>, id: &str) -> Result<(), sqlx::Error> {
+/// The outbox: finished jobs' deliveries, due now.
+async fn insert_deliveries(tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>, ids: &[&str]) -> Result<(), sqlx::Error> {
+    // `WHERE true` tells SQLite's parser that ON CONFLICT is not part of the SELECT's join.
     sqlx::query(concat!(
-        "INSERT INTO deliveries (request_id, status, due_at) VALUES (?, 'pending', ",
+        "INSERT INTO deliveries (request_id, status, due_at) SELECT value, 'pending', ",
         now!(),
-        ") ON CONFLICT (request_id) DO NOTHING"
+        " FROM json_each(?) WHERE true ON CONFLICT (request_id) DO NOTHING"
     ))
-    .bind(id)
+    .bind(serde_json::to_string(ids).unwrap_or_else(|_| "[]".to_owned()))
     .execute(&mut **tx)
     .await
     .map(|_| ())
@@ -242,15 +264,19 @@ pub(super) async fn rescue(writer: &SqlitePool, max_attempts: u32, everything: b
     .fetch_all(&mut *tx)
     .await?;
     let mut rescued = Rescued::default();
+    let mut with_callback = Vec::new();
     for (id, status, callback_url) in &jobs {
         if status == "failed" {
             rescued.jobs_failed += 1;
             if callback_url.is_some() {
-                insert_delivery(&mut tx, id).await?;
+                with_callback.push(id.as_str());
             }
         } else {
             rescued.jobs_requeued += 1;
         }
+    }
+    if !with_callback.is_empty() {
+        insert_deliveries(&mut tx, &with_callback).await?;
     }
     rescued.sync_failed = sqlx::query(concat!(
         "UPDATE requests SET status = 'failed', error = ?2, completed_at = ",
