@@ -485,3 +485,92 @@ async fn a_replica_vacuums_a_churned_queue_table_even_without_autovacuum() {
     assert!(dead < 1_000, "dead rows left after the vacuum: {dead}");
     store.close().await;
 }
+
+#[tokio::test]
+async fn a_stale_attempt_record_is_dropped_and_a_fresh_one_in_the_same_batch_is_stored() {
+    stale_attempt_records_are_fenced(Backend::Postgres).await;
+}
+
+#[tokio::test]
+async fn a_stale_attempt_record_is_dropped_and_a_fresh_one_in_the_same_batch_is_stored_on_sqlite() {
+    stale_attempt_records_are_fenced(Backend::Sqlite).await;
+}
+
+async fn stale_attempt_records_are_fenced(backend: Backend) {
+    use sync_async::db::{AfterAttempt, AttemptRecord, AttemptRow};
+    use sync_async::model::DeliveryStatus;
+
+    let Some(setup) = TestSetup::new(backend).await else {
+        return;
+    };
+    let store = open_store(&setup.config).await;
+    let job = NewJob {
+        callback_url: Some("http://127.0.0.1:9/hook".to_owned()),
+        ..new_job()
+    };
+    store.accept_job(&job, None, 10).await.expect("accept");
+    let claimed = store
+        .claim_jobs("replica-a", 1, Duration::from_secs(30))
+        .await
+        .expect("claim");
+    let stored = store
+        .finish_jobs("replica-a", &[finish(claimed[0].lease.clone(), json!({}))])
+        .await
+        .expect("finish");
+    assert_eq!(stored, vec![true], "the finish writes the delivery (the outbox)");
+
+    let first = store
+        .claim_deliveries("replica-a", 1, Duration::from_millis(300))
+        .await
+        .expect("claim the delivery");
+    assert_eq!(first.len(), 1);
+    wait_until("replica-a's delivery lease has expired and was rescued", || async {
+        store.rescue(5, false).await.expect("rescue").deliveries_requeued == 1
+    })
+    .await;
+    let second = store
+        .claim_deliveries("replica-b", 1, Duration::from_secs(30))
+        .await
+        .expect("claim again");
+    assert_eq!(second.len(), 1);
+    assert_ne!(second[0].lease.attempt, first[0].lease.attempt, "a new claim");
+
+    let record = |lease: &sync_async::db::Lease, number: i64, error: &str| AttemptRecord {
+        delivery: lease.clone(),
+        attempt: AttemptRow {
+            number,
+            attempted_at: sync_async::db::timestamp(chrono::Utc::now()),
+            duration_ms: 1.0,
+            status_code: Some(500),
+            error_class: Some("http_status".to_owned()),
+            error: Some(error.to_owned()),
+        },
+        next: AfterAttempt {
+            status: DeliveryStatus::Pending,
+            due_in: Some(Duration::from_secs(60)),
+        },
+    };
+    // replica-b's batch holds the old claim (which it never held) and its own.
+    let stored = store
+        .record_attempts(
+            "replica-b",
+            &[
+                record(&first[0].lease, 1, "stale"),
+                record(&second[0].lease, 1, "fresh"),
+            ],
+        )
+        .await
+        .expect("record");
+    assert_eq!(stored, vec![false, true]);
+    // replica-a's record of its expired claim changes nothing.
+    let stale = store
+        .record_attempts("replica-a", &[record(&first[0].lease, 2, "late")])
+        .await
+        .expect("record");
+    assert_eq!(stale, vec![false]);
+
+    let attempts = store.attempts(&job.id).await.expect("attempts");
+    let errors: Vec<Option<String>> = attempts.into_iter().map(|a| a.error).collect();
+    assert_eq!(errors, vec![Some("fresh".to_owned())]);
+    store.close().await;
+}

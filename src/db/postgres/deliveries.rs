@@ -74,52 +74,57 @@ pub(super) async fn next_due_in(pool: &PgPool) -> Result<Option<Duration>, sqlx:
 }
 
 /// Records attempts, and where each delivery goes next, if `owner` still holds the claim: one
-/// transaction, and one statement per record, so each attempt and its move are stored together
-/// or not at all.
+/// statement for the whole batch, so each attempt and its move are stored together or not at
+/// all. Returns, per record, whether it was stored.
 pub(super) async fn record_attempts(
     pool: &PgPool,
     owner: &str,
     records: &[AttemptRecord],
 ) -> Result<Vec<bool>, sqlx::Error> {
-    let mut tx = pool.begin().await?;
-    let mut stored = Vec::with_capacity(records.len());
-    for AttemptRecord {
-        delivery,
-        attempt,
-        next,
-    } in records
-    {
-        let updated: i64 = sqlx::query_scalar(
-            "WITH moved AS ( \
-               UPDATE deliveries SET status = $1, \
-                 due_at = CASE WHEN $2::float8 IS NULL THEN due_at ELSE now() + make_interval(secs => $2) END, \
-                 attempts = $3, last_status_code = $4, last_error = $5, lease_owner = NULL, lease_expires_at = NULL \
-               WHERE request_id = $6 AND status = 'delivering' AND lease_owner = $7 AND claim = $8 \
-               RETURNING request_id), \
-             logged AS ( \
-               INSERT INTO callback_attempts (request_id, number, attempted_at, duration_ms, status_code, error_class, error) \
-               SELECT request_id, $3, $9::timestamptz, $10, $4, $11, $12 FROM moved \
-               ON CONFLICT (request_id, number) DO NOTHING) \
-             SELECT count(*) FROM moved",
-        )
-        .bind(next.status.as_str())
-        .bind(next.due_in.map(secs))
-        .bind(attempt.number)
-        .bind(attempt.status_code)
-        .bind(&attempt.error)
-        .bind(&delivery.id)
-        .bind(owner)
-        .bind(delivery.attempt)
-        .bind(&attempt.attempted_at)
-        .bind(attempt.duration_ms)
-        .bind(&attempt.error_class)
-        .bind(&attempt.error)
-        .fetch_one(&mut *tx)
-        .await?;
-        stored.push(updated == 1);
+    if records.is_empty() {
+        return Ok(Vec::new());
     }
-    tx.commit().await?;
-    Ok(stored)
+    let column = |f: fn(&AttemptRecord) -> Option<String>| records.iter().map(f).collect::<Vec<_>>();
+    let stored: Vec<(String, i64)> = sqlx::query_as(
+        "WITH a AS (SELECT * FROM unnest($2::text[], $3::int8[], $4::text[], $5::float8[], $6::int8[], \
+                      $7::int8[], $8::text[], $9::text[], $10::text[], $11::float8[]) \
+                    AS a(id, claim, status, due_in, number, status_code, error, error_class, attempted_at, duration_ms)), \
+         moved AS (UPDATE deliveries d SET status = a.status, \
+                     due_at = CASE WHEN a.due_in IS NULL THEN d.due_at ELSE now() + make_interval(secs => a.due_in) END, \
+                     attempts = a.number, last_status_code = a.status_code, last_error = a.error, \
+                     lease_owner = NULL, lease_expires_at = NULL \
+                   FROM a WHERE d.request_id = a.id AND d.status = 'delivering' AND d.lease_owner = $1 \
+                     AND d.claim = a.claim \
+                   RETURNING d.request_id, d.claim), \
+         logged AS (INSERT INTO callback_attempts \
+                      (request_id, number, attempted_at, duration_ms, status_code, error_class, error) \
+                    SELECT a.id, a.number, a.attempted_at::timestamptz, a.duration_ms, a.status_code, \
+                      a.error_class, a.error \
+                    FROM a JOIN moved m ON m.request_id = a.id AND m.claim = a.claim \
+                    ON CONFLICT (request_id, number) DO NOTHING) \
+         SELECT request_id, claim FROM moved",
+    )
+    .bind(owner)
+    .bind(records.iter().map(|r| r.delivery.id.as_str()).collect::<Vec<_>>())
+    .bind(records.iter().map(|r| r.delivery.attempt).collect::<Vec<_>>())
+    .bind(records.iter().map(|r| r.next.status.as_str()).collect::<Vec<_>>())
+    .bind(records.iter().map(|r| r.next.due_in.map(secs)).collect::<Vec<_>>())
+    .bind(records.iter().map(|r| r.attempt.number).collect::<Vec<_>>())
+    .bind(records.iter().map(|r| r.attempt.status_code).collect::<Vec<_>>())
+    .bind(column(|r| r.attempt.error.clone()))
+    .bind(column(|r| r.attempt.error_class.clone()))
+    .bind(records.iter().map(|r| r.attempt.attempted_at.as_str()).collect::<Vec<_>>())
+    .bind(records.iter().map(|r| r.attempt.duration_ms).collect::<Vec<_>>())
+    .fetch_all(pool)
+    .await?;
+    Ok(records
+        .iter()
+        .map(|r| {
+            stored
+                .iter()
+                .any(|(id, claim)| *id == r.delivery.id && *claim == r.delivery.attempt)
+        })
+        .collect())
 }
 
 /// Starts a new round for a failed delivery: due now, with a fresh retry budget.
