@@ -74,54 +74,89 @@ pub(super) async fn next_due_in(readers: &SqlitePool) -> Result<Option<Duration>
     Ok(seconds.map(|s| Duration::try_from_secs_f64(s.max(0.0)).unwrap_or(Duration::ZERO)))
 }
 
-/// Records an attempt, and where the delivery goes next, if `owner` still holds this claim.
+/// Records attempts, and where each delivery goes next, each only if `owner` still holds its
+/// claim, in one transaction. Returns, per record, whether it was stored.
 pub(super) async fn record_attempts(
     writer: &SqlitePool,
     owner: &str,
     records: &[AttemptRecord],
 ) -> Result<Vec<bool>, sqlx::Error> {
+    if records.is_empty() {
+        return Ok(Vec::new());
+    }
+    // Two statements whatever the batch's size, as for job outcomes: each statement is a
+    // hand-off to sqlx's SQLite thread and back.
+    let rows: Vec<Value> = records
+        .iter()
+        .map(|r| {
+            serde_json::json!({
+                "id": r.delivery.id,
+                "claim": r.delivery.attempt,
+                "status": r.next.status.as_str(),
+                "due": r.next.due_in.map(plus),
+                "number": r.attempt.number,
+                "status_code": r.attempt.status_code,
+                "error": r.attempt.error,
+                "error_class": r.attempt.error_class,
+                "attempted_at": r.attempt.attempted_at,
+                "duration_ms": r.attempt.duration_ms,
+            })
+        })
+        .collect();
+    let rows = Value::Array(rows).to_string();
     let mut tx = writer.begin().await?;
-    let mut stored = Vec::with_capacity(records.len());
-    for AttemptRecord {
-        delivery,
-        attempt,
-        next,
-    } in records
-    {
-        let updated = sqlx::query(
-            "UPDATE deliveries SET status = ?1, \
-             due_at = COALESCE(strftime('%Y-%m-%dT%H:%M:%fZ', 'now', ?2), due_at), \
-             attempts = ?3, last_status_code = ?4, last_error = ?5, lease_owner = NULL, lease_expires_at = NULL \
-             WHERE request_id = ?6 AND status = 'delivering' AND lease_owner = ?7 AND claim = ?8",
+    let moved: Vec<(String, i64)> = sqlx::query_as(
+        "UPDATE deliveries SET status = a.status, \
+           due_at = COALESCE(strftime('%Y-%m-%dT%H:%M:%fZ', 'now', a.due), deliveries.due_at), \
+           attempts = a.number, last_status_code = a.status_code, last_error = a.error, \
+           lease_owner = NULL, lease_expires_at = NULL \
+         FROM (SELECT value ->> '$.id' AS id, value ->> '$.claim' AS claim, value ->> '$.status' AS status, \
+                 value ->> '$.due' AS due, value ->> '$.number' AS number, \
+                 value ->> '$.status_code' AS status_code, value ->> '$.error' AS error \
+               FROM json_each(?2)) AS a \
+         WHERE deliveries.request_id = a.id AND deliveries.status = 'delivering' \
+           AND deliveries.lease_owner = ?1 AND deliveries.claim = a.claim \
+         RETURNING deliveries.request_id, deliveries.claim",
+    )
+    .bind(owner)
+    .bind(&rows)
+    .fetch_all(&mut *tx)
+    .await?;
+    let stored: Vec<bool> = records
+        .iter()
+        .map(|r| {
+            moved
+                .iter()
+                .any(|(id, claim)| *id == r.delivery.id && *claim == r.delivery.attempt)
+        })
+        .collect();
+    if !moved.is_empty() {
+        let kept: Vec<Value> = records
+            .iter()
+            .zip(&stored)
+            .filter(|(_, stored)| **stored)
+            .map(|(r, _)| {
+                serde_json::json!({
+                    "id": r.delivery.id,
+                    "number": r.attempt.number,
+                    "attempted_at": r.attempt.attempted_at,
+                    "duration_ms": r.attempt.duration_ms,
+                    "status_code": r.attempt.status_code,
+                    "error_class": r.attempt.error_class,
+                    "error": r.attempt.error,
+                })
+            })
+            .collect();
+        // `WHERE true` tells SQLite's parser that ON CONFLICT is not part of the SELECT's join.
+        sqlx::query(
+            "INSERT INTO callback_attempts (request_id, number, attempted_at, duration_ms, status_code, error_class, error) \
+             SELECT value ->> '$.id', value ->> '$.number', value ->> '$.attempted_at', value ->> '$.duration_ms', \
+               value ->> '$.status_code', value ->> '$.error_class', value ->> '$.error' \
+             FROM json_each(?) WHERE true ON CONFLICT (request_id, number) DO NOTHING",
         )
-        .bind(next.status.as_str())
-        .bind(next.due_in.map(plus))
-        .bind(attempt.number)
-        .bind(attempt.status_code)
-        .bind(&attempt.error)
-        .bind(&delivery.id)
-        .bind(owner)
-        .bind(delivery.attempt)
+        .bind(Value::Array(kept).to_string())
         .execute(&mut *tx)
-        .await?
-        .rows_affected()
-            == 1;
-        if updated {
-            sqlx::query(
-                "INSERT INTO callback_attempts (request_id, number, attempted_at, duration_ms, status_code, error_class, error) \
-                 VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (request_id, number) DO NOTHING",
-            )
-            .bind(&delivery.id)
-            .bind(attempt.number)
-            .bind(&attempt.attempted_at)
-            .bind(attempt.duration_ms)
-            .bind(attempt.status_code)
-            .bind(&attempt.error_class)
-            .bind(&attempt.error)
-            .execute(&mut *tx)
-            .await?;
-        }
-        stored.push(updated);
+        .await?;
     }
     tx.commit().await?;
     Ok(stored)
