@@ -1,7 +1,8 @@
 //! PostgreSQL with several replicas: real server processes on one fresh database, killed and
-//! restarted; connections cut under a running replica; fencing and concurrent claims on the
-//! store itself; the backlog and the rate limit shared by two replicas. Each test skips in one
-//! line when no PostgreSQL answers (fails instead when `CI` is set).
+//! restarted; connections cut under a running replica; fencing (on both backends) and
+//! concurrent claims on the store itself; the backlog and the rate limit shared by two replicas;
+//! the vacuum of churned tables. Each PostgreSQL test skips in one line when no PostgreSQL
+//! answers (fails instead when `CI` is set).
 
 use std::collections::{HashMap, HashSet};
 use std::process::Child;
@@ -268,6 +269,29 @@ async fn a_stale_holder_cannot_overwrite(backend: Backend) {
         return;
     };
     let store = open_store(&setup.config).await;
+    let (job, first, second) = claimed_expired_and_claimed_again(&store, "replica-b").await;
+
+    let stale = store
+        .finish_jobs("replica-a", &[finish(first.lease.clone(), json!({"by": "a"}))])
+        .await
+        .expect("finish");
+    let fresh = store
+        .finish_jobs("replica-b", &[finish(second.lease.clone(), json!({"by": "b"}))])
+        .await
+        .expect("finish");
+
+    assert_eq!((stale, fresh), (vec![false], vec![true]));
+    let stored = store.get(&job.id).await.expect("get").expect("row");
+    assert_eq!(stored.result, Some(json!({"by": "b"})));
+    store.close().await;
+}
+
+/// A job claimed by `replica-a` under a short lease, rescued once the lease expired, and claimed
+/// again by `second_owner`: the job and both claims.
+async fn claimed_expired_and_claimed_again(
+    store: &sync_async::db::Db,
+    second_owner: &str,
+) -> (NewJob, sync_async::db::ClaimedJob, sync_async::db::ClaimedJob) {
     let job = new_job();
     assert_eq!(
         store.accept_job(&job, None, 10).await.expect("accept"),
@@ -284,23 +308,47 @@ async fn a_stale_holder_cannot_overwrite(backend: Backend) {
     )
     .await;
     let second = store
-        .claim_jobs("replica-b", 1, Duration::from_secs(30))
+        .claim_jobs(second_owner, 1, Duration::from_secs(30))
         .await
         .expect("claim");
     assert_eq!(second[0].lease.attempt, first[0].lease.attempt + 1);
+    let (first, second) = (first[0].clone(), second[0].clone());
+    (job, first, second)
+}
 
-    let stale = store
-        .finish_jobs("replica-a", &[finish(first[0].lease.clone(), json!({"by": "a"}))])
+#[tokio::test]
+async fn a_batch_with_a_stale_and_a_fresh_outcome_of_one_job_stores_only_the_fresh_one() {
+    stale_and_fresh_outcomes_in_one_batch(Backend::Postgres).await;
+}
+
+#[tokio::test]
+async fn a_batch_with_a_stale_and_a_fresh_outcome_of_one_job_stores_only_the_fresh_one_on_sqlite() {
+    stale_and_fresh_outcomes_in_one_batch(Backend::Sqlite).await;
+}
+
+/// One replica's completer may hold both: the outcome of a claim whose lease it lost, and the
+/// outcome of its new claim of the same job.
+async fn stale_and_fresh_outcomes_in_one_batch(backend: Backend) {
+    let Some(setup) = TestSetup::new(backend).await else {
+        return;
+    };
+    let store = open_store(&setup.config).await;
+    let (job, first, second) = claimed_expired_and_claimed_again(&store, "replica-a").await;
+
+    let stored = store
+        .finish_jobs(
+            "replica-a",
+            &[
+                finish(first.lease.clone(), json!({"attempt": "first"})),
+                finish(second.lease.clone(), json!({"attempt": "second"})),
+            ],
+        )
         .await
         .expect("finish");
-    let fresh = store
-        .finish_jobs("replica-b", &[finish(second[0].lease.clone(), json!({"by": "b"}))])
-        .await
-        .expect("finish");
 
-    assert_eq!((stale, fresh), (vec![false], vec![true]));
-    let stored = store.get(&job.id).await.expect("get").expect("row");
-    assert_eq!(stored.result, Some(json!({"by": "b"})));
+    assert_eq!(stored, vec![false, true]);
+    let row = store.get(&job.id).await.expect("get").expect("row");
+    assert_eq!(row.result, Some(json!({"attempt": "second"})));
     store.close().await;
 }
 

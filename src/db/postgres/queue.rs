@@ -65,7 +65,7 @@ pub(super) async fn finish_jobs(
     if finishes.is_empty() {
         return Ok((Vec::new(), false));
     }
-    let applied: Vec<(String, bool)> = sqlx::query_as(
+    let applied: Vec<(String, i64, bool)> = sqlx::query_as(
         "WITH f AS (SELECT * FROM unnest($2::text[], $3::int8[], $4::text[], $5::text[], $6::text[], $7::text[], \
                       $8::float8[]) AS f(id, attempt, status, result, error, completed_at, ms)), \
          done AS (UPDATE requests r SET status = f.status, result = f.result::jsonb, error = f.error, \
@@ -73,11 +73,11 @@ pub(super) async fn finish_jobs(
                     lease_owner = NULL, lease_expires_at = NULL \
                   FROM f WHERE r.id = f.id AND r.status = 'processing' AND r.lease_owner = $1 \
                     AND r.attempt = f.attempt \
-                  RETURNING r.id, r.callback_url), \
+                  RETURNING r.id, r.attempt, r.callback_url), \
          outbox AS (INSERT INTO deliveries (request_id, status, due_at) \
                     SELECT id, 'pending', now() FROM done WHERE callback_url IS NOT NULL \
                     ON CONFLICT (request_id) DO NOTHING) \
-         SELECT id, callback_url IS NOT NULL FROM done",
+         SELECT id, attempt, callback_url IS NOT NULL FROM done",
     )
     .bind(owner)
     .bind(finishes.iter().map(|f| f.lease.id.as_str()).collect::<Vec<_>>())
@@ -114,10 +114,15 @@ pub(super) async fn finish_jobs(
     )
     .fetch_all(pool)
     .await?;
-    let delivered = applied.iter().any(|(_, callback)| *callback);
+    let delivered = applied.iter().any(|(_, _, callback)| *callback);
+    // By id and attempt: a batch may hold a stale and a fresh outcome of one job.
     let was_applied = finishes
         .iter()
-        .map(|f| applied.iter().any(|(id, _)| *id == f.lease.id))
+        .map(|f| {
+            applied
+                .iter()
+                .any(|(id, attempt, _)| *id == f.lease.id && *attempt == f.lease.attempt)
+        })
         .collect();
     Ok((was_applied, delivered))
 }

@@ -76,7 +76,7 @@ pub(super) async fn finish_jobs(
         })
         .collect();
     let mut tx = writer.begin().await?;
-    let updated: Vec<(String, Option<String>)> = sqlx::query_as(
+    let updated: Vec<(String, i64, Option<String>)> = sqlx::query_as(
         "UPDATE requests SET status = f.status, result = f.result, error = f.error, \
            completed_at = f.completed_at, execution_time_ms = f.ms, \
            lease_owner = NULL, lease_expires_at = NULL \
@@ -87,7 +87,7 @@ pub(super) async fn finish_jobs(
                FROM json_each(?2)) AS f \
          WHERE requests.id = f.id AND requests.status = 'processing' \
            AND requests.lease_owner = ?1 AND requests.attempt = f.attempt \
-         RETURNING requests.id, requests.callback_url",
+         RETURNING requests.id, requests.attempt, requests.callback_url",
     )
     .bind(owner)
     .bind(Value::Array(rows).to_string())
@@ -95,16 +95,21 @@ pub(super) async fn finish_jobs(
     .await?;
     let with_callback: Vec<&str> = updated
         .iter()
-        .filter(|(_, callback)| callback.is_some())
-        .map(|(id, _)| id.as_str())
+        .filter(|(_, _, callback)| callback.is_some())
+        .map(|(id, _, _)| id.as_str())
         .collect();
     if !with_callback.is_empty() {
         insert_deliveries(&mut tx, &with_callback).await?;
     }
     tx.commit().await?;
+    // By id and attempt: a batch may hold a stale and a fresh outcome of one job.
     Ok(finishes
         .iter()
-        .map(|f| updated.iter().any(|(id, _)| *id == f.lease.id))
+        .map(|f| {
+            updated
+                .iter()
+                .any(|(id, attempt, _)| *id == f.lease.id && *attempt == f.lease.attempt)
+        })
         .collect())
 }
 
