@@ -103,7 +103,6 @@ pub(super) async fn record_attempts(
             })
         })
         .collect();
-    let rows = Value::Array(rows).to_string();
     let mut tx = writer.begin().await?;
     let moved: Vec<(String, i64)> = sqlx::query_as(
         "UPDATE deliveries SET status = a.status, \
@@ -119,7 +118,7 @@ pub(super) async fn record_attempts(
          RETURNING deliveries.request_id, deliveries.claim",
     )
     .bind(owner)
-    .bind(&rows)
+    .bind(serde_json::to_string(&rows).unwrap_or_else(|_| "[]".to_owned()))
     .fetch_all(&mut *tx)
     .await?;
     let stored: Vec<bool> = records
@@ -131,21 +130,11 @@ pub(super) async fn record_attempts(
         })
         .collect();
     if !moved.is_empty() {
-        let kept: Vec<Value> = records
+        let kept: Vec<&Value> = rows
             .iter()
             .zip(&stored)
             .filter(|(_, stored)| **stored)
-            .map(|(r, _)| {
-                serde_json::json!({
-                    "id": r.delivery.id,
-                    "number": r.attempt.number,
-                    "attempted_at": r.attempt.attempted_at,
-                    "duration_ms": r.attempt.duration_ms,
-                    "status_code": r.attempt.status_code,
-                    "error_class": r.attempt.error_class,
-                    "error": r.attempt.error,
-                })
-            })
+            .map(|(row, _)| row)
             .collect();
         // `WHERE true` tells SQLite's parser that ON CONFLICT is not part of the SELECT's join.
         sqlx::query(
@@ -154,7 +143,7 @@ pub(super) async fn record_attempts(
                value ->> '$.status_code', value ->> '$.error_class', value ->> '$.error' \
              FROM json_each(?) WHERE true ON CONFLICT (request_id, number) DO NOTHING",
         )
-        .bind(Value::Array(kept).to_string())
+        .bind(serde_json::to_string(&kept).unwrap_or_else(|_| "[]".to_owned()))
         .execute(&mut *tx)
         .await?;
     }
