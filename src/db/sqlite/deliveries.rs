@@ -12,6 +12,7 @@ use crate::db::store::{AttemptRecord, AttemptRow, ClaimedDelivery, Lease, Redeli
 use crate::model::{DeliveryStatus, Status};
 
 /// Claims up to `max` due deliveries, soonest due first, with what their attempt needs.
+/// (`LIMIT +?3`: see `queue::claim_jobs`.)
 pub(super) async fn claim(
     writer: &SqlitePool,
     owner: &str,
@@ -28,7 +29,7 @@ pub(super) async fn claim(
          attempted_by = json_insert(attempted_by, '$[#]', ?1) \
          WHERE request_id IN (SELECT request_id FROM deliveries WHERE status = 'pending' AND due_at <= ",
         now!(),
-        " ORDER BY due_at LIMIT ?3) \
+        " ORDER BY due_at LIMIT +?3) \
          RETURNING request_id, claim, attempts, round_start"
     ))
     .bind(owner)
