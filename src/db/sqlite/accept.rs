@@ -3,9 +3,10 @@
 
 use std::time::Duration;
 
-use sqlx::{QueryBuilder, Sqlite, SqliteExecutor, SqlitePool};
+use sqlx::{Connection, QueryBuilder, Sqlite, SqliteExecutor, SqlitePool};
 
 use super::plus;
+use super::writer::Writer;
 use crate::db::store::{Completion, KeyClaim, NewJob, NewSync, StoredKey};
 use crate::model::{Mode, Status};
 
@@ -88,8 +89,9 @@ pub(super) async fn insert_many<'r>(
 
 /// Inserts a job and remembers its key in one transaction. False (nothing stored) when a live
 /// record of the key exists: another request with the same key won.
-pub(super) async fn insert_with_key(writer: &SqlitePool, job: &NewJob, key: &KeyClaim) -> Result<bool, sqlx::Error> {
-    let mut tx = writer.begin().await?;
+pub(super) async fn insert_with_key(writer: &Writer, job: &NewJob, key: &KeyClaim) -> Result<bool, sqlx::Error> {
+    let mut conn = writer.lock().await?;
+    let mut tx = conn.begin().await?;
     insert_many(&mut *tx, [&InsertRow::job(job)]).await?;
     // An expired record of the key is replaced; a live one stays and the insert is undone.
     let claimed = sqlx::query(
@@ -135,12 +137,7 @@ pub(super) async fn find_key(
 }
 
 /// Stores how a sync run ended, if `owner` still holds it.
-pub(super) async fn finish_sync(
-    writer: &SqlitePool,
-    id: &str,
-    owner: &str,
-    c: &Completion,
-) -> Result<bool, sqlx::Error> {
+pub(super) async fn finish_sync(writer: &Writer, id: &str, owner: &str, c: &Completion) -> Result<bool, sqlx::Error> {
     let done = sqlx::query(
         "UPDATE requests SET status = ?, result = ?, error = ?, completed_at = ?, execution_time_ms = ?, \
          lease_owner = NULL, lease_expires_at = NULL \
@@ -153,7 +150,7 @@ pub(super) async fn finish_sync(
     .bind(c.execution_time_ms)
     .bind(id)
     .bind(owner)
-    .execute(writer)
+    .execute(&mut *writer.lock().await?)
     .await?;
     Ok(done.rows_affected() == 1)
 }

@@ -5,8 +5,9 @@ use std::time::Duration;
 
 use serde_json::Value;
 use sqlx::types::Json;
-use sqlx::{Row, SqlitePool};
+use sqlx::{Connection, Row, SqlitePool};
 
+use super::writer::Writer;
 use super::{now, plus};
 use crate::db::store::{AttemptRecord, AttemptRow, ClaimedDelivery, Lease, RedeliverRefusal};
 use crate::model::{DeliveryStatus, Status};
@@ -14,7 +15,7 @@ use crate::model::{DeliveryStatus, Status};
 /// Claims up to `max` due deliveries, soonest due first, with what their attempt needs.
 /// (`LIMIT +?3`: see `queue::claim_jobs`.)
 pub(super) async fn claim(
-    writer: &SqlitePool,
+    writer: &Writer,
     owner: &str,
     max: usize,
     lease: Duration,
@@ -22,7 +23,8 @@ pub(super) async fn claim(
     if max == 0 {
         return Ok(Vec::new());
     }
-    let mut tx = writer.begin().await?;
+    let mut conn = writer.lock().await?;
+    let mut tx = conn.begin().await?;
     let claimed: Vec<(String, i64, i64, i64)> = sqlx::query_as(concat!(
         "UPDATE deliveries SET status = 'delivering', claim = claim + 1, lease_owner = ?1, \
          lease_expires_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now', ?2), \
@@ -78,7 +80,7 @@ pub(super) async fn next_due_in(readers: &SqlitePool) -> Result<Option<Duration>
 /// Records attempts, and where each delivery goes next, each only if `owner` still holds its
 /// claim, in one transaction. Returns, per record, whether it was stored.
 pub(super) async fn record_attempts(
-    writer: &SqlitePool,
+    writer: &Writer,
     owner: &str,
     records: &[AttemptRecord],
 ) -> Result<Vec<bool>, sqlx::Error> {
@@ -104,7 +106,8 @@ pub(super) async fn record_attempts(
             })
         })
         .collect();
-    let mut tx = writer.begin().await?;
+    let mut conn = writer.lock().await?;
+    let mut tx = conn.begin().await?;
     let moved: Vec<(String, i64)> = sqlx::query_as(
         "UPDATE deliveries SET status = a.status, \
            due_at = COALESCE(strftime('%Y-%m-%dT%H:%M:%fZ', 'now', a.due), deliveries.due_at), \
@@ -154,7 +157,7 @@ pub(super) async fn record_attempts(
 
 /// Starts a new round for a failed delivery: due now, with a fresh retry budget.
 pub(super) async fn redeliver(
-    writer: &SqlitePool,
+    writer: &Writer,
     readers: &SqlitePool,
     id: &str,
 ) -> Result<Result<(), RedeliverRefusal>, sqlx::Error> {
@@ -164,7 +167,7 @@ pub(super) async fn redeliver(
         ", round_start = attempts WHERE request_id = ? AND status = 'failed'"
     ))
     .bind(id)
-    .execute(writer)
+    .execute(&mut *writer.lock().await?)
     .await?;
     if done.rows_affected() == 1 {
         return Ok(Ok(()));

@@ -3,10 +3,12 @@
 //! task takes every insert waiting at that moment and commits them with one multi-row INSERT,
 //! then answers each caller, which still gets its answer only after its row is committed.
 
-use sqlx::SqlitePool;
+use std::sync::Arc;
+
 use tokio::sync::{mpsc, oneshot};
 
 use super::accept::{InsertRow, insert_many};
+use super::writer::Writer;
 use crate::liveness::Beat;
 
 /// The most rows one transaction takes.
@@ -28,7 +30,7 @@ struct Pending {
 
 impl GroupCommit {
     /// Starts the committing task; it ends when the last `GroupCommit` is dropped.
-    pub(super) fn start(writer: SqlitePool, beat: Beat) -> Self {
+    pub(super) fn start(writer: Arc<Writer>, beat: Beat) -> Self {
         let (sender, receiver) = mpsc::channel(BACKLOG);
         tokio::spawn(commit_loop(writer, receiver, beat));
         Self { sender }
@@ -43,7 +45,7 @@ impl GroupCommit {
     }
 }
 
-async fn commit_loop(writer: SqlitePool, mut receiver: mpsc::Receiver<Pending>, beat: Beat) {
+async fn commit_loop(writer: Arc<Writer>, mut receiver: mpsc::Receiver<Pending>, beat: Beat) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while receiver.recv_many(&mut batch, MAX_BATCH).await > 0 {
         beat.tick();
@@ -55,13 +57,17 @@ async fn commit_loop(writer: SqlitePool, mut receiver: mpsc::Receiver<Pending>, 
             // Something in the batch failed: nothing was committed; go row by row so that only
             // the failing row fails.
             for pending in batch.drain(..) {
-                let result = insert_many(&writer, [&pending.row]).await;
+                let result = insert_one(&writer, &pending.row).await;
                 let _ = pending.done.send(result);
             }
         }
     }
 }
 
-async fn commit_together(writer: &SqlitePool, batch: &[Pending]) -> Result<(), sqlx::Error> {
-    insert_many(writer, batch.iter().map(|p| &p.row)).await
+async fn commit_together(writer: &Writer, batch: &[Pending]) -> Result<(), sqlx::Error> {
+    insert_many(&mut *writer.lock().await?, batch.iter().map(|p| &p.row)).await
+}
+
+async fn insert_one(writer: &Writer, row: &InsertRow) -> Result<(), sqlx::Error> {
+    insert_many(&mut *writer.lock().await?, [row]).await
 }

@@ -10,6 +10,7 @@ mod queue;
 mod reads;
 mod upkeep;
 mod wal;
+mod writer;
 
 pub use wal::{DEFAULT_LIMIT_BYTES, WalFigures};
 
@@ -20,8 +21,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use async_trait::async_trait;
-use sqlx::SqlitePool;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{Connection, SqliteConnection, SqlitePool};
 
 use super::store::*;
 use crate::liveness::Liveness;
@@ -44,12 +45,12 @@ pub(crate) use now;
 ///
 /// SQLite runs one write transaction at a time whatever the connection count, and a writer that
 /// finds the lock taken sleeps in SQLite's busy handler (milliseconds at a time). With a single
-/// writer connection, writes instead wait their turn in the pool's queue, which costs
+/// writer connection, writes instead wait their turn for it (`writer`), which costs
 /// microseconds: that is what keeps acknowledgements in single-digit milliseconds while workers
 /// store results. New rows are also committed in groups (`group_commit`).
 #[derive(Debug)]
 pub struct SqliteStore {
-    writer: SqlitePool,
+    writer: Arc<writer::Writer>,
     readers: SqlitePool,
     /// Concurrent inserts of new requests share one commit.
     group_commit: group_commit::GroupCommit,
@@ -83,30 +84,17 @@ pub async fn connect(path: &Path, wal_limit_bytes: u64, liveness: &Liveness) -> 
         .pragma("journal_size_limit", wal_limit_bytes.to_string());
     let opening = || format!("opening the database {}", path.display());
     let wal = Arc::new(wal::WalMonitor::new(path, wal_limit_bytes));
-    let hook = wal.clone();
-    let writer = SqlitePoolOptions::new()
-        .test_before_acquire(false)
-        .max_connections(1)
-        .min_connections(1)
-        .after_release(move |conn, _| {
-            let wal = hook.clone();
-            Box::pin(async move {
-                if let Err(e) = wal.after_write(conn).await {
-                    tracing::debug!(error = %e, "WAL restart checkpoint failed; tried again after the next write");
-                }
-                Ok(true)
-            })
-        })
-        // The writer never checkpoints on its own (SQLite's autocheckpoint would stall the writes
-        // queued behind it while it copies pages); a separate connection copies in the
-        // background, and the writer only rewinds the log (see `wal`).
-        .connect_with(options.clone().pragma("wal_autocheckpoint", "0"))
+    // The writer never checkpoints on its own (SQLite's autocheckpoint would stall the writes
+    // queued behind it while it copies pages); a separate connection copies in the background,
+    // and the writer only rewinds the log (see `wal`).
+    let mut conn = SqliteConnection::connect_with(&options.clone().pragma("wal_autocheckpoint", "0"))
         .await
         .with_context(opening)?;
     sqlx::migrate!("./migrations/sqlite")
-        .run(&writer)
+        .run(&mut conn)
         .await
         .context("running database migrations")?;
+    let writer = Arc::new(writer::Writer::new(conn, wal.clone()));
     let readers = SqlitePoolOptions::new()
         .test_before_acquire(false)
         .max_connections(READERS)

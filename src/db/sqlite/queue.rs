@@ -5,8 +5,9 @@ use std::time::Duration;
 
 use serde_json::Value;
 use sqlx::types::Json;
-use sqlx::{Row, SqlitePool};
+use sqlx::{Connection, Row};
 
+use super::writer::Writer;
 use super::{now, plus};
 use crate::db::store::{ClaimedJob, Held, JobFinish, Lease, ReplicaBeat, Rescued};
 
@@ -18,7 +19,7 @@ use crate::db::store::{ClaimedJob, Held, JobFinish, Lease, ReplicaBeat, Rescued}
 /// writer thread's time in a drain of tiny jobs). The unary plus keeps the limit out of the
 /// planner, and the cached statement is reused.
 pub(super) async fn claim_jobs(
-    writer: &SqlitePool,
+    writer: &Writer,
     owner: &str,
     max: usize,
     lease: Duration,
@@ -38,7 +39,7 @@ pub(super) async fn claim_jobs(
     .bind(owner)
     .bind(plus(lease))
     .bind(i64::try_from(max).unwrap_or(i64::MAX))
-    .fetch_all(writer)
+    .fetch_all(&mut *writer.lock().await?)
     .await?;
     rows.into_iter()
         .map(|row| {
@@ -60,7 +61,7 @@ pub(super) async fn claim_jobs(
 /// callback, in one transaction of two statements whatever the batch's size: each statement is a
 /// hand-off to sqlx's SQLite thread and back, and one per row cost more than the rows did.
 pub(super) async fn finish_jobs(
-    writer: &SqlitePool,
+    writer: &Writer,
     owner: &str,
     finishes: &[JobFinish],
 ) -> Result<Vec<bool>, sqlx::Error> {
@@ -80,7 +81,8 @@ pub(super) async fn finish_jobs(
             })
         })
         .collect();
-    let mut tx = writer.begin().await?;
+    let mut conn = writer.lock().await?;
+    let mut tx = conn.begin().await?;
     let updated: Vec<(String, i64, Option<String>)> = sqlx::query_as(
         "UPDATE requests SET status = f.status, result = f.result, error = f.error, \
            completed_at = f.completed_at, execution_time_ms = f.ms, \
@@ -134,9 +136,10 @@ async fn insert_deliveries(tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>, ids: &[
 
 /// Puts claimed jobs back as pending, giving back the attempt their claim took. Returns how
 /// many went back.
-pub(super) async fn release_jobs(writer: &SqlitePool, owner: &str, jobs: &[Lease]) -> Result<u64, sqlx::Error> {
+pub(super) async fn release_jobs(writer: &Writer, owner: &str, jobs: &[Lease]) -> Result<u64, sqlx::Error> {
     let mut released = 0;
-    let mut tx = writer.begin().await?;
+    let mut conn = writer.lock().await?;
+    let mut tx = conn.begin().await?;
     for job in jobs {
         released += sqlx::query(
             "UPDATE requests SET status = 'pending', attempt = attempt - 1, lease_owner = NULL, \
@@ -163,13 +166,14 @@ fn pairs(leases: &[Lease]) -> String {
 /// Renews every lease `owner` holds: one statement for requests (jobs and sync), one for
 /// deliveries, and the replica's row. Returns the leases that were not renewed.
 pub(super) async fn heartbeat(
-    writer: &SqlitePool,
+    writer: &Writer,
     owner: &str,
     held: &Held,
     lease: Duration,
     replica: &ReplicaBeat,
 ) -> Result<Held, sqlx::Error> {
-    let mut tx = writer.begin().await?;
+    let mut conn = writer.lock().await?;
+    let mut tx = conn.begin().await?;
     let requests: Vec<Lease> = held.jobs.iter().chain(&held.sync).cloned().collect();
     let renewed: Vec<(String, i64)> = if requests.is_empty() {
         Vec::new()
@@ -251,8 +255,9 @@ const DELIVERY_GAVE_UP: &str =
     "gave up: the replicas delivering this callback stopped before recording an attempt, time after time";
 
 /// Puts expired work back in the queue, or fails it once its attempts are used.
-pub(super) async fn rescue(writer: &SqlitePool, max_attempts: u32, everything: bool) -> Result<Rescued, sqlx::Error> {
-    let mut tx = writer.begin().await?;
+pub(super) async fn rescue(writer: &Writer, max_attempts: u32, everything: bool) -> Result<Rescued, sqlx::Error> {
+    let mut conn = writer.lock().await?;
+    let mut tx = conn.begin().await?;
     let jobs: Vec<(String, String, Option<String>)> = sqlx::query(concat!(
         "UPDATE requests SET \
            status = CASE WHEN attempt >= ?2 THEN 'failed' ELSE 'pending' END, \

@@ -1,14 +1,14 @@
 //! Upkeep on SQLite: deleting finished requests after the retention period, and the health
 //! check's write.
 
-use sqlx::SqlitePool;
-
 use super::now;
+use super::writer::Writer;
 use crate::db::store::{PurgeRound, Purged};
 
 /// Deletes up to `batch` finished requests completed before `before` whose delivery, if any, has
 /// ended (their attempts, delivery and idempotency key go with them), then expired keys.
-pub(super) async fn purge(writer: &SqlitePool, round: PurgeRound<'_>) -> Result<Purged, sqlx::Error> {
+pub(super) async fn purge(writer: &Writer, round: PurgeRound<'_>) -> Result<Purged, sqlx::Error> {
+    let mut conn = writer.lock().await?;
     let requests = sqlx::query(
         "DELETE FROM requests WHERE id IN ( \
            SELECT r.id FROM requests r LEFT JOIN deliveries d ON d.request_id = r.id \
@@ -18,12 +18,12 @@ pub(super) async fn purge(writer: &SqlitePool, round: PurgeRound<'_>) -> Result<
     )
     .bind(round.before)
     .bind(i64::from(round.batch))
-    .execute(writer)
+    .execute(&mut *conn)
     .await?
     .rows_affected();
     let keys = sqlx::query("DELETE FROM idempotency_keys WHERE created_at < ?")
         .bind(round.keys_before)
-        .execute(writer)
+        .execute(&mut *conn)
         .await?
         .rows_affected();
     Ok(Purged {
@@ -34,7 +34,7 @@ pub(super) async fn purge(writer: &SqlitePool, round: PurgeRound<'_>) -> Result<
 }
 
 /// A write that goes all the way through the writer and the WAL: the health check's.
-pub(super) async fn ping_write(writer: &SqlitePool, owner: &str) -> Result<(), sqlx::Error> {
+pub(super) async fn ping_write(writer: &Writer, owner: &str) -> Result<(), sqlx::Error> {
     sqlx::query(concat!(
         "INSERT INTO replicas (id, started_at, last_seen_at, workers, workers_busy, sync_in_flight, sync_max) \
          VALUES (?1, ",
@@ -45,7 +45,7 @@ pub(super) async fn ping_write(writer: &SqlitePool, owner: &str) -> Result<(), s
         now!()
     ))
     .bind(owner)
-    .execute(writer)
+    .execute(&mut *writer.lock().await?)
     .await
     .map(|_| ())
 }

@@ -15,8 +15,8 @@
 //!   database file), and the next write starts the log from its beginning;
 //! - a rewind that meets a read in progress is tried again a moment later rather than waiting
 //!   with the writer held; only past half the limit does it wait;
-//! - as a last guard, the writer rewinds the log itself, waiting for readers, once the log
-//!   passes three quarters of the limit.
+//! - as a last guard, once a write leaves the log past three quarters of the limit, the writer
+//!   rewinds it itself, waiting for readers, before the next write.
 //!
 //! The file keeps its length when the log starts over (it is overwritten from the start), so
 //! its length is the fullest the log has been, at most three quarters of the limit plus one
@@ -28,12 +28,14 @@
 //! the file.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use sqlx::{SqliteConnection, SqlitePool};
 use tokio::sync::{Mutex, Notify};
 
+use super::writer::Writer;
 use crate::liveness::Beat;
 
 /// How often the background task looks at the log when no write asks it to sooner.
@@ -80,6 +82,8 @@ pub struct WalMonitor {
     peak: AtomicU64,
     /// Wakes the background task when a write has filled a quarter of the limit.
     copy_now: Notify,
+    /// Set when a write left the log past three quarters of the limit: the next write rewinds it.
+    rewind_due: AtomicBool,
     /// Held by the background task's PASSIVE passes and by the writer's own guard: SQLite refuses
     /// a checkpoint at once (without its busy handler) while another runs, which would make the
     /// guard give up. Never held while waiting for the writer, which would deadlock with a guard
@@ -119,6 +123,7 @@ impl WalMonitor {
             restart_busy: AtomicU64::new(0),
             peak: AtomicU64::new(0),
             copy_now: Notify::new(),
+            rewind_due: AtomicBool::new(false),
             copying: Mutex::new(()),
         }
     }
@@ -151,19 +156,29 @@ impl WalMonitor {
         }
     }
 
-    /// Run by the writer connection each time it is released: a look at the log, a nudge to the
-    /// background task past a quarter of the limit, and the last guard of the bound when that
-    /// task has fallen behind.
-    pub async fn after_write(&self, conn: &mut SqliteConnection) -> Result<(), sqlx::Error> {
+    /// Run after every write, once the writer is free again: a look at the log, a nudge to the
+    /// background task past a quarter of the limit, and past three quarters (the background
+    /// task has fallen behind) the bound's last guard: the next write rewinds the log first.
+    pub(super) fn look_after_write(&self) {
         self.peak.fetch_max(self.wal_bytes(), Ordering::Relaxed);
         let log = self.log_bytes();
         if log >= self.limit_bytes / 4 * 3 {
-            let _copying = self.copying.lock().await;
-            self.rewind(conn, true).await?;
+            self.rewind_due.store(true, Ordering::Release);
         } else if log >= self.limit_bytes / 4 {
             self.copy_now.notify_one();
         }
-        Ok(())
+    }
+
+    /// Whether the last look found the log past three quarters of its bound (and forgets it).
+    pub(super) fn take_rewind_due(&self) -> bool {
+        self.rewind_due.swap(false, Ordering::AcqRel)
+    }
+
+    /// The last guard of the bound, on the writer before its next write: a RESTART checkpoint
+    /// that waits for the reads in progress.
+    pub(super) async fn rewind_now(&self, conn: &mut SqliteConnection) -> Result<(), sqlx::Error> {
+        let _copying = self.copying.lock().await;
+        self.rewind(conn, true).await.map(|_| ())
     }
 
     /// A RESTART checkpoint on the writer connection; `wait_for_readers` false makes it give up
@@ -193,13 +208,14 @@ impl WalMonitor {
     }
 
     /// The background task (see the module comment). Ends when either pool is closed.
-    pub async fn run(&self, checkpointer: SqlitePool, writer: SqlitePool, beat: Beat) {
+    pub(super) async fn run(&self, checkpointer: SqlitePool, writer: Arc<Writer>, beat: Beat) {
         let mut tick = tokio::time::interval(CHECKPOINT_EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // Idle means the log has not changed: claims that find nothing go through the writer
         // all the time, but write no frames.
         let (mut last_log, mut last_change) = (u64::MAX, Instant::now());
-        while !writer.is_closed() && !checkpointer.is_closed() {
+        // The store closes the checkpointer before the writer.
+        while !checkpointer.is_closed() {
             tokio::select! {
                 _ = tick.tick() => {}
                 () = self.copy_now.notified() => {}
@@ -217,7 +233,7 @@ impl WalMonitor {
                 tracing::debug!(error = %e, "WAL checkpoint failed; tried again shortly");
             }
             if last_change.elapsed() >= IDLE_AFTER && self.wal_bytes() > 0 {
-                match checkpoint_on(&writer, CheckpointKind::Truncate).await {
+                match self.truncate_through(&writer).await {
                     Ok(done) => self.count(CheckpointKind::Truncate, done.completed),
                     Err(e) => tracing::debug!(error = %e, "truncating the idle WAL failed"),
                 }
@@ -230,7 +246,7 @@ impl WalMonitor {
     /// Copies the log with PASSIVE passes, each taking what the writes added during the one
     /// before, until a pass finds little new; then rewinds it through the writer, which by then
     /// holds up the writes only for that little.
-    async fn copy_and_rewind(&self, checkpointer: &SqlitePool, writer: &SqlitePool) -> Result<(), sqlx::Error> {
+    async fn copy_and_rewind(&self, checkpointer: &SqlitePool, writer: &Writer) -> Result<(), sqlx::Error> {
         let mut log_frames = 0;
         for _ in 0..MAX_COPY_PASSES {
             let before = log_frames;
@@ -259,14 +275,18 @@ impl WalMonitor {
         Ok(done.log_frames)
     }
 
-    async fn rewind_through(&self, writer: &SqlitePool, wait_for_readers: bool) -> Result<bool, sqlx::Error> {
-        let mut conn = writer.acquire().await?;
+    async fn rewind_through(&self, writer: &Writer, wait_for_readers: bool) -> Result<bool, sqlx::Error> {
+        let mut conn = writer.lock().await?;
         self.rewind(&mut conn, wait_for_readers).await
     }
 
+    async fn truncate_through(&self, writer: &Writer) -> Result<Checkpointed, sqlx::Error> {
+        checkpoint(&mut *writer.lock().await?, CheckpointKind::Truncate).await
+    }
+
     /// Empties the WAL through the writer: at shutdown, after every other connection closed.
-    pub async fn truncate(&self, writer: &SqlitePool) {
-        match checkpoint_on(writer, CheckpointKind::Truncate).await {
+    pub(super) async fn truncate(&self, writer: &Writer) {
+        match self.truncate_through(writer).await {
             Ok(done) => self.count(CheckpointKind::Truncate, done.completed),
             Err(e) => tracing::warn!(error = %e, "could not truncate the WAL at shutdown"),
         }
@@ -348,11 +368,11 @@ mod tests {
         let monitor = db.wal();
         let shm = monitor.shm_path.clone();
         sqlx::query("CREATE TABLE t (x BLOB)")
-            .execute(&db.writer)
+            .execute(&mut *db.writer.lock().await.expect("writer"))
             .await
             .expect("create");
         sqlx::query("INSERT INTO t VALUES (zeroblob(100000))")
-            .execute(&db.writer)
+            .execute(&mut *db.writer.lock().await.expect("writer"))
             .await
             .expect("insert");
         let bytes = read_log_bytes(&shm).expect("header");
@@ -367,7 +387,7 @@ mod tests {
     async fn frames(db: &crate::db::sqlite::SqliteStore) -> i64 {
         loop {
             let (busy, log, _): (i64, i64, i64) = sqlx::query_as("PRAGMA wal_checkpoint(PASSIVE)")
-                .fetch_one(&db.writer)
+                .fetch_one(&mut *db.writer.lock().await.expect("writer"))
                 .await
                 .expect("checkpoint");
             if busy == 0 {
