@@ -1,5 +1,5 @@
 //! PostgreSQL with several replicas: real server processes on one fresh database, killed and
-//! restarted; connections cut under a running replica; fencing (on both backends) and
+//! restarted; connections cut under a running replica; fencing and the outbox (on both backends) and
 //! concurrent claims on the store itself; the backlog and the rate limit shared by two replicas;
 //! the vacuum of churned tables. Each PostgreSQL test skips in one line when no PostgreSQL
 //! answers (fails instead when `CI` is set).
@@ -349,6 +349,75 @@ async fn stale_and_fresh_outcomes_in_one_batch(backend: Backend) {
     assert_eq!(stored, vec![false, true]);
     let row = store.get(&job.id).await.expect("get").expect("row");
     assert_eq!(row.result, Some(json!({"attempt": "second"})));
+    store.close().await;
+}
+
+#[tokio::test]
+async fn a_job_with_a_callback_that_ends_gets_its_delivery_whoever_ends_it() {
+    outbox_writes_deliveries(Backend::Postgres).await;
+}
+
+#[tokio::test]
+async fn a_job_with_a_callback_that_ends_gets_its_delivery_whoever_ends_it_on_sqlite() {
+    outbox_writes_deliveries(Backend::Sqlite).await;
+}
+
+/// The outbox: a finished job with a callback gets its delivery, one without gets none, and a
+/// job the rescuer gives up on gets one that carries its failure.
+async fn outbox_writes_deliveries(backend: Backend) {
+    let Some(setup) = TestSetup::new(backend).await else {
+        return;
+    };
+    let store = open_store(&setup.config).await;
+    let with_callback = |path: &str| NewJob {
+        callback_url: Some(format!("http://receiver.test/{path}")),
+        ..new_job()
+    };
+    let (finished, silent, abandoned) = (with_callback("finished"), new_job(), with_callback("abandoned"));
+    for job in [&finished, &silent] {
+        assert_eq!(store.accept_job(job, None, 10).await.expect("accept"), Accepted::Stored);
+    }
+    let claimed = store
+        .claim_jobs("replica-a", 2, Duration::from_secs(30))
+        .await
+        .expect("claim");
+    let finishes: Vec<JobFinish> = claimed.iter().map(|c| finish(c.lease.clone(), json!(1))).collect();
+    assert_eq!(
+        store.finish_jobs("replica-a", &finishes).await.expect("finish"),
+        vec![true, true]
+    );
+    assert_eq!(
+        store.accept_job(&abandoned, None, 10).await.expect("accept"),
+        Accepted::Stored
+    );
+    let lost = store
+        .claim_jobs("replica-a", 1, Duration::from_millis(300))
+        .await
+        .expect("claim");
+    assert_eq!(lost[0].lease.id, abandoned.id);
+
+    // One attempt allowed: the rescuer fails the job once its lease has expired.
+    wait_until("the rescuer gave up on the abandoned job", || async {
+        store.rescue(1, false).await.expect("rescue").jobs_failed == 1
+    })
+    .await;
+
+    let deliveries = store
+        .claim_deliveries("replica-a", 10, Duration::from_secs(30))
+        .await
+        .expect("claim deliveries");
+    let by_id: HashMap<&str, &sync_async::db::ClaimedDelivery> =
+        deliveries.iter().map(|d| (d.lease.id.as_str(), d)).collect();
+    assert_eq!(by_id.len(), 2, "{deliveries:?}");
+    assert_eq!(by_id[finished.id.as_str()].status, Status::Done);
+    assert_eq!(by_id[finished.id.as_str()].result, Some(json!(1)));
+    let gave_up = by_id[abandoned.id.as_str()];
+    assert_eq!(gave_up.status, Status::Failed);
+    assert!(
+        gave_up.error.as_deref().is_some_and(|e| e.starts_with("gave up")),
+        "{gave_up:?}"
+    );
+    assert!(!by_id.contains_key(silent.id.as_str()));
     store.close().await;
 }
 

@@ -57,9 +57,10 @@ pub(super) async fn claim_jobs(
         .collect()
 }
 
-/// Stores every finish that still holds its lease, and the delivery of each that has a
-/// callback, in one transaction of two statements whatever the batch's size: each statement is a
-/// hand-off to sqlx's SQLite thread and back, and one per row cost more than the rows did.
+/// Stores every finish that still holds its lease in one statement whatever the batch's size
+/// (each statement is a hand-off to sqlx's SQLite thread and back, and one per row cost more
+/// than the rows did). The delivery of each job with a callback is written by the outbox trigger
+/// (migration 0006) within that same statement.
 pub(super) async fn finish_jobs(
     writer: &Writer,
     owner: &str,
@@ -81,9 +82,7 @@ pub(super) async fn finish_jobs(
             })
         })
         .collect();
-    let mut conn = writer.lock().await?;
-    let mut tx = conn.begin().await?;
-    let updated: Vec<(String, i64, Option<String>)> = sqlx::query_as(
+    let updated: Vec<(String, i64)> = sqlx::query_as(
         "UPDATE requests SET status = f.status, result = f.result, error = f.error, \
            completed_at = f.completed_at, execution_time_ms = f.ms, \
            lease_owner = NULL, lease_expires_at = NULL \
@@ -94,44 +93,21 @@ pub(super) async fn finish_jobs(
                FROM json_each(?2)) AS f \
          WHERE requests.id = f.id AND requests.status = 'processing' \
            AND requests.lease_owner = ?1 AND requests.attempt = f.attempt \
-         RETURNING requests.id, requests.attempt, requests.callback_url",
+         RETURNING requests.id, requests.attempt",
     )
     .bind(owner)
     .bind(Value::Array(rows).to_string())
-    .fetch_all(&mut *tx)
+    .fetch_all(&mut *writer.lock().await?)
     .await?;
-    let with_callback: Vec<&str> = updated
-        .iter()
-        .filter(|(_, _, callback)| callback.is_some())
-        .map(|(id, _, _)| id.as_str())
-        .collect();
-    if !with_callback.is_empty() {
-        insert_deliveries(&mut tx, &with_callback).await?;
-    }
-    tx.commit().await?;
     // By id and attempt: a batch may hold a stale and a fresh outcome of one job.
     Ok(finishes
         .iter()
         .map(|f| {
             updated
                 .iter()
-                .any(|(id, attempt, _)| *id == f.lease.id && *attempt == f.lease.attempt)
+                .any(|(id, attempt)| *id == f.lease.id && *attempt == f.lease.attempt)
         })
         .collect())
-}
-
-/// The outbox: finished jobs' deliveries, due now.
-async fn insert_deliveries(tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>, ids: &[&str]) -> Result<(), sqlx::Error> {
-    // `WHERE true` tells SQLite's parser that ON CONFLICT is not part of the SELECT's join.
-    sqlx::query(concat!(
-        "INSERT INTO deliveries (request_id, status, due_at) SELECT value, 'pending', ",
-        now!(),
-        " FROM json_each(?) WHERE true ON CONFLICT (request_id) DO NOTHING"
-    ))
-    .bind(serde_json::to_string(ids).unwrap_or_else(|_| "[]".to_owned()))
-    .execute(&mut **tx)
-    .await
-    .map(|_| ())
 }
 
 /// Puts claimed jobs back as pending, giving back the attempt their claim took. Returns how
@@ -258,7 +234,7 @@ const DELIVERY_GAVE_UP: &str =
 pub(super) async fn rescue(writer: &Writer, max_attempts: u32, everything: bool) -> Result<Rescued, sqlx::Error> {
     let mut conn = writer.lock().await?;
     let mut tx = conn.begin().await?;
-    let jobs: Vec<(String, String, Option<String>)> = sqlx::query(concat!(
+    let jobs: Vec<String> = sqlx::query_scalar(concat!(
         "UPDATE requests SET \
            status = CASE WHEN attempt >= ?2 THEN 'failed' ELSE 'pending' END, \
            error = CASE WHEN attempt >= ?2 THEN ?3 ELSE error END, \
@@ -270,28 +246,21 @@ pub(super) async fn rescue(writer: &Writer, max_attempts: u32, everything: bool)
          WHERE mode = 'async' AND status = 'processing' \
            AND (?1 OR lease_expires_at IS NULL OR lease_expires_at < ",
         now!(),
-        ") RETURNING id, status, callback_url"
+        ") RETURNING status"
     ))
     .bind(everything)
     .bind(i64::from(max_attempts))
     .bind(GAVE_UP)
-    .try_map(|row: sqlx::sqlite::SqliteRow| Ok((row.try_get(0)?, row.try_get(1)?, row.try_get(2)?)))
     .fetch_all(&mut *tx)
     .await?;
+    // A job failed here with a callback gets its delivery from the outbox trigger.
     let mut rescued = Rescued::default();
-    let mut with_callback = Vec::new();
-    for (id, status, callback_url) in &jobs {
+    for status in &jobs {
         if status == "failed" {
             rescued.jobs_failed += 1;
-            if callback_url.is_some() {
-                with_callback.push(id.as_str());
-            }
         } else {
             rescued.jobs_requeued += 1;
         }
-    }
-    if !with_callback.is_empty() {
-        insert_deliveries(&mut tx, &with_callback).await?;
     }
     rescued.sync_failed = sqlx::query(concat!(
         "UPDATE requests SET status = 'failed', error = ?2, completed_at = ",
