@@ -9,8 +9,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::engine::{self, Amounts, FactorOutOfBounds, Factors};
 
-/// The layout of the file; a file of another version is measured anew.
-const FORMAT: u32 = 1;
+/// The layout of the file, and what its factors were measured under; a file of another version
+/// is measured anew. 2: the server allocates with mimalloc, which changes the speed of the
+/// operations that allocate as they go (transform), so factors measured under glibc's malloc
+/// no longer hold.
+const FORMAT: u32 = 2;
 
 /// What identifies the machine a calibration holds for. Another CPU model or core count (a VM
 /// moved or resized) means other speeds, so the factors are measured again.
