@@ -39,7 +39,7 @@ use crate::liveness::Liveness;
 use crate::metrics::{Metrics, RouteLabels};
 use crate::rate_limit::{self, ClientRateLimiter, RateLimit};
 use crate::routes;
-use crate::state::AppState;
+use crate::state::{AppState, Handles};
 
 /// How often idle rate-limit entries are forgotten.
 const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(60);
@@ -189,7 +189,7 @@ impl App {
         ));
         upkeep.spawn(housekeeping(rate_limiter.clone(), halt.clone()));
         let auth = Arc::new(Authenticator::new(&config.api_keys));
-        let state = AppState {
+        let state = AppState::new(Handles {
             sync_slots,
             calibration,
             config,
@@ -204,7 +204,7 @@ impl App {
             rate_limiter,
             auth,
             stopping: stop.clone(),
-        };
+        });
         Ok(Self {
             listener,
             state,

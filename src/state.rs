@@ -23,8 +23,29 @@ use crate::liveness::Liveness;
 use crate::metrics::Metrics;
 use crate::rate_limit::ClientRateLimiter;
 
+/// The shared handles behind one `Arc`: extractors and middleware clone the state several times
+/// per request, and one reference count is cheaper than one per field. Cloning and dropping the
+/// fields one by one took about 3% of all CPU in a profile of acknowledgements at saturation
+/// (the counts' cache lines bounce between the cores).
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Handles>);
+
+impl AppState {
+    pub(crate) fn new(handles: Handles) -> Self {
+        Self(Arc::new(handles))
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Handles;
+
+    fn deref(&self) -> &Handles {
+        &self.0
+    }
+}
+
+/// What `AppState` holds.
+pub struct Handles {
     /// Settings, validated once at start.
     pub config: Arc<Config>,
     /// The store: SQLite or PostgreSQL behind one trait of domain verbs.
