@@ -149,12 +149,12 @@ pub(super) async fn insert_many<'e>(
 /// once both insert; the key's primary key makes the second wait for the first and then find the
 /// key taken, so it rolls back: one job.
 pub(super) async fn insert_with_key(
-    pool: &PgPool,
+    durable: &PgPool,
     job: &NewJob,
     key: &KeyClaim,
     backlog_limit: u64,
 ) -> Result<Accepted, sqlx::Error> {
-    let mut tx = super::durable(pool).await?;
+    let mut tx = durable.begin().await?;
     let row = InsertRow::job(job, backlog_limit);
     if insert_many(&mut *tx, &[&row], true).await?.is_empty() {
         tx.rollback().await?;
@@ -205,10 +205,9 @@ pub(super) async fn find_key(
     Ok(row.map(|(body_hash, request_id)| StoredKey { body_hash, request_id }))
 }
 
-/// Stores how a sync run ended, if `owner` still holds it.
-pub(super) async fn finish_sync(pool: &PgPool, id: &str, owner: &str, c: &Completion) -> Result<bool, sqlx::Error> {
-    // The client is about to get this result: its record waits for the WAL flush.
-    let mut tx = super::durable(pool).await?;
+/// Stores how a sync run ended, if `owner` still holds it. The client is about to get this
+/// result: its record goes through the durable pool and waits for the WAL flush.
+pub(super) async fn finish_sync(durable: &PgPool, id: &str, owner: &str, c: &Completion) -> Result<bool, sqlx::Error> {
     let done = sqlx::query(
         "UPDATE requests SET status = $1, result = $2::jsonb, error = $3, completed_at = $4::timestamptz, \
          execution_time_ms = $5, lease_owner = NULL, lease_expires_at = NULL \
@@ -221,9 +220,8 @@ pub(super) async fn finish_sync(pool: &PgPool, id: &str, owner: &str, c: &Comple
     .bind(c.execution_time_ms)
     .bind(id)
     .bind(owner)
-    .execute(&mut *tx)
+    .execute(durable)
     .await?;
-    tx.commit().await?;
     Ok(done.rows_affected() == 1)
 }
 

@@ -128,17 +128,20 @@ pub(super) async fn record_attempts(
 }
 
 /// Starts a new round for a failed delivery: due now, with a fresh retry budget.
-pub(super) async fn redeliver(pool: &PgPool, id: &str) -> Result<Result<(), RedeliverRefusal>, sqlx::Error> {
-    // The client is told the redelivery started: it waits for the WAL flush.
-    let mut tx = super::durable(pool).await?;
+/// The client is told the redelivery started: the update goes through the durable pool and waits
+/// for the WAL flush.
+pub(super) async fn redeliver(
+    durable: &PgPool,
+    pool: &PgPool,
+    id: &str,
+) -> Result<Result<(), RedeliverRefusal>, sqlx::Error> {
     let done = sqlx::query(
         "UPDATE deliveries SET status = 'pending', due_at = now(), round_start = attempts \
          WHERE request_id = $1 AND status = 'failed'",
     )
     .bind(id)
-    .execute(&mut *tx)
+    .execute(durable)
     .await?;
-    tx.commit().await?;
     if done.rows_affected() == 1 {
         return Ok(Ok(()));
     }

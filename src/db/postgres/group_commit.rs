@@ -32,10 +32,11 @@ struct Pending {
 }
 
 impl GroupCommit {
-    /// Starts the committing task; it ends when the last `GroupCommit` is dropped.
-    pub(super) fn start(pool: PgPool, announce: Arc<Announcer>, backlog: Arc<BacklogCount>, beat: Beat) -> Self {
+    /// Starts the committing task on `durable` (sessions whose commits wait for the WAL flush);
+    /// it ends when the last `GroupCommit` is dropped.
+    pub(super) fn start(durable: PgPool, announce: Arc<Announcer>, backlog: Arc<BacklogCount>, beat: Beat) -> Self {
         let (sender, receiver) = mpsc::channel(BACKLOG);
-        tokio::spawn(commit_loop(pool, receiver, announce, backlog, beat));
+        tokio::spawn(commit_loop(durable, receiver, announce, backlog, beat));
         Self { sender }
     }
 
@@ -107,10 +108,12 @@ async fn commit(pool: &PgPool, batch: Vec<Pending>, announce: &Announcer, count_
     }
 }
 
-/// The insert behind a 202: its commit waits for the WAL flush.
-async fn insert_durably(pool: &PgPool, rows: &[&InsertRow], count_backlog: bool) -> Result<Vec<String>, sqlx::Error> {
-    let mut tx = super::durable(pool).await?;
-    let stored = insert_many(&mut *tx, rows, count_backlog).await?;
-    tx.commit().await?;
-    Ok(stored)
+/// The insert behind a 202, one statement on a durable session: its commit waits for the WAL
+/// flush.
+async fn insert_durably(
+    durable: &PgPool,
+    rows: &[&InsertRow],
+    count_backlog: bool,
+) -> Result<Vec<String>, sqlx::Error> {
+    insert_many(durable, rows, count_backlog).await
 }
