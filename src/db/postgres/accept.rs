@@ -97,17 +97,19 @@ pub(super) async fn insert_many<'e>(
         })
         .collect();
     // Counting up to 0 rows counts nothing: the caller knows the backlog is far below the limit.
+    // The bound is written into the statement rather than bound (see `super::limit`): it is 0 or
+    // MAX_QUEUE_SIZE, two prepared statements.
     let count_up_to = rows
         .iter()
         .filter_map(|r| r.backlog_limit)
         .max()
         .filter(|_| count_backlog)
         .map_or(0, |l| i64::try_from(l).unwrap_or(i64::MAX));
-    sqlx::query_scalar(
+    sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
         "WITH backlog AS ( \
-           SELECT count(*) AS n FROM (SELECT 1 FROM requests WHERE status = 'pending' AND mode = 'async' LIMIT $1) b), \
-         t AS (SELECT * FROM unnest($2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], \
-                 $8::text[], $9::text[], $10::float8[], $11::int8[], $12::int8[], $13::text[]) \
+           SELECT count(*) AS n FROM (SELECT 1 FROM requests WHERE status = 'pending' AND mode = 'async' LIMIT {count_up_to}) b), \
+         t AS (SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], \
+                 $7::text[], $8::text[], $9::float8[], $10::int8[], $11::int8[], $12::text[]) \
                AS t(id, mode, payload, status, callback_url, created_at, client_ip, owner, lease_secs, rank, lim, \
                     tenant)) \
          INSERT INTO requests (id, mode, payload, status, callback_url, created_at, started_at, client_ip, tenant, \
@@ -116,11 +118,10 @@ pub(super) async fn insert_many<'e>(
                 CASE WHEN t.owner IS NULL THEN NULL ELSE t.created_at::timestamptz END, t.client_ip, t.tenant, \
                 CASE WHEN t.owner IS NULL THEN 0 ELSE 1 END, t.owner, \
                 CASE WHEN t.owner IS NULL THEN NULL ELSE now() + make_interval(secs => t.lease_secs) END, \
-                CASE WHEN t.owner IS NULL THEN '{}'::text[] ELSE ARRAY[t.owner] END \
+                CASE WHEN t.owner IS NULL THEN '{{}}'::text[] ELSE ARRAY[t.owner] END \
          FROM t, backlog WHERE t.rank = 0 OR backlog.n + t.rank <= t.lim \
-         RETURNING id",
-    )
-    .bind(count_up_to)
+         RETURNING id"
+    )))
     .bind(rows.iter().map(|r| r.id.as_str()).collect::<Vec<_>>())
     .bind(rows.iter().map(|r| r.mode.as_str()).collect::<Vec<_>>())
     .bind(rows.iter().map(|r| r.payload.as_str()).collect::<Vec<_>>())

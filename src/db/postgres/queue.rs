@@ -14,6 +14,8 @@ use crate::db::store::{ClaimedJob, Held, JobFinish, Lease, ReplicaBeat, Rescued}
 /// Claims up to `max` pending jobs, oldest first. The CTE picks rows no other claimer has locked
 /// (so concurrent claimers never block on, or get, the same job) and fences the planner from
 /// updating more rows than the limit; the outer update checks the state again.
+///
+/// The limit is written into the statement (`super::limit`), not bound.
 pub(super) async fn claim_jobs(
     pool: &PgPool,
     owner: &str,
@@ -23,21 +25,25 @@ pub(super) async fn claim_jobs(
     if max == 0 {
         return Ok(Vec::new());
     }
-    let rows = sqlx::query(
+    let query = sqlx::query(sqlx::AssertSqlSafe(format!(
         "WITH picked AS ( \
            SELECT id FROM requests WHERE status = 'pending' AND mode = 'async' \
-           ORDER BY created_at, id LIMIT $3 FOR UPDATE SKIP LOCKED) \
+           ORDER BY created_at, id LIMIT {} FOR UPDATE SKIP LOCKED) \
          UPDATE requests r SET status = 'processing', attempt = r.attempt + 1, lease_owner = $1, \
            lease_expires_at = now() + make_interval(secs => $2), started_at = now(), \
            attempted_by = array_append(r.attempted_by, $1) \
          FROM picked WHERE r.id = picked.id AND r.status = 'pending' \
          RETURNING r.id, r.attempt, r.payload, r.callback_url, r.created_at",
-    )
+        super::limit(max, 3)
+    )))
     .bind(owner)
-    .bind(secs(lease))
-    .bind(big(max))
-    .fetch_all(pool)
-    .await?;
+    .bind(secs(lease));
+    let query = if super::limit_is_bound(max) {
+        query.bind(big(max))
+    } else {
+        query
+    };
+    let rows = query.fetch_all(pool).await?;
     rows.into_iter()
         .map(|row| {
             let Json(payload): Json<Value> = row.try_get("payload")?;
