@@ -12,7 +12,7 @@ use crate::db::store::{AttemptRecord, AttemptRow, ClaimedDelivery, Lease, Redeli
 use crate::model::{DeliveryStatus, Status};
 
 /// Claims up to `max` due deliveries, soonest due first, with what their attempt needs, in one
-/// statement.
+/// statement. The limit is written into the statement (`super::limit`), not bound.
 pub(super) async fn claim(
     pool: &PgPool,
     owner: &str,
@@ -22,10 +22,10 @@ pub(super) async fn claim(
     if max == 0 {
         return Ok(Vec::new());
     }
-    let rows = sqlx::query(
+    let query = sqlx::query(sqlx::AssertSqlSafe(format!(
         "WITH picked AS ( \
            SELECT request_id FROM deliveries WHERE status = 'pending' AND due_at <= now() \
-           ORDER BY due_at LIMIT $3 FOR UPDATE SKIP LOCKED), \
+           ORDER BY due_at LIMIT {} FOR UPDATE SKIP LOCKED), \
          claimed AS ( \
            UPDATE deliveries d SET status = 'delivering', claim = d.claim + 1, lease_owner = $1, \
              lease_expires_at = now() + make_interval(secs => $2), \
@@ -35,12 +35,16 @@ pub(super) async fn claim(
          SELECT c.request_id, c.claim, c.attempts, c.round_start, r.callback_url, r.status, r.result, r.error, \
                 r.execution_time_ms, rfc3339(r.completed_at) AS completed_at \
          FROM claimed c JOIN requests r ON r.id = c.request_id",
-    )
+        super::limit(max, 3)
+    )))
     .bind(owner)
-    .bind(secs(lease))
-    .bind(big(max))
-    .fetch_all(pool)
-    .await?;
+    .bind(secs(lease));
+    let query = if super::limit_is_bound(max) {
+        query.bind(big(max))
+    } else {
+        query
+    };
+    let rows = query.fetch_all(pool).await?;
     rows.iter()
         .map(|row| {
             let status: String = row.try_get("status")?;

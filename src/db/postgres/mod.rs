@@ -49,10 +49,23 @@ const IDLE_IN_TRANSACTION_TIMEOUT_MS: &str = "15000";
 const MAIN_SYNCHRONOUS_COMMIT: &str = "off";
 const DURABLE_SYNCHRONOUS_COMMIT: &str = "on";
 
-/// How a replica's DATABASE_MAX_CONNECTIONS are shared: two fifths (at least 2) for the durable
-/// writes (the group commit keeps two batches in flight), the rest for the main pool.
-fn durable_connections(max_connections: u32) -> u32 {
-    (max_connections * 2 / 5).max(2)
+/// How the queue's hot statements are planned. PostgreSQL keeps a prepared statement's generic
+/// plan only while it looks no dearer than the plans made for the values bound, and a generic
+/// plan guesses that `unnest` of a bound array yields 100 rows where a batch has a few: the
+/// finishes, attempt records and delivery claims were planned anew at almost every call, a fifth
+/// of PostgreSQL's time in a run with callbacks (pg_stat_statements). Their generic plans are the
+/// ones the custom plans are (index lookups by primary key), so the queue pool's sessions always
+/// use them. Only statements whose generic plan was checked run on it: `claim_jobs` and
+/// `claim_deliveries` with a limit written in (`limit`), `finish_jobs`, `record_attempts`.
+const QUEUE_PLAN_CACHE_MODE: &str = "force_generic_plan";
+
+/// How a replica's DATABASE_MAX_CONNECTIONS (at least 4) are shared: three tenths (at least 1)
+/// for the durable writes (the group commit keeps two batches in flight), three tenths (at least
+/// 1) for the queue's hot statements, and the rest (at least 2) for the main pool.
+fn connection_shares(max_connections: u32) -> (u32, u32, u32) {
+    let durable = (max_connections * 3 / 10).max(1);
+    let queue = (max_connections * 3 / 10).max(1);
+    (durable, queue, max_connections.saturating_sub(durable + queue).max(2))
 }
 
 /// The PostgreSQL store.
@@ -62,6 +75,8 @@ pub struct PgStore {
     pool: PgPool,
     /// The writes a client is told about, committed only once they reach the disk.
     durable: PgPool,
+    /// The queue's hot statements, always on their generic plans (`QUEUE_PLAN_CACHE_MODE`).
+    queue: PgPool,
     /// Concurrent inserts of new requests share one statement and one commit.
     group_commit: group_commit::GroupCommit,
     /// Tells the other replicas (NOTIFY) that there are new jobs, at most once per interval.
@@ -81,26 +96,26 @@ pub async fn connect(
     let options = PgConnectOptions::from_str(url)
         .context("reading DATABASE_URL")?
         .application_name("sync-async");
-    let session = |synchronous_commit| {
+    let session = |synchronous_commit, plan_cache_mode| {
         options.clone().options([
             ("statement_timeout", STATEMENT_TIMEOUT_MS),
             ("idle_in_transaction_session_timeout", IDLE_IN_TRANSACTION_TIMEOUT_MS),
             ("synchronous_commit", synchronous_commit),
+            ("plan_cache_mode", plan_cache_mode),
         ])
     };
-    let durable_max = durable_connections(max_connections);
-    let pool = PgPoolOptions::new()
-        .max_connections(max_connections.saturating_sub(durable_max).max(2))
-        .acquire_timeout(ACQUIRE_TIMEOUT)
-        .connect_with(session(MAIN_SYNCHRONOUS_COMMIT))
-        .await
-        .context("connecting to PostgreSQL")?;
-    let durable = PgPoolOptions::new()
-        .max_connections(durable_max)
-        .acquire_timeout(ACQUIRE_TIMEOUT)
-        .connect_with(session(DURABLE_SYNCHRONOUS_COMMIT))
-        .await
-        .context("connecting to PostgreSQL")?;
+    let (durable_max, queue_max, main_max) = connection_shares(max_connections);
+    let open = |max, options| async move {
+        PgPoolOptions::new()
+            .max_connections(max)
+            .acquire_timeout(ACQUIRE_TIMEOUT)
+            .connect_with(options)
+            .await
+            .context("connecting to PostgreSQL")
+    };
+    let pool = open(main_max, session(MAIN_SYNCHRONOUS_COMMIT, "auto")).await?;
+    let durable = open(durable_max, session(DURABLE_SYNCHRONOUS_COMMIT, "auto")).await?;
+    let queue = open(queue_max, session(MAIN_SYNCHRONOUS_COMMIT, QUEUE_PLAN_CACHE_MODE)).await?;
     sqlx::migrate!("./migrations/postgres")
         .run(&pool)
         .await
@@ -117,10 +132,20 @@ pub async fn connect(
     Ok(PgStore {
         pool,
         durable,
+        queue,
         group_commit,
         announce,
         backlog,
     })
+}
+
+impl PgStore {
+    /// Where a claim of up to `max` runs: on the queue pool when its limit is written into the
+    /// statement, whose generic plan then takes the limit into account; a bound limit's generic
+    /// plan guesses a tenth of the table, so that claim is planned at every call on the main pool.
+    fn planned_for(&self, max: usize) -> &PgPool {
+        if limit_is_bound(max) { &self.pool } else { &self.queue }
+    }
 }
 
 /// A duration as the seconds PostgreSQL's `make_interval(secs => …)` takes.
@@ -199,11 +224,11 @@ impl Store for PgStore {
     }
 
     async fn claim_jobs(&self, owner: &str, max: usize, lease: Duration) -> Result<Vec<ClaimedJob>, sqlx::Error> {
-        queue::claim_jobs(&self.pool, owner, max, lease).await
+        queue::claim_jobs(self.planned_for(max), owner, max, lease).await
     }
 
     async fn finish_jobs(&self, owner: &str, finishes: &[JobFinish]) -> Result<Vec<bool>, sqlx::Error> {
-        let (applied, deliveries) = queue::finish_jobs(&self.pool, owner, finishes).await?;
+        let (applied, deliveries) = queue::finish_jobs(&self.queue, owner, finishes).await?;
         if deliveries {
             self.announce.deliveries();
         }
@@ -244,7 +269,7 @@ impl Store for PgStore {
         max: usize,
         lease: Duration,
     ) -> Result<Vec<ClaimedDelivery>, sqlx::Error> {
-        deliveries::claim(&self.pool, owner, max, lease).await
+        deliveries::claim(self.planned_for(max), owner, max, lease).await
     }
 
     async fn next_delivery_due_in(&self) -> Result<Option<Duration>, sqlx::Error> {
@@ -252,7 +277,7 @@ impl Store for PgStore {
     }
 
     async fn record_attempts(&self, owner: &str, records: &[AttemptRecord]) -> Result<Vec<bool>, sqlx::Error> {
-        deliveries::record_attempts(&self.pool, owner, records).await
+        deliveries::record_attempts(&self.queue, owner, records).await
     }
 
     async fn redeliver(&self, id: &str) -> Result<Result<(), RedeliverRefusal>, sqlx::Error> {
@@ -327,6 +352,7 @@ impl Store for PgStore {
     }
 
     async fn close(&self) {
+        self.queue.close().await;
         self.durable.close().await;
         self.pool.close().await;
     }
@@ -343,7 +369,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn the_durable_pool_waits_for_the_wal_flush_and_the_main_pool_does_not() {
+    async fn durable_sessions_wait_for_the_flush_and_queue_sessions_keep_generic_plans() {
         let admin = admin_url();
         let mut conn = match sqlx::PgConnection::connect(&admin).await {
             Ok(conn) => conn,
@@ -369,6 +395,10 @@ mod tests {
         };
 
         let (durable, main) = (setting(store.durable.clone()).await, setting(store.pool.clone()).await);
+        let queue_plans = sqlx::query_scalar::<_, String>("SHOW plan_cache_mode")
+            .fetch_one(&store.queue)
+            .await
+            .expect("show");
 
         store.close().await;
         sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE {name} WITH (FORCE)")))
@@ -376,10 +406,8 @@ mod tests {
             .await
             .expect("drop the database");
         assert_eq!((durable.as_str(), main.as_str()), ("on", "off"));
-        assert_eq!(
-            durable_connections(4),
-            2,
-            "the group commit keeps two batches in flight"
-        );
+        assert_eq!(queue_plans, "force_generic_plan");
+        assert_eq!(connection_shares(4), (1, 1, 2));
+        assert_eq!(connection_shares(10), (3, 3, 4));
     }
 }
