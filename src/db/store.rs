@@ -60,6 +60,19 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// was applied (false: stale, the lease had passed to another attempt).
     async fn finish_jobs(&self, owner: &str, finishes: &[JobFinish]) -> Result<Vec<bool>, sqlx::Error>;
 
+    /// `finish_jobs`, then `claim_jobs` of up to `max` jobs, in one write: the workers whose
+    /// outcomes these are take the next jobs without a round trip of their own. Returns, per
+    /// finish, whether it was applied, and the jobs claimed. An error means nothing was stored,
+    /// so that a retry cannot find its own finishes gone stale: a backend that needs two
+    /// statements returns no jobs when the claim fails after the finishes were stored.
+    async fn finish_and_claim(
+        &self,
+        owner: &str,
+        finishes: &[JobFinish],
+        max: usize,
+        lease: Duration,
+    ) -> Result<(Vec<bool>, Vec<ClaimedJob>), sqlx::Error>;
+
     /// Puts claimed jobs back (at shutdown), without using up an attempt.
     async fn release_jobs(&self, owner: &str, jobs: &[Lease]) -> Result<(), sqlx::Error>;
 

@@ -1,5 +1,8 @@
 //! The claimer: as workers free up, it claims that many jobs from the database (never more, so
 //! no job waits in this process while another replica's worker sits idle) and hands them over.
+//! While the queue has work, a worker's slot passes with its outcome to the completer, whose
+//! write claims the slot's next job; the claimer gets the slots that write could not fill, and
+//! new work wakes it.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -60,16 +63,9 @@ pub(super) async fn claim_loop(ctx: JobsContext, slots: Arc<Semaphore>, handoff:
             }
         };
         let got = claimed.len();
-        ctx.metrics.jobs_claimed.inc_by(got as u64);
-        for (job, permit) in claimed.into_iter().zip(permits.drain(..)) {
-            ctx.leases.hold(Kind::Job, job.lease.clone(), None);
-            if handoff.send((job, permit)).await.is_err() {
-                // The workers are gone (shutdown): the job's lease is released by nobody and
-                // expires; the next rescue takes it.
-                break 'claiming;
-            }
+        if !hand_over(&ctx, &handoff, claimed, permits).await {
+            break;
         }
-        drop(permits);
         if got < wanted {
             // The queue is empty for now: wait to be woken, or poll.
             tokio::select! {
@@ -79,4 +75,24 @@ pub(super) async fn claim_loop(ctx: JobsContext, slots: Arc<Semaphore>, handoff:
             }
         }
     }
+}
+
+/// Holds the leases of jobs just claimed and hands each to a worker with one of `slots` (as
+/// many as were asked for: the slots left over go back). False once the workers are gone (at
+/// shutdown): the leases of jobs not handed over are released by nobody and expire, and the
+/// next rescue takes them.
+pub(super) async fn hand_over(
+    ctx: &JobsContext,
+    handoff: &mpsc::Sender<Handoff>,
+    claimed: Vec<ClaimedJob>,
+    slots: Vec<OwnedSemaphorePermit>,
+) -> bool {
+    ctx.metrics.jobs_claimed.inc_by(claimed.len() as u64);
+    for (job, slot) in claimed.into_iter().zip(slots) {
+        ctx.leases.hold(Kind::Job, job.lease.clone(), None);
+        if handoff.send((job, slot)).await.is_err() {
+            return false;
+        }
+    }
+    true
 }

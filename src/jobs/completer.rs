@@ -4,15 +4,21 @@
 //! job with a callback gets its delivery in the same transaction, and the delivery claimer is
 //! woken after the commit. Each stored outcome's time from acceptance to its end goes to the
 //! completion observer (the dashboard's percentiles).
+//!
+//! Each outcome comes with its worker's slot, and the same write claims as many new jobs as
+//! there are slots (`Store::finish_and_claim`), which go straight to the workers: with tiny jobs
+//! a worker's cycle was a finish and a claim, two writes and two waits for the database; now it
+//! is one. Slots the claim could not fill go back to the claimer, which waits for new work.
 
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use tokio::sync::mpsc;
+use tokio::sync::{OwnedSemaphorePermit, mpsc};
 use tokio_util::task::TaskTracker;
 
+use super::claimer::{Handoff, hand_over};
 use super::{JobsContext, Kind};
-use crate::db::{self, JobFinish};
+use crate::db::{self, ClaimedJob, JobFinish};
 use crate::liveness::Beat;
 
 /// The most outcomes one transaction stores.
@@ -26,6 +32,8 @@ struct Finished {
     has_callback: bool,
     /// When the job was accepted: its completion time runs from here to `completed_at`.
     accepted_at: DateTime<Utc>,
+    /// The worker slot the job held, for the next job (taken when the batch is stored).
+    slot: Option<OwnedSemaphorePermit>,
 }
 
 /// Where workers hand outcomes. Cheap to clone; the completer ends once every clone is gone and
@@ -40,19 +48,27 @@ pub(crate) struct Completer {
 }
 
 impl Completer {
-    pub(super) fn start(ctx: &JobsContext, beat: Beat, tasks: &TaskTracker) -> Self {
+    /// Starts the completer; the jobs it claims go to the workers through `handoff`.
+    pub(super) fn start(ctx: &JobsContext, handoff: mpsc::Sender<Handoff>, beat: Beat, tasks: &TaskTracker) -> Self {
         let (sender, finished) = mpsc::channel(MAX_BATCH);
-        tasks.spawn(complete_loop(ctx.clone(), finished, beat));
+        tasks.spawn(complete_loop(ctx.clone(), finished, handoff, beat));
         Self { sender }
     }
 
-    /// Queues an outcome to store, waiting while `MAX_BATCH` are already waiting; `has_callback`
-    /// wakes the delivery claimer once it is stored.
-    pub(super) async fn submit(&self, finish: JobFinish, has_callback: bool, accepted_at: DateTime<Utc>) {
+    /// Queues an outcome to store with the worker slot its job held, waiting while `MAX_BATCH`
+    /// are already waiting; `has_callback` wakes the delivery claimer once it is stored.
+    pub(super) async fn submit(
+        &self,
+        finish: JobFinish,
+        has_callback: bool,
+        accepted_at: DateTime<Utc>,
+        slot: OwnedSemaphorePermit,
+    ) {
         let finished = Finished {
             finish,
             has_callback,
             accepted_at,
+            slot: Some(slot),
         };
         if let Err(mpsc::error::SendError(finished)) = self.sender.send(finished).await {
             // Only at the very end of a shutdown; the lease expires and the job runs again.
@@ -61,14 +77,30 @@ impl Completer {
     }
 }
 
-async fn complete_loop(ctx: JobsContext, mut finished: mpsc::Receiver<Finished>, beat: Beat) {
+async fn complete_loop(
+    ctx: JobsContext,
+    mut finished: mpsc::Receiver<Finished>,
+    handoff: mpsc::Sender<Handoff>,
+    beat: Beat,
+) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
+    let mut handing_over = true;
     while finished.recv_many(&mut batch, MAX_BATCH).await > 0 {
         beat.tick();
+        // Workers that finish together hand their outcomes over one poll apart: one yield lets
+        // them, so that one write stores more of them and claims more for them.
+        tokio::task::yield_now().await;
+        while batch.len() < MAX_BATCH {
+            match finished.try_recv() {
+                Ok(f) => batch.push(f),
+                Err(_) => break,
+            }
+        }
         let finishes: Vec<JobFinish> = batch.iter().map(|f| f.finish.clone()).collect();
-        let owner = ctx.leases.owner();
-        match db::retry_transient("storing job outcomes", || ctx.db.finish_jobs(owner, &finishes)).await {
-            Ok(applied) => {
+        let slots: Vec<OwnedSemaphorePermit> = batch.iter_mut().filter_map(|f| f.slot.take()).collect();
+        match store(&ctx, &finishes, handing_over && !ctx.stop.is_cancelled(), slots.len()).await {
+            Ok((applied, claimed)) => {
+                handing_over &= hand_over(&ctx, &handoff, claimed, slots).await;
                 let mut deliveries = false;
                 for (done, stored) in batch.iter().zip(applied) {
                     let finish = &done.finish;
@@ -101,6 +133,26 @@ async fn complete_loop(ctx: JobsContext, mut finished: mpsc::Receiver<Finished>,
         for done in batch.drain(..) {
             ctx.leases.drop_lease(Kind::Job, &done.finish.lease);
         }
+    }
+}
+
+/// Stores `finishes` and, when `claim` holds, claims up to `slots` jobs in the same write.
+async fn store(
+    ctx: &JobsContext,
+    finishes: &[JobFinish],
+    claim: bool,
+    slots: usize,
+) -> Result<(Vec<bool>, Vec<ClaimedJob>), sqlx::Error> {
+    let owner = ctx.leases.owner();
+    if claim {
+        let lease = ctx.settings.lease;
+        db::retry_transient("storing job outcomes", || {
+            ctx.db.finish_and_claim(owner, finishes, slots, lease)
+        })
+        .await
+    } else {
+        let applied = db::retry_transient("storing job outcomes", || ctx.db.finish_jobs(owner, finishes)).await?;
+        Ok((applied, Vec::new()))
     }
 }
 

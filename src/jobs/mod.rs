@@ -3,8 +3,10 @@
 //!
 //! ```text
 //! claimer ──(claims ≤ free slots, leased)──> bounded channel ──> NUM_WORKERS workers ──> engine
-//!                                                                      │ outcome
-//!                                     completer (batched, fenced finishes + delivery outbox)
+//!                                                  ▲                   │ outcome + its slot
+//!                                                  └── completer (batched, fenced finishes +
+//!                                                      delivery outbox + the slots' next claims,
+//!                                                      in one write)
 //! heartbeat: renews every lease held, in one batch    rescuer: expired leases back to the queue
 //! ```
 //!
@@ -85,7 +87,7 @@ pub(crate) fn start(ctx: &JobsContext, liveness: &Liveness, tasks: &TaskTracker)
     let n = ctx.settings.num_workers.max(1);
     let slots = Arc::new(Semaphore::new(n));
     let (handoff, claimed) = mpsc::channel(n);
-    let completer = Completer::start(ctx, liveness.register("completer", None), tasks);
+    let completer = Completer::start(ctx, handoff.clone(), liveness.register("completer", None), tasks);
     tasks.spawn(claimer::claim_loop(
         ctx.clone(),
         slots,

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use tokio::sync::{Mutex, mpsc};
+use tokio::sync::{Mutex, OwnedSemaphorePermit, mpsc};
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
@@ -78,10 +78,9 @@ async fn drain(claimed: &Mutex<mpsc::Receiver<Handoff>>, ctx: &JobsContext, comp
         };
         let Some((job, slot)) = next else { break };
         let id = job.lease.id.clone();
-        run_job(ctx, completer, job)
+        run_job(ctx, completer, job, slot)
             .instrument(tracing::info_span!("job", request_id = %id))
             .await;
-        drop(slot);
     }
     // Jobs claimed but not started when shutdown came go back to the queue.
     let mut left = Vec::new();
@@ -91,8 +90,10 @@ async fn drain(claimed: &Mutex<mpsc::Receiver<Handoff>>, ctx: &JobsContext, comp
     release(ctx, left).await;
 }
 
-/// Runs one job and hands its outcome to the completer.
-async fn run_job(ctx: &JobsContext, completer: &Completer, job: ClaimedJob) {
+/// Runs one job and hands its outcome to the completer, with the worker slot the job held: the
+/// completer's write of the outcome claims the slot's next job. A job that ends with no outcome
+/// (released, or its lease lost) frees its slot for the claimer.
+async fn run_job(ctx: &JobsContext, completer: &Completer, job: ClaimedJob, slot: OwnedSemaphorePermit) {
     let cancel = CancelToken::new();
     ctx.leases.hold(Kind::Job, job.lease.clone(), Some(cancel.clone()));
     ctx.metrics.workers_busy.inc();
@@ -145,6 +146,7 @@ async fn run_job(ctx: &JobsContext, completer: &Completer, job: ClaimedJob) {
             },
             has_callback,
             accepted_at,
+            slot,
         )
         .await;
 }

@@ -353,6 +353,98 @@ async fn stale_and_fresh_outcomes_in_one_batch(backend: Backend) {
 }
 
 #[tokio::test]
+async fn a_finish_that_claims_stores_the_outcomes_and_takes_the_next_jobs() {
+    finish_and_claim(Backend::Postgres).await;
+}
+
+#[tokio::test]
+async fn a_finish_that_claims_stores_the_outcomes_and_takes_the_next_jobs_on_sqlite() {
+    finish_and_claim(Backend::Sqlite).await;
+}
+
+/// The completer's write: fenced finishes (a stale one is refused), the outbox, and a claim of
+/// the oldest pending jobs, up to the slots given and never a job just finished; the counts by
+/// status stay exact.
+async fn finish_and_claim(backend: Backend) {
+    let Some(setup) = TestSetup::new(backend).await else {
+        return;
+    };
+    let store = open_store(&setup.config).await;
+    let (expired, stale, fresh) = claimed_expired_and_claimed_again(&store, "replica-a").await;
+    let running = NewJob {
+        callback_url: Some("http://receiver.test/running".to_owned()),
+        ..new_job()
+    };
+    assert_eq!(
+        store.accept_job(&running, None, 10).await.expect("accept"),
+        Accepted::Stored
+    );
+    let running = store
+        .claim_jobs("replica-a", 1, Duration::from_secs(30))
+        .await
+        .expect("claim");
+    let waiting: Vec<NewJob> = (0..3).map(|_| new_job()).collect();
+    for job in &waiting {
+        assert_eq!(store.accept_job(job, None, 10).await.expect("accept"), Accepted::Stored);
+    }
+
+    let (applied, claimed) = store
+        .finish_and_claim(
+            "replica-a",
+            &[
+                finish(stale.lease.clone(), json!("stale")),
+                finish(fresh.lease.clone(), json!("fresh")),
+                finish(running[0].lease.clone(), json!("running")),
+            ],
+            2,
+            Duration::from_secs(30),
+        )
+        .await
+        .expect("finish and claim");
+
+    assert_eq!(applied, vec![false, true, true]);
+    let claimed_ids: Vec<&str> = claimed.iter().map(|c| c.lease.id.as_str()).collect();
+    assert_eq!(
+        claimed_ids,
+        vec![waiting[0].id.as_str(), waiting[1].id.as_str()],
+        "the two oldest"
+    );
+    assert!(claimed.iter().all(|c| c.lease.attempt == 1));
+    let row = store.get(&expired.id).await.expect("get").expect("row");
+    assert_eq!((row.status, row.result), (Status::Done, Some(json!("fresh"))));
+    let deliveries = store
+        .claim_deliveries("replica-a", 10, Duration::from_secs(30))
+        .await
+        .expect("claim deliveries");
+    assert_eq!(deliveries.len(), 1, "{deliveries:?}");
+    assert_eq!(deliveries[0].lease.id, running[0].lease.id);
+    let summary = store.summary().await.expect("summary");
+    let count = |status| {
+        summary
+            .requests
+            .iter()
+            .filter(|(_, s, _)| *s == status)
+            .map(|(_, _, n)| n)
+            .sum::<i64>()
+    };
+    assert_eq!(
+        [count(Status::Done), count(Status::Processing), count(Status::Pending)],
+        [2, 2, 1]
+    );
+    assert_eq!(store.backlog().await.expect("backlog"), 1);
+
+    // No finishes: a plain claim, of what is left.
+    let (applied, claimed) = store
+        .finish_and_claim("replica-a", &[], 5, Duration::from_secs(30))
+        .await
+        .expect("claim");
+    assert!(applied.is_empty());
+    assert_eq!(claimed.len(), 1);
+    assert_eq!(claimed[0].lease.id, waiting[2].id);
+    store.close().await;
+}
+
+#[tokio::test]
 async fn a_job_with_a_callback_that_ends_gets_its_delivery_whoever_ends_it() {
     outbox_writes_deliveries(Backend::Postgres).await;
 }

@@ -235,6 +235,21 @@ impl Store for PgStore {
         Ok(applied)
     }
 
+    async fn finish_and_claim(
+        &self,
+        owner: &str,
+        finishes: &[JobFinish],
+        max: usize,
+        lease: Duration,
+    ) -> Result<(Vec<bool>, Vec<ClaimedJob>), sqlx::Error> {
+        let (applied, deliveries, claimed) =
+            queue::finish_and_claim(self.planned_for(max), owner, finishes, max, lease).await?;
+        if deliveries {
+            self.announce.deliveries();
+        }
+        Ok((applied, claimed))
+    }
+
     async fn release_jobs(&self, owner: &str, jobs: &[Lease]) -> Result<(), sqlx::Error> {
         if queue::release_jobs(&self.pool, owner, jobs).await? > 0 {
             self.announce.jobs();

@@ -5,17 +5,50 @@
 use std::time::Duration;
 
 use serde_json::Value;
+use sqlx::postgres::{PgArguments, PgRow};
 use sqlx::types::Json;
-use sqlx::{PgPool, Row};
+use sqlx::{PgPool, Postgres, Row};
 
 use super::{big, secs};
 use crate::db::store::{ClaimedJob, Held, JobFinish, Lease, ReplicaBeat, Rescued};
 
-/// Claims up to `max` pending jobs, oldest first. The CTE picks rows no other claimer has locked
-/// (so concurrent claimers never block on, or get, the same job) and fences the planner from
-/// updating more rows than the limit; the outer update checks the state again.
-///
-/// The limit is written into the statement (`super::limit`), not bound.
+/// The claim, as two CTEs (`picked`, `claimed`) for `claim_jobs` and `finish_and_claim`: the
+/// first picks up to `max` pending jobs, oldest first, that no other claimer has locked (so
+/// concurrent claimers never block on, or get, the same job) and fences the planner from
+/// updating more rows than the limit; the second takes them, checking the state again. `$1` is
+/// the owner, `$lease` the lease's seconds; the limit is written in (`super::limit`, as `$limit`
+/// when bound).
+fn claimed_ctes(max: usize, lease: u8, limit: u8) -> String {
+    format!(
+        "picked AS ( \
+           SELECT id FROM requests WHERE status = 'pending' AND mode = 'async' \
+           ORDER BY created_at, id LIMIT {} FOR UPDATE SKIP LOCKED), \
+         claimed AS ( \
+           UPDATE requests r SET status = 'processing', attempt = r.attempt + 1, lease_owner = $1, \
+             lease_expires_at = now() + make_interval(secs => ${lease}), started_at = now(), \
+             attempted_by = array_append(r.attempted_by, $1) \
+           FROM picked WHERE r.id = picked.id AND r.status = 'pending' \
+           RETURNING r.id, r.attempt, r.payload, r.callback_url, r.created_at)",
+        super::limit(max, limit)
+    )
+}
+
+/// The finish, as three CTEs (`f`, `done`, `outbox`) for `finish_jobs` and `finish_and_claim`:
+/// every finish in `$2`..`$8` that `$1` still holds is stored, and the delivery of each that has
+/// a callback is written by the same statement.
+const FINISHED_CTES: &str = "f AS (SELECT * FROM unnest($2::text[], $3::int8[], $4::text[], $5::text[], $6::text[], \
+       $7::text[], $8::float8[]) AS f(id, attempt, status, result, error, completed_at, ms)), \
+     done AS (UPDATE requests r SET status = f.status, result = f.result::jsonb, error = f.error, \
+                completed_at = f.completed_at::timestamptz, execution_time_ms = f.ms, \
+                lease_owner = NULL, lease_expires_at = NULL \
+              FROM f WHERE r.id = f.id AND r.status = 'processing' AND r.lease_owner = $1 \
+                AND r.attempt = f.attempt \
+              RETURNING r.id, r.attempt, r.callback_url), \
+     outbox AS (INSERT INTO deliveries (request_id, status, due_at) \
+                SELECT id, 'pending', now() FROM done WHERE callback_url IS NOT NULL \
+                ON CONFLICT (request_id) DO NOTHING)";
+
+/// Claims up to `max` pending jobs, oldest first (`claimed_ctes`).
 pub(super) async fn claim_jobs(
     pool: &PgPool,
     owner: &str,
@@ -26,15 +59,8 @@ pub(super) async fn claim_jobs(
         return Ok(Vec::new());
     }
     let query = sqlx::query(sqlx::AssertSqlSafe(format!(
-        "WITH picked AS ( \
-           SELECT id FROM requests WHERE status = 'pending' AND mode = 'async' \
-           ORDER BY created_at, id LIMIT {} FOR UPDATE SKIP LOCKED) \
-         UPDATE requests r SET status = 'processing', attempt = r.attempt + 1, lease_owner = $1, \
-           lease_expires_at = now() + make_interval(secs => $2), started_at = now(), \
-           attempted_by = array_append(r.attempted_by, $1) \
-         FROM picked WHERE r.id = picked.id AND r.status = 'pending' \
-         RETURNING r.id, r.attempt, r.payload, r.callback_url, r.created_at",
-        super::limit(max, 3)
+        "WITH {} SELECT id, attempt, payload, callback_url, created_at FROM claimed",
+        claimed_ctes(max, 2, 3)
     )))
     .bind(owner)
     .bind(secs(lease));
@@ -43,21 +69,65 @@ pub(super) async fn claim_jobs(
     } else {
         query
     };
-    let rows = query.fetch_all(pool).await?;
-    rows.into_iter()
-        .map(|row| {
-            let Json(payload): Json<Value> = row.try_get("payload")?;
-            Ok(ClaimedJob {
-                lease: Lease {
-                    id: row.try_get("id")?,
-                    attempt: row.try_get("attempt")?,
-                },
-                accepted_at: row.try_get("created_at")?,
-                payload,
-                callback_url: row.try_get("callback_url")?,
-            })
+    query.fetch_all(pool).await?.iter().map(claimed_job).collect()
+}
+
+/// A row of `claimed`.
+fn claimed_job(row: &PgRow) -> Result<ClaimedJob, sqlx::Error> {
+    let Json(payload): Json<Value> = row.try_get("payload")?;
+    Ok(ClaimedJob {
+        lease: Lease {
+            id: row.try_get("id")?,
+            attempt: row.try_get("attempt")?,
+        },
+        accepted_at: row.try_get("created_at")?,
+        payload,
+        callback_url: row.try_get("callback_url")?,
+    })
+}
+
+/// Binds the finishes as the arrays `$2`..`$8` of `FINISHED_CTES` (`$1`, the owner, is bound).
+fn bind_finishes<'q>(
+    query: sqlx::query::Query<'q, Postgres, PgArguments>,
+    finishes: &[JobFinish],
+) -> sqlx::query::Query<'q, Postgres, PgArguments> {
+    let column = |f: fn(&JobFinish) -> Option<String>| finishes.iter().map(f).collect::<Vec<_>>();
+    query
+        .bind(finishes.iter().map(|f| f.lease.id.clone()).collect::<Vec<_>>())
+        .bind(finishes.iter().map(|f| f.lease.attempt).collect::<Vec<_>>())
+        .bind(
+            finishes
+                .iter()
+                .map(|f| f.completion.status.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(column(|f| f.completion.result.as_ref().map(Value::to_string)))
+        .bind(column(|f| f.completion.error.clone()))
+        .bind(
+            finishes
+                .iter()
+                .map(|f| f.completion.completed_at.clone())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            finishes
+                .iter()
+                .map(|f| f.completion.execution_time_ms)
+                .collect::<Vec<_>>(),
+        )
+}
+
+/// What a finish stored: per finish, whether it was applied (by id and attempt: a batch may hold
+/// a stale and a fresh outcome of one job), and whether any delivery was written.
+fn applied(finishes: &[JobFinish], done: &[(String, i64, bool)]) -> (Vec<bool>, bool) {
+    let was_applied = finishes
+        .iter()
+        .map(|f| {
+            done.iter()
+                .any(|(id, attempt, _)| *id == f.lease.id && *attempt == f.lease.attempt)
         })
-        .collect()
+        .collect();
+    (was_applied, done.iter().any(|(_, _, callback)| *callback))
 }
 
 /// Stores every finish that still holds its lease, and the delivery of each that has a callback,
@@ -71,66 +141,62 @@ pub(super) async fn finish_jobs(
     if finishes.is_empty() {
         return Ok((Vec::new(), false));
     }
-    let applied: Vec<(String, i64, bool)> = sqlx::query_as(
-        "WITH f AS (SELECT * FROM unnest($2::text[], $3::int8[], $4::text[], $5::text[], $6::text[], $7::text[], \
-                      $8::float8[]) AS f(id, attempt, status, result, error, completed_at, ms)), \
-         done AS (UPDATE requests r SET status = f.status, result = f.result::jsonb, error = f.error, \
-                    completed_at = f.completed_at::timestamptz, execution_time_ms = f.ms, \
-                    lease_owner = NULL, lease_expires_at = NULL \
-                  FROM f WHERE r.id = f.id AND r.status = 'processing' AND r.lease_owner = $1 \
-                    AND r.attempt = f.attempt \
-                  RETURNING r.id, r.attempt, r.callback_url), \
-         outbox AS (INSERT INTO deliveries (request_id, status, due_at) \
-                    SELECT id, 'pending', now() FROM done WHERE callback_url IS NOT NULL \
-                    ON CONFLICT (request_id) DO NOTHING) \
-         SELECT id, attempt, callback_url IS NOT NULL FROM done",
-    )
-    .bind(owner)
-    .bind(finishes.iter().map(|f| f.lease.id.as_str()).collect::<Vec<_>>())
-    .bind(finishes.iter().map(|f| f.lease.attempt).collect::<Vec<_>>())
-    .bind(
-        finishes
-            .iter()
-            .map(|f| f.completion.status.as_str())
-            .collect::<Vec<_>>(),
-    )
-    .bind(
-        finishes
-            .iter()
-            .map(|f| f.completion.result.as_ref().map(Value::to_string))
-            .collect::<Vec<_>>(),
-    )
-    .bind(
-        finishes
-            .iter()
-            .map(|f| f.completion.error.as_deref())
-            .collect::<Vec<_>>(),
-    )
-    .bind(
-        finishes
-            .iter()
-            .map(|f| f.completion.completed_at.as_str())
-            .collect::<Vec<_>>(),
-    )
-    .bind(
-        finishes
-            .iter()
-            .map(|f| f.completion.execution_time_ms)
-            .collect::<Vec<_>>(),
-    )
-    .fetch_all(pool)
-    .await?;
-    let delivered = applied.iter().any(|(_, _, callback)| *callback);
-    // By id and attempt: a batch may hold a stale and a fresh outcome of one job.
-    let was_applied = finishes
+    let query = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "WITH {FINISHED_CTES} SELECT id, attempt, callback_url IS NOT NULL AS delivered FROM done"
+    )))
+    .bind(owner);
+    let rows = bind_finishes(query, finishes).fetch_all(pool).await?;
+    let done: Vec<(String, i64, bool)> = rows
         .iter()
-        .map(|f| {
-            applied
-                .iter()
-                .any(|(id, attempt, _)| *id == f.lease.id && *attempt == f.lease.attempt)
-        })
-        .collect();
-    Ok((was_applied, delivered))
+        .map(|row| Ok((row.try_get("id")?, row.try_get("attempt")?, row.try_get("delivered")?)))
+        .collect::<Result<_, sqlx::Error>>()?;
+    Ok(applied(finishes, &done))
+}
+
+/// `finish_jobs` and `claim_jobs` in one statement: one round trip, one commit, and one run of
+/// the statistics trigger instead of two of each. The two updates touch different rows (the
+/// finished ones are `processing`, the claimed ones `pending`). Returns which finishes were
+/// applied, whether any delivery was written, and the jobs claimed.
+pub(super) async fn finish_and_claim(
+    pool: &PgPool,
+    owner: &str,
+    finishes: &[JobFinish],
+    max: usize,
+    lease: Duration,
+) -> Result<(Vec<bool>, bool, Vec<ClaimedJob>), sqlx::Error> {
+    if max == 0 {
+        let (applied, delivered) = finish_jobs(pool, owner, finishes).await?;
+        return Ok((applied, delivered, Vec::new()));
+    }
+    if finishes.is_empty() {
+        return Ok((Vec::new(), false, claim_jobs(pool, owner, max, lease).await?));
+    }
+    let query = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "WITH {FINISHED_CTES}, {} \
+         SELECT true AS finished, id, attempt, callback_url IS NOT NULL AS delivered, \
+                NULL::jsonb AS payload, NULL::text AS callback_url, NULL::timestamptz AS created_at FROM done \
+         UNION ALL \
+         SELECT false, id, attempt, false, payload, callback_url, created_at FROM claimed",
+        claimed_ctes(max, 9, 10)
+    )))
+    .bind(owner);
+    let query = bind_finishes(query, finishes).bind(secs(lease));
+    let query = if super::limit_is_bound(max) {
+        query.bind(big(max))
+    } else {
+        query
+    };
+    let rows = query.fetch_all(pool).await?;
+    let (mut done, mut claimed) = (Vec::new(), Vec::new());
+    for row in &rows {
+        if row.try_get("finished")? {
+            done.push((row.try_get("id")?, row.try_get("attempt")?, row.try_get("delivered")?));
+        } else {
+            claimed.push(claimed_job(row)?);
+        }
+    }
+    let (applied, delivered) = applied(finishes, &done);
+    Ok((applied, delivered, claimed))
 }
 
 /// Puts claimed jobs back as pending, giving back the attempt their claim took. Returns how many

@@ -205,6 +205,18 @@ impl Store for SqliteStore {
         queue::finish_jobs(&self.writer, owner, finishes).await
     }
 
+    async fn finish_and_claim(
+        &self,
+        owner: &str,
+        finishes: &[JobFinish],
+        max: usize,
+        lease: Duration,
+    ) -> Result<(Vec<bool>, Vec<ClaimedJob>), sqlx::Error> {
+        let (applied, claimed) = queue::finish_and_claim(&self.writer, owner, finishes, max, lease).await?;
+        self.backlog_sub(claimed.len() as u64);
+        Ok((applied, claimed))
+    }
+
     async fn release_jobs(&self, owner: &str, jobs: &[Lease]) -> Result<(), sqlx::Error> {
         let released = queue::release_jobs(&self.writer, owner, jobs).await?;
         self.backlog_add(released);

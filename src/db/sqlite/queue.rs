@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 use sqlx::types::Json;
-use sqlx::{Connection, Row};
+use sqlx::{Connection, Row, SqliteConnection};
 
 use super::writer::Writer;
 use super::{now, plus};
@@ -15,11 +15,21 @@ use crate::db::store::{ClaimedJob, Held, JobFinish, Lease, ReplicaBeat, Rescued}
 /// can never overlap another: the subquery and the update are one statement.
 ///
 /// `LIMIT +?3`, not `LIMIT ?3`: SQLite plans a bare bound LIMIT with the value bound at the time,
-/// so every claim that binds a new limit made it compile the statement again (a fifth of the
+/// so every claim made it compile the statement again (a fifth of the
 /// writer thread's time in a drain of tiny jobs). The unary plus keeps the limit out of the
 /// planner, and the cached statement is reused.
 pub(super) async fn claim_jobs(
     writer: &Writer,
+    owner: &str,
+    max: usize,
+    lease: Duration,
+) -> Result<Vec<ClaimedJob>, sqlx::Error> {
+    claim_jobs_on(&mut *writer.lock().await?, owner, max, lease).await
+}
+
+/// `claim_jobs` on the writer, already held.
+async fn claim_jobs_on(
+    conn: &mut SqliteConnection,
     owner: &str,
     max: usize,
     lease: Duration,
@@ -39,7 +49,7 @@ pub(super) async fn claim_jobs(
     .bind(owner)
     .bind(plus(lease))
     .bind(i64::try_from(max).unwrap_or(i64::MAX))
-    .fetch_all(&mut *writer.lock().await?)
+    .fetch_all(conn)
     .await?;
     rows.into_iter()
         .map(|row| {
@@ -66,6 +76,39 @@ pub(super) async fn finish_jobs(
     owner: &str,
     finishes: &[JobFinish],
 ) -> Result<Vec<bool>, sqlx::Error> {
+    finish_jobs_on(&mut *writer.lock().await?, owner, finishes).await
+}
+
+/// `finish_jobs`, then `claim_jobs`, in one turn of the writer: two statements (SQLite's
+/// `RETURNING` cannot stand in a CTE) but one wait for the writer and one look at the WAL. A
+/// claim that fails after the finishes were stored comes back empty, so that a retry of the
+/// whole does not store them again and count them stale; the claimer's next claim takes the
+/// jobs.
+pub(super) async fn finish_and_claim(
+    writer: &Writer,
+    owner: &str,
+    finishes: &[JobFinish],
+    max: usize,
+    lease: Duration,
+) -> Result<(Vec<bool>, Vec<ClaimedJob>), sqlx::Error> {
+    let mut conn = writer.lock().await?;
+    let applied = finish_jobs_on(&mut conn, owner, finishes).await?;
+    let claimed = claim_jobs_on(&mut conn, owner, max, lease).await.unwrap_or_else(|e| {
+        tracing::warn!(error = %e, "claiming jobs after their finishes failed; the claimer claims them");
+        Vec::new()
+    });
+    Ok((applied, claimed))
+}
+
+/// `finish_jobs` on the writer, already held.
+async fn finish_jobs_on(
+    conn: &mut SqliteConnection,
+    owner: &str,
+    finishes: &[JobFinish],
+) -> Result<Vec<bool>, sqlx::Error> {
+    if finishes.is_empty() {
+        return Ok(Vec::new());
+    }
     let rows: Vec<Value> = finishes
         .iter()
         .map(|f| {
@@ -97,7 +140,7 @@ pub(super) async fn finish_jobs(
     )
     .bind(owner)
     .bind(Value::Array(rows).to_string())
-    .fetch_all(&mut *writer.lock().await?)
+    .fetch_all(conn)
     .await?;
     // By id and attempt: a batch may hold a stale and a fresh outcome of one job.
     Ok(finishes
