@@ -10,7 +10,7 @@ cd "$(dirname "$0")/.."
 SECS=${1:-15}
 RATE=${2:-1000}
 PG=${PG:-postgres://postgres@127.0.0.1:5432}
-BIN=target/release
+BIN=${BIN:-target/release}
 TMP=$(mktemp -d)
 server=""
 cleanup() { [ -n "$server" ] && kill "$server" 2>/dev/null; wait 2>/dev/null || true; rm -rf "$TMP"; }
