@@ -89,32 +89,26 @@ fn claimed_job(row: &PgRow) -> Result<ClaimedJob, sqlx::Error> {
 /// Binds the finishes as the arrays `$2`..`$8` of `FINISHED_CTES` (`$1`, the owner, is bound).
 fn bind_finishes<'q>(
     query: sqlx::query::Query<'q, Postgres, PgArguments>,
-    finishes: &[JobFinish],
+    finishes: &'q [JobFinish],
 ) -> sqlx::query::Query<'q, Postgres, PgArguments> {
-    let column = |f: fn(&JobFinish) -> Option<String>| finishes.iter().map(f).collect::<Vec<_>>();
+    let ids: Vec<&str> = finishes.iter().map(|f| f.lease.id.as_str()).collect();
+    let attempts: Vec<i64> = finishes.iter().map(|f| f.lease.attempt).collect();
+    let statuses: Vec<&str> = finishes.iter().map(|f| f.completion.status.as_str()).collect();
+    let results: Vec<Option<String>> = finishes
+        .iter()
+        .map(|f| f.completion.result.as_ref().map(Value::to_string))
+        .collect();
+    let errors: Vec<Option<&str>> = finishes.iter().map(|f| f.completion.error.as_deref()).collect();
+    let completed: Vec<&str> = finishes.iter().map(|f| f.completion.completed_at.as_str()).collect();
+    let ms: Vec<Option<f64>> = finishes.iter().map(|f| f.completion.execution_time_ms).collect();
     query
-        .bind(finishes.iter().map(|f| f.lease.id.clone()).collect::<Vec<_>>())
-        .bind(finishes.iter().map(|f| f.lease.attempt).collect::<Vec<_>>())
-        .bind(
-            finishes
-                .iter()
-                .map(|f| f.completion.status.as_str())
-                .collect::<Vec<_>>(),
-        )
-        .bind(column(|f| f.completion.result.as_ref().map(Value::to_string)))
-        .bind(column(|f| f.completion.error.clone()))
-        .bind(
-            finishes
-                .iter()
-                .map(|f| f.completion.completed_at.clone())
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            finishes
-                .iter()
-                .map(|f| f.completion.execution_time_ms)
-                .collect::<Vec<_>>(),
-        )
+        .bind(ids)
+        .bind(attempts)
+        .bind(statuses)
+        .bind(results)
+        .bind(errors)
+        .bind(completed)
+        .bind(ms)
 }
 
 /// What a finish stored: per finish, whether it was applied (by id and attempt: a batch may hold
