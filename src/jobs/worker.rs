@@ -9,7 +9,7 @@ use tokio::sync::{Mutex, OwnedSemaphorePermit, mpsc};
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
-use super::claimer::Handoff;
+use super::claimer::{Handoff, release};
 use super::{Completer, JobsContext, Kind};
 use crate::db::{self, ClaimedJob, Completion, JobFinish};
 use crate::engine::{CancelToken, WorkPayload};
@@ -149,21 +149,6 @@ async fn run_job(ctx: &JobsContext, completer: &Completer, job: ClaimedJob, slot
             slot,
         )
         .await;
-}
-
-/// Gives claimed jobs back to the queue; if that fails, their leases expire and the rescuer
-/// gives them back.
-async fn release(ctx: &JobsContext, jobs: Vec<db::Lease>) {
-    if jobs.is_empty() {
-        return;
-    }
-    if let Err(e) = ctx.db.release_jobs(ctx.leases.owner(), &jobs).await {
-        tracing::warn!(error = %e, "could not release jobs; they return to the queue when their lease expires");
-    }
-    for lease in &jobs {
-        ctx.leases.drop_lease(Kind::Job, lease);
-    }
-    ctx.wake.jobs.notify_one();
 }
 
 /// Once shutdown starts, gives the running job `shutdown_grace`, then cancels it.
