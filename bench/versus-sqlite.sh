@@ -31,7 +31,11 @@ tiny() { # tiny <binary>
   t0=$(date +%s%N)
   "$LOADTEST" --mode async --no-callback --concurrency 30 --duration "${SECS}s" --warmup 2s --operation prime \
     --complexity 1 --data '{"n": 1}' --url "http://127.0.0.1:$PORT" --quiet --json "$TMP/tiny.json" >/dev/null
-  while [ "$(figure pending)" != 0 ] || [ "$(figure processing)" != 0 ]; do sleep 0.2; done
+  local deadline=$((SECONDS + 600))
+  while [ "$(figure pending)" != 0 ] || [ "$(figure processing)" != 0 ]; do
+    [ "$SECONDS" -lt "$deadline" ] || { echo "$1: the backlog did not drain in 600 s" >&2; exit 1; }
+    sleep 0.2
+  done
   t1=$(date +%s%N); done_jobs=$(figure done)
   python3 - "$TMP/tiny.json" "$1" "$done_jobs" "$t0" "$t1" <<'PY'
 import json, sys
