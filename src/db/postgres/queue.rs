@@ -339,7 +339,7 @@ pub(super) async fn rescue(pool: &PgPool, max_attempts: u32, everything: bool) -
     let sync_failed = sqlx::query(
         "UPDATE requests SET status = 'failed', error = $2, completed_at = now(), \
            lease_owner = NULL, lease_expires_at = NULL \
-         WHERE mode = 'sync' AND status IN ('pending', 'processing') \
+         WHERE status = 'processing' AND mode = 'sync' \
            AND ($1 OR lease_expires_at IS NULL OR lease_expires_at < now())",
     )
     .bind(everything)

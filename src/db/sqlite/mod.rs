@@ -6,6 +6,8 @@
 mod accept;
 mod deliveries;
 mod group_commit;
+#[cfg(test)]
+mod plans;
 mod queue;
 mod reads;
 mod upkeep;

@@ -11,13 +11,24 @@ use super::writer::Writer;
 use super::{now, plus};
 use crate::db::store::{ClaimedJob, Held, JobFinish, Lease, ReplicaBeat, Rescued};
 
-/// Claims up to `max` pending jobs, oldest first. SQLite runs one write at a time, so a claim
-/// can never overlap another: the subquery and the update are one statement.
+/// The claim of up to `?3` pending jobs, oldest first. SQLite runs one write at a time, so a
+/// claim can never overlap another: the subquery and the update are one statement.
 ///
 /// `LIMIT +?3`, not `LIMIT ?3`: SQLite plans a bare bound LIMIT with the value bound at the time,
-/// so every claim made it compile the statement again (a fifth of the
-/// writer thread's time in a drain of tiny jobs). The unary plus keeps the limit out of the
-/// planner, and the cached statement is reused.
+/// so every claim made it compile the statement again (a fifth of the writer thread's time in a
+/// drain of tiny jobs). The unary plus keeps the limit out of the planner, and the cached
+/// statement is reused. `INDEXED BY`: the oldest pending async jobs straight from their own
+/// index, in order; left to choose, SQLite searched the `pending` range of `requests_by_status`
+/// and read each row for its mode (`plans` checks this).
+pub(super) const CLAIM_JOBS: &str = "UPDATE requests SET status = 'processing', attempt = attempt + 1, lease_owner = ?1, \
+     lease_expires_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now', ?2), \
+     started_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now'), \
+     attempted_by = json_insert(attempted_by, '$[#]', ?1) \
+     WHERE id IN (SELECT id FROM requests INDEXED BY requests_claimable \
+                  WHERE status = 'pending' AND mode = 'async' ORDER BY created_at, id LIMIT +?3) \
+     RETURNING id, attempt, payload, callback_url, created_at";
+
+/// Claims up to `max` pending jobs, oldest first (`CLAIM_JOBS`).
 pub(super) async fn claim_jobs(
     writer: &Writer,
     owner: &str,
@@ -37,20 +48,12 @@ async fn claim_jobs_on(
     if max == 0 {
         return Ok(Vec::new());
     }
-    let rows = sqlx::query(
-        "UPDATE requests SET status = 'processing', attempt = attempt + 1, lease_owner = ?1, \
-         lease_expires_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now', ?2), \
-         started_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now'), \
-         attempted_by = json_insert(attempted_by, '$[#]', ?1) \
-         WHERE id IN (SELECT id FROM requests WHERE status = 'pending' AND mode = 'async' \
-                      ORDER BY created_at, id LIMIT +?3) \
-         RETURNING id, attempt, payload, callback_url, created_at",
-    )
-    .bind(owner)
-    .bind(plus(lease))
-    .bind(i64::try_from(max).unwrap_or(i64::MAX))
-    .fetch_all(conn)
-    .await?;
+    let rows = sqlx::query(CLAIM_JOBS)
+        .bind(owner)
+        .bind(plus(lease))
+        .bind(i64::try_from(max).unwrap_or(i64::MAX))
+        .fetch_all(conn)
+        .await?;
     rows.into_iter()
         .map(|row| {
             let Json(payload): Json<Value> = row.try_get("payload")?;
@@ -273,29 +276,72 @@ const SYNC_ORPHANED: &str = "the server stopped before this request finished";
 const DELIVERY_GAVE_UP: &str =
     "gave up: the replicas delivering this callback stopped before recording an attempt, time after time";
 
-/// Puts expired work back in the queue, or fails it once its attempts are used.
+// The rescue runs every few seconds with the writer held, so each of its statements reaches its
+// rows through an index bounded by the work in flight: `status` drives the search (the
+// `processing` range of `requests_by_status`, or the partial `requests_leased`), and the unary
+// plus keeps `mode` out of the planner's choice. With `mode = 'sync'` free to drive it, SQLite
+// searched `requests_by_mode` and read every sync request ever stored: 112 ms with the writer held
+// for 300,000 finished sync rows, every rescue. `plans` holds them to this.
+
+/// Async jobs whose lease expired: back to the queue, or failed once their attempts are used.
+pub(super) const RESCUE_JOBS: &str = concat!(
+    "UPDATE requests SET \
+       status = CASE WHEN attempt >= ?2 THEN 'failed' ELSE 'pending' END, \
+       error = CASE WHEN attempt >= ?2 THEN ?3 ELSE error END, \
+       completed_at = CASE WHEN attempt >= ?2 THEN ",
+    now!(),
+    " ELSE completed_at END, \
+       started_at = CASE WHEN attempt >= ?2 THEN started_at ELSE NULL END, \
+       lease_owner = NULL, lease_expires_at = NULL \
+     WHERE status = 'processing' AND +mode = 'async' \
+       AND (?1 OR lease_expires_at IS NULL OR lease_expires_at < ",
+    now!(),
+    ") RETURNING status"
+);
+
+/// Sync requests whose replica is gone (their lease expired): failed.
+pub(super) const RESCUE_SYNC: &str = concat!(
+    "UPDATE requests SET status = 'failed', error = ?2, completed_at = ",
+    now!(),
+    ", lease_owner = NULL, lease_expires_at = NULL \
+     WHERE status = 'processing' AND +mode = 'sync' \
+       AND (?1 OR lease_expires_at IS NULL OR lease_expires_at < ",
+    now!(),
+    ")"
+);
+
+/// Sync requests left `pending` by builds before the leases (which stored a sync request before
+/// running it): failed, at start only. The search runs over the pending range, the backlog.
+pub(super) const RESCUE_UNLEASED_SYNC: &str = concat!(
+    "UPDATE requests SET status = 'failed', error = ?1, completed_at = ",
+    now!(),
+    ", lease_owner = NULL, lease_expires_at = NULL WHERE status = 'pending' AND +mode = 'sync'"
+);
+
+/// Deliveries whose lease expired: made again, or failed once their replicas kept dying.
+pub(super) const RESCUE_DELIVERIES: &str = concat!(
+    "UPDATE deliveries SET \
+       status = CASE WHEN claim - attempts >= ?2 THEN 'failed' ELSE 'pending' END, \
+       last_error = CASE WHEN claim - attempts >= ?2 THEN ?3 ELSE last_error END, \
+       due_at = ",
+    now!(),
+    ", lease_owner = NULL, lease_expires_at = NULL \
+     WHERE status = 'delivering' AND (?1 OR lease_expires_at IS NULL OR lease_expires_at < ",
+    now!(),
+    ") RETURNING status"
+);
+
+/// Puts expired work back in the queue, or fails it once its attempts are used. `everything`
+/// (SQLite's start, when no other process can hold a lease) treats every lease as expired.
 pub(super) async fn rescue(writer: &Writer, max_attempts: u32, everything: bool) -> Result<Rescued, sqlx::Error> {
     let mut conn = writer.lock().await?;
     let mut tx = conn.begin().await?;
-    let jobs: Vec<String> = sqlx::query_scalar(concat!(
-        "UPDATE requests SET \
-           status = CASE WHEN attempt >= ?2 THEN 'failed' ELSE 'pending' END, \
-           error = CASE WHEN attempt >= ?2 THEN ?3 ELSE error END, \
-           completed_at = CASE WHEN attempt >= ?2 THEN ",
-        now!(),
-        " ELSE completed_at END, \
-           started_at = CASE WHEN attempt >= ?2 THEN started_at ELSE NULL END, \
-           lease_owner = NULL, lease_expires_at = NULL \
-         WHERE mode = 'async' AND status = 'processing' \
-           AND (?1 OR lease_expires_at IS NULL OR lease_expires_at < ",
-        now!(),
-        ") RETURNING status"
-    ))
-    .bind(everything)
-    .bind(i64::from(max_attempts))
-    .bind(GAVE_UP)
-    .fetch_all(&mut *tx)
-    .await?;
+    let jobs: Vec<String> = sqlx::query_scalar(RESCUE_JOBS)
+        .bind(everything)
+        .bind(i64::from(max_attempts))
+        .bind(GAVE_UP)
+        .fetch_all(&mut *tx)
+        .await?;
     // A job failed here with a callback gets its delivery from the outbox trigger.
     let mut rescued = Rescued::default();
     for status in &jobs {
@@ -305,38 +351,27 @@ pub(super) async fn rescue(writer: &Writer, max_attempts: u32, everything: bool)
             rescued.jobs_requeued += 1;
         }
     }
-    rescued.sync_failed = sqlx::query(concat!(
-        "UPDATE requests SET status = 'failed', error = ?2, completed_at = ",
-        now!(),
-        ", lease_owner = NULL, lease_expires_at = NULL \
-         WHERE mode = 'sync' AND status IN ('pending', 'processing') \
-           AND (?1 OR lease_expires_at IS NULL OR lease_expires_at < ",
-        now!(),
-        ")"
-    ))
-    .bind(everything)
-    .bind(SYNC_ORPHANED)
-    .execute(&mut *tx)
-    .await?
-    .rows_affected();
+    rescued.sync_failed = sqlx::query(RESCUE_SYNC)
+        .bind(everything)
+        .bind(SYNC_ORPHANED)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+    if everything {
+        rescued.sync_failed += sqlx::query(RESCUE_UNLEASED_SYNC)
+            .bind(SYNC_ORPHANED)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+    }
     // A delivery whose lease expired may or may not have reached its receiver: it is made
     // again (at least once), unless its replicas kept dying while holding it.
-    let deliveries: Vec<String> = sqlx::query_scalar(concat!(
-        "UPDATE deliveries SET \
-           status = CASE WHEN claim - attempts >= ?2 THEN 'failed' ELSE 'pending' END, \
-           last_error = CASE WHEN claim - attempts >= ?2 THEN ?3 ELSE last_error END, \
-           due_at = ",
-        now!(),
-        ", lease_owner = NULL, lease_expires_at = NULL \
-         WHERE status = 'delivering' AND (?1 OR lease_expires_at IS NULL OR lease_expires_at < ",
-        now!(),
-        ") RETURNING status"
-    ))
-    .bind(everything)
-    .bind(i64::from(max_attempts))
-    .bind(DELIVERY_GAVE_UP)
-    .fetch_all(&mut *tx)
-    .await?;
+    let deliveries: Vec<String> = sqlx::query_scalar(RESCUE_DELIVERIES)
+        .bind(everything)
+        .bind(i64::from(max_attempts))
+        .bind(DELIVERY_GAVE_UP)
+        .fetch_all(&mut *tx)
+        .await?;
     for status in deliveries {
         if status == "failed" {
             rescued.deliveries_failed += 1;
@@ -346,4 +381,84 @@ pub(super) async fn rescue(writer: &Writer, max_attempts: u32, everything: bool)
     }
     tx.commit().await?;
     Ok(rescued)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use serde_json::json;
+
+    use crate::db::store::NewSync;
+    use crate::db::{Store, timestamp};
+    use crate::liveness::Liveness;
+    use crate::model::Status;
+
+    fn sync_request(id: &str) -> NewSync {
+        NewSync {
+            id: id.to_owned(),
+            payload: json!({"operation": "prime", "complexity": 1}),
+            client_ip: "127.0.0.1".to_owned(),
+            tenant: None,
+            created_at: timestamp(chrono::Utc::now()),
+        }
+    }
+
+    #[tokio::test]
+    async fn the_rescue_fails_sync_requests_whose_replica_is_gone_and_at_start_the_unleased_ones() {
+        let dir = tempfile::tempdir().expect("dir");
+        let store = crate::db::sqlite::connect(&dir.path().join("rescue.db"), 64 << 20, &Liveness::new())
+            .await
+            .expect("store");
+        store
+            .start_sync(&sync_request("gone"), "replica-a", Duration::ZERO)
+            .await
+            .expect("gone");
+        store
+            .start_sync(&sync_request("unleased"), "replica-a", Duration::from_secs(600))
+            .await
+            .expect("unleased");
+        // Stored before the leases: `pending`, with no lease.
+        sqlx::query(
+            "UPDATE requests SET status = 'pending', lease_owner = NULL, lease_expires_at = NULL WHERE id = 'unleased'",
+        )
+        .execute(&mut *store.writer.lock().await.expect("writer"))
+        .await
+        .expect("an unleased row");
+        store
+            .start_sync(&sync_request("live"), "replica-b", Duration::from_secs(600))
+            .await
+            .expect("live");
+        let status = |id: &'static str| {
+            let store = &store;
+            async move { store.get(id).await.expect("get").expect("row").status }
+        };
+
+        // The lease of "gone" ends within a millisecond of its start (the stored clock's step).
+        let mut failed = 0;
+        for _ in 0..1000 {
+            failed += store.rescue(3, false).await.expect("rescue").sync_failed;
+            if failed > 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        assert_eq!(failed, 1, "only the expired lease");
+        assert_eq!(status("gone").await, Status::Failed);
+        assert_eq!(
+            status("unleased").await,
+            Status::Pending,
+            "left alone while replicas run"
+        );
+        assert_eq!(status("live").await, Status::Processing);
+
+        // At start no other process holds a lease: everything unfinished is failed.
+        assert_eq!(store.rescue(3, true).await.expect("rescue").sync_failed, 2);
+        for id in ["unleased", "live"] {
+            let row = store.get(id).await.expect("get").expect("row");
+            assert_eq!(row.status, Status::Failed, "{id}");
+            assert_eq!(row.error.as_deref(), Some(super::SYNC_ORPHANED), "{id}");
+        }
+        store.close().await;
+    }
 }

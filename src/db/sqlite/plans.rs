@@ -1,0 +1,91 @@
+//! The plans SQLite makes for the statements that run all the time or with the writer held: the
+//! claim, the rescue, the purge and the backlog's count. Each must reach its rows through the
+//! index made for it, bounded by the rows it is about (the pending ones, the ones in flight, the
+//! expired ones), never through an index that holds every request ever stored. Nothing runs
+//! `ANALYZE`, so SQLite plans without statistics and the plan does not depend on the rows stored:
+//! an empty database shows the plan a full one gets.
+
+use sqlx::{Row, SqliteConnection};
+
+use super::{queue, reads, upkeep};
+use crate::liveness::Liveness;
+
+/// What SQLite plans for `sql`, one step per line (`SEARCH requests USING INDEX ...`).
+async fn plan(conn: &mut SqliteConnection, sql: &'static str) -> Vec<String> {
+    // Only this module's constant statements are explained.
+    let rows = sqlx::query(sqlx::AssertSqlSafe(format!("EXPLAIN QUERY PLAN {sql}")))
+        .fetch_all(conn)
+        .await
+        .unwrap_or_else(|e| panic!("{e}: {sql}"));
+    rows.iter().map(|row| row.get::<String, _>("detail")).collect()
+}
+
+/// Asserts that every step of `sql` that reads `table` goes through one of `indexes`, and that
+/// no step sorts.
+async fn only_through(conn: &mut SqliteConnection, sql: &'static str, table: &str, indexes: &[&str]) {
+    let plan = plan(conn, sql).await;
+    let reads: Vec<&String> = plan
+        .iter()
+        .filter(|step| step.split_whitespace().nth(1) == Some(table))
+        .collect();
+    assert!(
+        !reads.is_empty(),
+        "no step reads {table}: {plan:?}
+{sql}"
+    );
+    for step in reads {
+        let words: Vec<&str> = step.split_whitespace().collect();
+        assert!(
+            words.windows(2).any(|w| w[0] == "INDEX" && indexes.contains(&w[1])),
+            "{step}: not through {indexes:?}
+{sql}"
+        );
+    }
+    assert!(
+        plan.iter().all(|step| !step.contains("TEMP B-TREE")),
+        "{plan:?}
+{sql}"
+    );
+}
+
+#[tokio::test]
+async fn busy_statements_reach_only_the_rows_they_are_about() {
+    let dir = tempfile::tempdir().expect("dir");
+    let store = super::connect(&dir.path().join("plans.db"), 64 << 20, &Liveness::new())
+        .await
+        .expect("store");
+    let mut conn = store.writer.lock().await.expect("writer");
+    // In flight: the `processing` range of requests_by_status, or the partial requests_leased.
+    let in_flight = ["requests_by_status", "requests_leased"];
+    only_through(&mut conn, queue::RESCUE_JOBS, "requests", &in_flight).await;
+    only_through(&mut conn, queue::RESCUE_SYNC, "requests", &in_flight).await;
+    // At start only: the pending range (the backlog), not every sync request.
+    only_through(
+        &mut conn,
+        queue::RESCUE_UNLEASED_SYNC,
+        "requests",
+        &["requests_by_status"],
+    )
+    .await;
+    only_through(
+        &mut conn,
+        queue::RESCUE_DELIVERIES,
+        "deliveries",
+        &["deliveries_leased"],
+    )
+    .await;
+    only_through(&mut conn, upkeep::PURGE_REQUESTS, "r", &["requests_finished"]).await;
+    only_through(&mut conn, reads::COUNT_BACKLOG, "requests", &["requests_claimable"]).await;
+    // The claim takes the oldest pending async jobs straight from their own index, in order.
+    // Left to choose, SQLite searched the `pending` range of requests_by_status and read each
+    // row to check its mode.
+    only_through(
+        &mut conn,
+        queue::CLAIM_JOBS,
+        "requests",
+        &["requests_claimable", "sqlite_autoindex_requests_1"],
+    )
+    .await;
+    drop(conn);
+    crate::db::Store::close(&store).await;
+}
