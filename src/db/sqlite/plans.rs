@@ -28,24 +28,15 @@ async fn only_through(conn: &mut SqliteConnection, sql: &'static str, table: &st
         .iter()
         .filter(|step| step.split_whitespace().nth(1) == Some(table))
         .collect();
-    assert!(
-        !reads.is_empty(),
-        "no step reads {table}: {plan:?}
-{sql}"
-    );
+    assert!(!reads.is_empty(), "no step reads {table}: {plan:?}\n{sql}");
     for step in reads {
         let words: Vec<&str> = step.split_whitespace().collect();
         assert!(
             words.windows(2).any(|w| w[0] == "INDEX" && indexes.contains(&w[1])),
-            "{step}: not through {indexes:?}
-{sql}"
+            "{step}: not through {indexes:?}\n{sql}"
         );
     }
-    assert!(
-        plan.iter().all(|step| !step.contains("TEMP B-TREE")),
-        "{plan:?}
-{sql}"
-    );
+    assert!(plan.iter().all(|step| !step.contains("TEMP B-TREE")), "{plan:?}\n{sql}");
 }
 
 #[tokio::test]
