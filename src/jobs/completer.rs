@@ -98,7 +98,14 @@ async fn complete_loop(
         }
         let finishes: Vec<JobFinish> = batch.iter().map(|f| f.finish.clone()).collect();
         let slots: Vec<OwnedSemaphorePermit> = batch.iter_mut().filter_map(|f| f.slot.take()).collect();
-        match store(&ctx, &finishes, handing_over && !ctx.stop.is_cancelled(), slots.len()).await {
+        let stored = store(&ctx, &finishes, handing_over && !ctx.stop.is_cancelled(), slots.len()).await;
+        // Stored or left to expire, these leases are no longer renewed: dropped at once, before
+        // the hand-over (which may wait for the workers), so that a heartbeat never takes a
+        // stored outcome's lease for a lost one.
+        for done in &batch {
+            ctx.leases.drop_lease(Kind::Job, &done.finish.lease);
+        }
+        match stored {
             Ok((applied, claimed)) => {
                 handing_over &= hand_over(&ctx, &handoff, claimed, slots).await;
                 let mut deliveries = false;
@@ -130,9 +137,7 @@ async fn complete_loop(
                 );
             }
         }
-        for done in batch.drain(..) {
-            ctx.leases.drop_lease(Kind::Job, &done.finish.lease);
-        }
+        batch.clear();
     }
 }
 

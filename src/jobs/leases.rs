@@ -90,23 +90,30 @@ impl Leases {
         }
     }
 
-    /// Forgets leases the heartbeat found lost (another attempt owns them now) and cancels their
-    /// work: whatever it would store would be refused anyway.
-    pub(crate) fn lost(&self, lost: &Held) {
+    /// Forgets the leases the heartbeat could not renew and cancels their work (whatever it would
+    /// store would be refused anyway). Returns those that were still held: the others ended
+    /// while the heartbeat ran (their outcome stored, its lease dropped), which is no loss.
+    pub(crate) fn lost(&self, not_renewed: &Held) -> Held {
         let mut held = self.lock();
-        for lease in &lost.jobs {
+        let mut lost = Held::default();
+        for lease in &not_renewed.jobs {
             if let Some(cancel) = held.jobs.remove(lease) {
                 cancel.cancel();
+                lost.jobs.push(lease.clone());
             }
         }
-        for lease in &lost.sync {
+        for lease in &not_renewed.sync {
             if let Some(cancel) = held.sync.remove(lease) {
                 cancel.cancel();
+                lost.sync.push(lease.clone());
             }
         }
-        for lease in &lost.deliveries {
-            held.deliveries.remove(lease);
+        for lease in &not_renewed.deliveries {
+            if held.deliveries.remove(lease).is_some() {
+                lost.deliveries.push(lease.clone());
+            }
         }
+        lost
     }
 }
 
@@ -124,18 +131,22 @@ mod tests {
     #[test]
     fn a_lost_lease_is_forgotten_and_its_work_cancelled() {
         let leases = Leases::new("replica-a");
-        let (kept, lost) = (CancelToken::new(), CancelToken::new());
+        let (kept, taken) = (CancelToken::new(), CancelToken::new());
         leases.hold(Kind::Job, lease("a", 1), Some(kept.clone()));
-        leases.hold(Kind::Job, lease("b", 2), Some(lost.clone()));
+        leases.hold(Kind::Job, lease("b", 2), Some(taken.clone()));
         leases.hold(Kind::Delivery, lease("c", 1), None);
-        leases.lost(&Held {
-            jobs: vec![lease("b", 2)],
+        // "z" ended while the heartbeat ran: its lease was dropped, and it is no loss.
+        let lost = leases.lost(&Held {
+            jobs: vec![lease("b", 2), lease("z", 1)],
+            deliveries: vec![lease("y", 1)],
             ..Held::default()
         });
+        assert_eq!(lost.jobs, vec![lease("b", 2)]);
+        assert!(lost.deliveries.is_empty() && lost.sync.is_empty());
         let held = leases.snapshot();
         assert_eq!(held.jobs, vec![lease("a", 1)]);
         assert_eq!(held.deliveries, vec![lease("c", 1)]);
-        assert!(lost.is_cancelled() && !kept.is_cancelled());
+        assert!(taken.is_cancelled() && !kept.is_cancelled());
         leases.drop_lease(Kind::Job, &lease("a", 1));
         assert!(leases.snapshot().jobs.is_empty());
     }

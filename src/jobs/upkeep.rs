@@ -43,17 +43,23 @@ async fn heartbeat_loop(ctx: JobsContext, figures: impl Fn() -> ReplicaBeat, hal
             .heartbeat(ctx.leases.owner(), &held, ctx.settings.lease, &figures())
             .await
         {
-            Ok(lost) if lost.is_empty() => {}
-            Ok(lost) => {
-                let n = lost.jobs.len() + lost.sync.len() + lost.deliveries.len();
-                ctx.metrics.leases_lost.inc_by(n as u64);
-                tracing::warn!(
-                    jobs = lost.jobs.len(),
-                    sync = lost.sync.len(),
-                    deliveries = lost.deliveries.len(),
-                    "leases lost (they expired and another attempt took them); their work is abandoned"
-                );
-                ctx.leases.lost(&lost);
+            Ok(not_renewed) if not_renewed.is_empty() => {}
+            Ok(not_renewed) => {
+                // Work that ended while the heartbeat ran is not renewed either; only leases
+                // still held are lost. (An outcome stored in the instant between its commit and
+                // the drop of its lease can still be counted: that window is a task's wake-up,
+                // where the heartbeat's own write takes a round trip to the database.)
+                let lost = ctx.leases.lost(&not_renewed);
+                if !lost.is_empty() {
+                    let n = lost.jobs.len() + lost.sync.len() + lost.deliveries.len();
+                    ctx.metrics.leases_lost.inc_by(n as u64);
+                    tracing::warn!(
+                        jobs = lost.jobs.len(),
+                        sync = lost.sync.len(),
+                        deliveries = lost.deliveries.len(),
+                        "leases lost (they expired and another attempt took them); their work is abandoned"
+                    );
+                }
             }
             Err(e) => tracing::warn!(error = %e, "heartbeat failed; leases expire unless the next one succeeds"),
         }
