@@ -299,24 +299,30 @@ pub(super) const RESCUE_JOBS: &str = concat!(
     ") RETURNING status"
 );
 
-/// Sync requests whose replica is gone (their lease expired): failed.
-pub(super) const RESCUE_SYNC: &str = concat!(
-    "UPDATE requests SET status = 'failed', error = ?2, completed_at = ",
-    now!(),
-    ", lease_owner = NULL, lease_expires_at = NULL \
-     WHERE status = 'processing' AND +mode = 'sync' \
-       AND (?1 OR lease_expires_at IS NULL OR lease_expires_at < ",
+/// Fails the sync requests that also match the condition (string literals and `now!()`, as
+/// `concat!` takes them): `?2` is the error.
+macro_rules! fail_sync_where {
+    ($($condition:tt)+) => {
+        concat!(
+            "UPDATE requests SET status = 'failed', error = ?2, completed_at = ",
+            now!(),
+            ", lease_owner = NULL, lease_expires_at = NULL WHERE +mode = 'sync' AND ",
+            $($condition)+
+        )
+    };
+}
+
+/// Sync requests whose lease expired (`?1`: every one, at start).
+pub(super) const RESCUE_SYNC: &str = fail_sync_where!(
+    "status = 'processing' AND (?1 OR lease_expires_at IS NULL OR lease_expires_at < ",
     now!(),
     ")"
 );
 
 /// Sync requests left `pending` by builds before the leases (which stored a sync request before
-/// running it): failed, at start only. The search runs over the pending range, the backlog.
-pub(super) const RESCUE_UNLEASED_SYNC: &str = concat!(
-    "UPDATE requests SET status = 'failed', error = ?1, completed_at = ",
-    now!(),
-    ", lease_owner = NULL, lease_expires_at = NULL WHERE status = 'pending' AND +mode = 'sync'"
-);
+/// running it): failed, at start only (`?1` is unused). The search runs over the pending range,
+/// the backlog.
+pub(super) const RESCUE_UNLEASED_SYNC: &str = fail_sync_where!("status = 'pending'");
 
 /// Deliveries whose lease expired: made again, or failed once their replicas kept dying.
 pub(super) const RESCUE_DELIVERIES: &str = concat!(
@@ -359,6 +365,7 @@ pub(super) async fn rescue(writer: &Writer, max_attempts: u32, everything: bool)
         .rows_affected();
     if everything {
         rescued.sync_failed += sqlx::query(RESCUE_UNLEASED_SYNC)
+            .bind(everything)
             .bind(SYNC_ORPHANED)
             .execute(&mut *tx)
             .await?
