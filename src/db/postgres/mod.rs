@@ -383,15 +383,19 @@ mod tests {
         std::env::var("PG_TEST_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
     }
 
-    #[tokio::test]
-    async fn durable_sessions_wait_for_the_flush_and_queue_sessions_keep_generic_plans() {
+    /// A fresh database with the schema, its store, and the admin connection that drops it
+    /// (`drop_scratch`); `None` when no PostgreSQL answers and `CI` is unset.
+    async fn scratch() -> Option<(sqlx::PgConnection, String, PgStore)> {
         let admin = admin_url();
         let mut conn = match sqlx::PgConnection::connect(&admin).await {
             Ok(conn) => conn,
             Err(e) if std::env::var_os("CI").is_some() => {
                 panic!("CI is set, and PostgreSQL at {admin} does not answer: {e}")
             }
-            Err(e) => return eprintln!("skipped: no PostgreSQL at {admin} ({e})"),
+            Err(e) => {
+                eprintln!("skipped: no PostgreSQL at {admin} ({e})");
+                return None;
+            }
         };
         let name = format!("sync_async_unit_{}", uuid::Uuid::new_v4().simple());
         sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
@@ -402,6 +406,22 @@ mod tests {
         let store = connect(&url, 10, Duration::from_millis(50), &Liveness::new())
             .await
             .expect("connect");
+        Some((conn, name, store))
+    }
+
+    async fn drop_scratch(mut conn: sqlx::PgConnection, name: &str, store: PgStore) {
+        store.close().await;
+        sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE {name} WITH (FORCE)")))
+            .execute(&mut conn)
+            .await
+            .expect("drop the database");
+    }
+
+    #[tokio::test]
+    async fn durable_sessions_wait_for_the_flush_and_queue_sessions_keep_generic_plans() {
+        let Some((conn, name, store)) = scratch().await else {
+            return;
+        };
         let setting = |pool: PgPool| async move {
             sqlx::query_scalar::<_, String>("SHOW synchronous_commit")
                 .fetch_one(&pool)
@@ -415,14 +435,42 @@ mod tests {
             .await
             .expect("show");
 
-        store.close().await;
-        sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE {name} WITH (FORCE)")))
-            .execute(&mut conn)
-            .await
-            .expect("drop the database");
+        drop_scratch(conn, &name, store).await;
         assert_eq!((durable.as_str(), main.as_str()), ("on", "off"));
         assert_eq!(queue_plans, "force_generic_plan");
         assert_eq!(connection_shares(4), (1, 1, 2));
         assert_eq!(connection_shares(10), (3, 3, 4));
+    }
+
+    /// The sync rescue runs in every replica every few seconds: with a backlog of waiting jobs
+    /// and the statistics to see it, it must reach only the requests in flight.
+    #[tokio::test]
+    async fn the_sync_rescue_reads_the_requests_in_flight_not_the_backlog() {
+        let Some((conn, name, store)) = scratch().await else {
+            return;
+        };
+        for sql in [
+            "INSERT INTO requests (id, mode, payload, status, created_at) \
+             SELECT 'a' || g, 'async', '{}', 'pending', now() FROM generate_series(1, 20000) g",
+            "INSERT INTO requests (id, mode, payload, status, created_at, lease_owner, lease_expires_at) \
+             SELECT 's' || g, 'sync', '{}', 'processing', now(), 'r1', now() + interval '30 s' \
+             FROM generate_series(1, 5) g",
+            "ANALYZE requests",
+        ] {
+            sqlx::query(sql).execute(&store.pool).await.expect(sql);
+        }
+        let plan: String =
+            sqlx::query_scalar::<_, String>(sqlx::AssertSqlSafe(format!("EXPLAIN {}", queue::RESCUE_SYNC)))
+                .bind(false)
+                .bind("gone")
+                .fetch_all(&store.pool)
+                .await
+                .expect("explain")
+                .join("\n");
+        drop_scratch(conn, &name, store).await;
+        assert!(
+            plan.contains("requests_leased") && !plan.contains("requests_by_status"),
+            "{plan}"
+        );
     }
 }
