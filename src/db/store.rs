@@ -288,6 +288,9 @@ pub struct ClaimedJob {
 #[derive(Debug, Clone, PartialEq)]
 pub struct JobFinish {
     pub lease: Lease,
+    /// When its worker took it up (RFC 3339 UTC), stored as the job's `started_at`: a job
+    /// claimed ahead waits in the hand-over channel, so its claim is not its start.
+    pub started_at: String,
     pub completion: Completion,
 }
 

@@ -94,6 +94,7 @@ async fn drain(claimed: &Mutex<mpsc::Receiver<Handoff>>, ctx: &JobsContext, comp
 /// completer's write of the outcome claims the slot's next job. A job that ends with no outcome
 /// (released, or its lease lost) frees its slot for the claimer.
 async fn run_job(ctx: &JobsContext, completer: &Completer, job: ClaimedJob, slot: OwnedSemaphorePermit) {
+    let started_at = db::timestamp(chrono::Utc::now());
     let cancel = CancelToken::new();
     ctx.leases.hold(Kind::Job, job.lease.clone(), Some(cancel.clone()));
     ctx.metrics.workers_busy.inc();
@@ -142,6 +143,7 @@ async fn run_job(ctx: &JobsContext, completer: &Completer, job: ClaimedJob, slot
         .submit(
             JobFinish {
                 lease: job.lease,
+                started_at,
                 completion,
             },
             has_callback,

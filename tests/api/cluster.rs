@@ -233,6 +233,7 @@ async fn cut_database_connections_show_in_health_and_the_work_finishes_without_a
 fn finish(lease: sync_async::db::Lease, result: Value) -> JobFinish {
     JobFinish {
         lease,
+        started_at: sync_async::db::timestamp(chrono::Utc::now()),
         completion: Completion {
             status: Status::Done,
             result: Some(result),
@@ -362,9 +363,9 @@ async fn a_finish_that_claims_stores_the_outcomes_and_takes_the_next_jobs_on_sql
     finish_and_claim(Backend::Sqlite).await;
 }
 
-/// The completer's write: fenced finishes (a stale one is refused), the outbox, and a claim of
-/// the oldest pending jobs, up to the slots given and never a job just finished; the counts by
-/// status stay exact.
+/// The completer's write: fenced finishes (a stale one is refused) with the start their worker
+/// reported, the outbox, and a claim of the oldest pending jobs, up to the slots given and never
+/// a job just finished; the counts by status stay exact.
 async fn finish_and_claim(backend: Backend) {
     let Some(setup) = TestSetup::new(backend).await else {
         return;
@@ -394,7 +395,10 @@ async fn finish_and_claim(backend: Backend) {
             &[
                 finish(stale.lease.clone(), json!("stale")),
                 finish(fresh.lease.clone(), json!("fresh")),
-                finish(running[0].lease.clone(), json!("running")),
+                JobFinish {
+                    started_at: "2026-01-02T03:04:05.678Z".to_owned(),
+                    ..finish(running[0].lease.clone(), json!("running"))
+                },
             ],
             2,
             Duration::from_secs(30),
@@ -412,6 +416,10 @@ async fn finish_and_claim(backend: Backend) {
     assert!(claimed.iter().all(|c| c.lease.attempt == 1));
     let row = store.get(&expired.id).await.expect("get").expect("row");
     assert_eq!((row.status, row.result), (Status::Done, Some(json!("fresh"))));
+    // A job's start is when its worker took it up, not its claim (it may have waited in the
+    // channel, claimed ahead).
+    let row = store.get(&running[0].lease.id).await.expect("get").expect("row");
+    assert_eq!(row.started_at.as_deref(), Some("2026-01-02T03:04:05.678Z"));
     let deliveries = store
         .claim_deliveries("replica-a", 10, Duration::from_secs(30))
         .await

@@ -34,12 +34,13 @@ fn claimed_ctes(max: usize, lease: u8, limit: u8) -> String {
 }
 
 /// The finish, as three CTEs (`f`, `done`, `outbox`) for `finish_jobs` and `finish_and_claim`:
-/// every finish in `$2`..`$8` that `$1` still holds is stored, and the delivery of each that has
+/// every finish in `$2`..`$9` that `$1` still holds is stored, and the delivery of each that has
 /// a callback is written by the same statement.
 const FINISHED_CTES: &str = "f AS (SELECT * FROM unnest($2::text[], $3::int8[], $4::text[], $5::text[], $6::text[], \
-       $7::text[], $8::float8[]) AS f(id, attempt, status, result, error, completed_at, ms)), \
+       $7::text[], $8::float8[], $9::text[]) AS f(id, attempt, status, result, error, completed_at, ms, started_at)), \
      done AS (UPDATE requests r SET status = f.status, result = f.result::jsonb, error = f.error, \
-                completed_at = f.completed_at::timestamptz, execution_time_ms = f.ms, \
+                started_at = f.started_at::timestamptz, completed_at = f.completed_at::timestamptz, \
+                execution_time_ms = f.ms, \
                 lease_owner = NULL, lease_expires_at = NULL \
               FROM f WHERE r.id = f.id AND r.status = 'processing' AND r.lease_owner = $1 \
                 AND r.attempt = f.attempt \
@@ -86,7 +87,7 @@ fn claimed_job(row: &PgRow) -> Result<ClaimedJob, sqlx::Error> {
     })
 }
 
-/// Binds the finishes as the arrays `$2`..`$8` of `FINISHED_CTES` (`$1`, the owner, is bound).
+/// Binds the finishes as the arrays `$2`..`$9` of `FINISHED_CTES` (`$1`, the owner, is bound).
 fn bind_finishes<'q>(
     query: sqlx::query::Query<'q, Postgres, PgArguments>,
     finishes: &'q [JobFinish],
@@ -101,6 +102,7 @@ fn bind_finishes<'q>(
     let errors: Vec<Option<&str>> = finishes.iter().map(|f| f.completion.error.as_deref()).collect();
     let completed: Vec<&str> = finishes.iter().map(|f| f.completion.completed_at.as_str()).collect();
     let ms: Vec<Option<f64>> = finishes.iter().map(|f| f.completion.execution_time_ms).collect();
+    let started: Vec<&str> = finishes.iter().map(|f| f.started_at.as_str()).collect();
     query
         .bind(ids)
         .bind(attempts)
@@ -109,6 +111,7 @@ fn bind_finishes<'q>(
         .bind(errors)
         .bind(completed)
         .bind(ms)
+        .bind(started)
 }
 
 /// What a finish stored: per finish, whether it was applied (by id and attempt: a batch may hold
@@ -171,7 +174,7 @@ pub(super) async fn finish_and_claim(
                 NULL::jsonb AS payload, NULL::text AS callback_url, NULL::timestamptz AS created_at FROM done \
          UNION ALL \
          SELECT false, id, attempt, false, payload, callback_url, created_at FROM claimed",
-        claimed_ctes(max, 9, 10)
+        claimed_ctes(max, 10, 11)
     )))
     .bind(owner);
     let query = bind_finishes(query, finishes).bind(secs(lease));

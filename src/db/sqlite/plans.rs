@@ -77,6 +77,14 @@ async fn busy_statements_reach_only_the_rows_they_are_about() {
         &["requests_claimable", "sqlite_autoindex_requests_1"],
     )
     .await;
+    // The completer's write: its claim the same way, its finishes by primary key.
+    only_through(
+        &mut conn,
+        queue::FINISH_AND_CLAIM,
+        "requests",
+        &["requests_claimable", "sqlite_autoindex_requests_1"],
+    )
+    .await;
     drop(conn);
     crate::db::Store::close(&store).await;
 }

@@ -4,8 +4,9 @@
 use std::time::Duration;
 
 use serde_json::Value;
+use sqlx::sqlite::SqliteRow;
 use sqlx::types::Json;
-use sqlx::{Connection, Row, SqliteConnection};
+use sqlx::{Connection, Row};
 
 use super::writer::Writer;
 use super::{now, plus};
@@ -28,19 +29,69 @@ pub(super) const CLAIM_JOBS: &str = "UPDATE requests SET status = 'processing', 
                   WHERE status = 'pending' AND mode = 'async' ORDER BY created_at, id LIMIT +?3) \
      RETURNING id, attempt, payload, callback_url, created_at";
 
+/// The finishes of `?2`, as rows of `FINISH_JOBS` and `FINISH_AND_CLAIM` (`claim` 0).
+macro_rules! finishes {
+    () => {
+        "SELECT value ->> '$.id' AS id, value ->> '$.attempt' AS attempt, \
+       value ->> '$.status' AS status, value ->> '$.result' AS result, value ->> '$.error' AS error, \
+       value ->> '$.started_at' AS started_at, value ->> '$.completed_at' AS completed_at, \
+       value ->> '$.ms' AS ms, 0 AS claim \
+         FROM json_each(?2)"
+    };
+}
+
+/// Stores every finish of `?2` that `?1` still holds, whatever the batch's size, in one
+/// statement: each statement is a hand-off to sqlx's SQLite thread and back, and one per row
+/// cost more than the rows did. The delivery of each job with a callback is written by the
+/// outbox trigger (migration 0006) within that same statement.
+const FINISH_JOBS: &str = concat!(
+    "UPDATE requests SET status = f.status, result = f.result, error = f.error, \
+       started_at = f.started_at, completed_at = f.completed_at, execution_time_ms = f.ms, \
+       lease_owner = NULL, lease_expires_at = NULL \
+     FROM (",
+    finishes!(),
+    ") AS f \
+     WHERE requests.id = f.id AND requests.status = 'processing' \
+       AND requests.lease_owner = ?1 AND requests.attempt = f.attempt \
+     RETURNING requests.id, requests.attempt, requests.status, NULL AS payload, \
+       requests.callback_url, requests.created_at"
+);
+
+/// `FINISH_JOBS` and `CLAIM_JOBS` as one statement: the finishes of `?2` and up to `?3` pending
+/// jobs, claimed for `?1` with a lease of `?4`, are the rows of one `UPDATE ... FROM`. One
+/// hand-off to the SQLite thread and one commit per cycle of the workers rather than two of
+/// each. SQLite gathers the rows an `UPDATE ... FROM` changes before it changes any, so the
+/// claim sees the queue as it was: its rows are `pending`, the finished ones `processing`, and
+/// no row is both. A claimed row comes back `processing` with its payload, a finished one
+/// `done` or `failed`.
+pub(super) const FINISH_AND_CLAIM: &str = concat!(
+    "UPDATE requests SET status = f.status, \
+       result = CASE f.claim WHEN 1 THEN requests.result ELSE f.result END, \
+       error = CASE f.claim WHEN 1 THEN requests.error ELSE f.error END, \
+       completed_at = CASE f.claim WHEN 1 THEN requests.completed_at ELSE f.completed_at END, \
+       execution_time_ms = CASE f.claim WHEN 1 THEN requests.execution_time_ms ELSE f.ms END, \
+       started_at = coalesce(f.started_at, strftime('%Y-%m-%dT%H:%M:%fZ', 'now')), \
+       attempt = requests.attempt + f.claim, \
+       lease_owner = CASE f.claim WHEN 1 THEN ?1 END, \
+       lease_expires_at = CASE f.claim WHEN 1 THEN strftime('%Y-%m-%dT%H:%M:%fZ', 'now', ?4) END, \
+       attempted_by = CASE f.claim WHEN 1 THEN json_insert(requests.attempted_by, '$[#]', ?1) \
+                      ELSE requests.attempted_by END \
+     FROM (",
+    finishes!(),
+    " UNION ALL \
+       SELECT id, NULL, 'processing', NULL, NULL, NULL, NULL, NULL, 1 FROM \
+         (SELECT id FROM requests INDEXED BY requests_claimable \
+          WHERE status = 'pending' AND mode = 'async' ORDER BY created_at, id LIMIT +?3)) AS f \
+     WHERE requests.id = f.id AND CASE f.claim WHEN 1 THEN requests.status = 'pending' \
+       ELSE requests.status = 'processing' AND requests.lease_owner = ?1 AND requests.attempt = f.attempt END \
+     RETURNING requests.id, requests.attempt, requests.status, \
+       CASE WHEN requests.status = 'processing' THEN requests.payload END AS payload, \
+       requests.callback_url, requests.created_at"
+);
+
 /// Claims up to `max` pending jobs, oldest first (`CLAIM_JOBS`).
 pub(super) async fn claim_jobs(
     writer: &Writer,
-    owner: &str,
-    max: usize,
-    lease: Duration,
-) -> Result<Vec<ClaimedJob>, sqlx::Error> {
-    claim_jobs_on(&mut *writer.lock().await?, owner, max, lease).await
-}
-
-/// `claim_jobs` on the writer, already held.
-async fn claim_jobs_on(
-    conn: &mut SqliteConnection,
     owner: &str,
     max: usize,
     lease: Duration,
@@ -51,42 +102,50 @@ async fn claim_jobs_on(
     let rows = sqlx::query(CLAIM_JOBS)
         .bind(owner)
         .bind(plus(lease))
-        .bind(i64::try_from(max).unwrap_or(i64::MAX))
-        .fetch_all(conn)
+        .bind(limit(max))
+        .fetch_all(&mut *writer.lock().await?)
         .await?;
-    rows.into_iter()
-        .map(|row| {
-            let Json(payload): Json<Value> = row.try_get("payload")?;
-            Ok(ClaimedJob {
-                lease: Lease {
-                    id: row.try_get("id")?,
-                    attempt: row.try_get("attempt")?,
-                },
-                accepted_at: row.try_get("created_at")?,
-                payload,
-                callback_url: row.try_get("callback_url")?,
-            })
-        })
-        .collect()
+    rows.iter().map(claimed_job).collect()
 }
 
-/// Stores every finish that still holds its lease in one statement whatever the batch's size
-/// (each statement is a hand-off to sqlx's SQLite thread and back, and one per row cost more
-/// than the rows did). The delivery of each job with a callback is written by the outbox trigger
-/// (migration 0006) within that same statement.
+/// A claimed row: its lease and what its worker needs.
+fn claimed_job(row: &SqliteRow) -> Result<ClaimedJob, sqlx::Error> {
+    let Json(payload): Json<Value> = row.try_get("payload")?;
+    Ok(ClaimedJob {
+        lease: Lease {
+            id: row.try_get("id")?,
+            attempt: row.try_get("attempt")?,
+        },
+        accepted_at: row.try_get("created_at")?,
+        payload,
+        callback_url: row.try_get("callback_url")?,
+    })
+}
+
+/// A claim's limit, bound.
+fn limit(max: usize) -> i64 {
+    i64::try_from(max).unwrap_or(i64::MAX)
+}
+
+/// Stores every finish that still holds its lease (`FINISH_JOBS`).
 pub(super) async fn finish_jobs(
     writer: &Writer,
     owner: &str,
     finishes: &[JobFinish],
 ) -> Result<Vec<bool>, sqlx::Error> {
-    finish_jobs_on(&mut *writer.lock().await?, owner, finishes).await
+    if finishes.is_empty() {
+        return Ok(Vec::new());
+    }
+    let rows = sqlx::query(FINISH_JOBS)
+        .bind(owner)
+        .bind(finish_rows(finishes))
+        .fetch_all(&mut *writer.lock().await?)
+        .await?;
+    Ok(finished_and_claimed(finishes, &rows)?.0)
 }
 
-/// `finish_jobs`, then `claim_jobs`, in one turn of the writer: two statements (SQLite's
-/// `RETURNING` cannot stand in a CTE) but one wait for the writer and one look at the WAL. A
-/// claim that fails after the finishes were stored comes back empty, so that a retry of the
-/// whole does not store them again and count them stale; the claimer's next claim takes the
-/// jobs.
+/// `finish_jobs` and `claim_jobs` in one statement (`FINISH_AND_CLAIM`). Returns which finishes
+/// were applied, and the jobs claimed, oldest first.
 pub(super) async fn finish_and_claim(
     writer: &Writer,
     owner: &str,
@@ -94,24 +153,21 @@ pub(super) async fn finish_and_claim(
     max: usize,
     lease: Duration,
 ) -> Result<(Vec<bool>, Vec<ClaimedJob>), sqlx::Error> {
-    let mut conn = writer.lock().await?;
-    let applied = finish_jobs_on(&mut conn, owner, finishes).await?;
-    let claimed = claim_jobs_on(&mut conn, owner, max, lease).await.unwrap_or_else(|e| {
-        tracing::warn!(error = %e, "claiming jobs after their finishes failed; the claimer claims them");
-        Vec::new()
-    });
-    Ok((applied, claimed))
+    if max == 0 {
+        return Ok((finish_jobs(writer, owner, finishes).await?, Vec::new()));
+    }
+    let rows = sqlx::query(FINISH_AND_CLAIM)
+        .bind(owner)
+        .bind(finish_rows(finishes))
+        .bind(limit(max))
+        .bind(plus(lease))
+        .fetch_all(&mut *writer.lock().await?)
+        .await?;
+    finished_and_claimed(finishes, &rows)
 }
 
-/// `finish_jobs` on the writer, already held.
-async fn finish_jobs_on(
-    conn: &mut SqliteConnection,
-    owner: &str,
-    finishes: &[JobFinish],
-) -> Result<Vec<bool>, sqlx::Error> {
-    if finishes.is_empty() {
-        return Ok(Vec::new());
-    }
+/// The finishes as a JSON array, for `FINISHES`.
+fn finish_rows(finishes: &[JobFinish]) -> String {
     let rows: Vec<Value> = finishes
         .iter()
         .map(|f| {
@@ -123,37 +179,40 @@ async fn finish_jobs_on(
                 // Stored as JSON text, as a single row's finish stores it.
                 "result": c.result.as_ref().map(Value::to_string),
                 "error": c.error,
+                "started_at": f.started_at,
                 "completed_at": c.completed_at,
                 "ms": c.execution_time_ms,
             })
         })
         .collect();
-    let updated: Vec<(String, i64)> = sqlx::query_as(
-        "UPDATE requests SET status = f.status, result = f.result, error = f.error, \
-           completed_at = f.completed_at, execution_time_ms = f.ms, \
-           lease_owner = NULL, lease_expires_at = NULL \
-         FROM (SELECT value ->> '$.id' AS id, value ->> '$.attempt' AS attempt, \
-                 value ->> '$.status' AS status, value ->> '$.result' AS result, \
-                 value ->> '$.error' AS error, value ->> '$.completed_at' AS completed_at, \
-                 value ->> '$.ms' AS ms \
-               FROM json_each(?2)) AS f \
-         WHERE requests.id = f.id AND requests.status = 'processing' \
-           AND requests.lease_owner = ?1 AND requests.attempt = f.attempt \
-         RETURNING requests.id, requests.attempt",
-    )
-    .bind(owner)
-    .bind(Value::Array(rows).to_string())
-    .fetch_all(conn)
-    .await?;
-    // By id and attempt: a batch may hold a stale and a fresh outcome of one job.
-    Ok(finishes
+    Value::Array(rows).to_string()
+}
+
+/// Splits the rows of `FINISH_JOBS` or `FINISH_AND_CLAIM`: which of `finishes` were applied (by
+/// id and attempt: a batch may hold a stale and a fresh outcome of one job), and the jobs
+/// claimed (the rows still `processing`), oldest first.
+fn finished_and_claimed(
+    finishes: &[JobFinish],
+    rows: &[SqliteRow],
+) -> Result<(Vec<bool>, Vec<ClaimedJob>), sqlx::Error> {
+    let (mut finished, mut claimed) = (Vec::new(), Vec::new());
+    for row in rows {
+        if row.try_get::<&str, _>("status")? == "processing" {
+            claimed.push(claimed_job(row)?);
+        } else {
+            finished.push((row.try_get::<String, _>("id")?, row.try_get::<i64, _>("attempt")?));
+        }
+    }
+    claimed.sort_by(|a, b| (a.accepted_at, &a.lease.id).cmp(&(b.accepted_at, &b.lease.id)));
+    let applied = finishes
         .iter()
         .map(|f| {
-            updated
+            finished
                 .iter()
                 .any(|(id, attempt)| *id == f.lease.id && *attempt == f.lease.attempt)
         })
-        .collect())
+        .collect();
+    Ok((applied, claimed))
 }
 
 /// Puts claimed jobs back as pending, giving back the attempt their claim took. Returns how

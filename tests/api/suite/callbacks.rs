@@ -378,6 +378,7 @@ async fn a_policy_tightened_after_acceptance_refuses_the_delivery() {
         .expect("claim");
     let done = JobFinish {
         lease: claimed[0].lease.clone(),
+        started_at: now.clone(),
         completion: Completion {
             status: Status::Done,
             result: Some(json!({})),
