@@ -294,6 +294,7 @@ fn queue_settings(config: &Config) -> QueueSettings {
         poll_every: config.poll_interval,
         max_attempts: config.job_max_attempts,
         num_workers: config.num_workers,
+        claim_ahead: config.claim_ahead(),
         shutdown_grace: config.shutdown_grace,
     }
 }

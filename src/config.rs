@@ -84,6 +84,9 @@ impl EngineCalibration {
 /// The calibration file next to a PostgreSQL replica: in its working directory.
 const POSTGRES_CALIBRATION_FILE: &str = "calibration.json";
 
+/// What CLAIM_AHEAD takes.
+const CLAIM_AHEAD_EXPECTED: &str = "a whole number from 0 to 1024";
+
 /// DATABASE_URL, parsed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DatabaseUrl {
@@ -185,6 +188,11 @@ pub struct Config {
     pub work_timeout: Duration,
     /// Worker tasks that drain the async queue.
     pub num_workers: usize,
+    /// CLAIM_AHEAD: jobs a SQLite server claims beyond its free workers while jobs are tiny,
+    /// waiting in the hand-over channel, so that a worker that finishes takes its next job at once
+    /// rather than waiting for the write that stores its outcome. `None`: as many as NUM_WORKERS
+    /// on SQLite; a PostgreSQL replica claims only for free workers (`claim_ahead()`).
+    pub claim_ahead: Option<usize>,
     /// Async jobs that may wait in the queue; one more gets 429.
     pub max_queue_size: usize,
     /// Bound on one callback attempt, connect to last byte.
@@ -291,6 +299,10 @@ impl Config {
             max_sync_concurrency: env.count("MAX_SYNC_CONCURRENCY", 10, 1024)?,
             work_timeout: env.seconds("WORK_TIMEOUT_SECONDS", "30", 0.001, 3600.0)?,
             num_workers: env.count("NUM_WORKERS", 5, 1024)?,
+            claim_ahead: env
+                .optional("CLAIM_AHEAD")
+                .map(|_| env.parse("CLAIM_AHEAD", "0", CLAIM_AHEAD_EXPECTED))
+                .transpose()?,
             max_queue_size: env.count("MAX_QUEUE_SIZE", 100, 1_000_000_000)?,
             shutdown_grace: env.seconds("SHUTDOWN_GRACE_SECONDS", "10", 0.001, 3600.0)?,
             callback_timeout: env.seconds("CALLBACK_TIMEOUT_SECONDS", "10", 0.001, 600.0)?,
@@ -325,7 +337,7 @@ impl Config {
 
     /// Bounds that need more than one value or a range check after parsing.
     fn check_ranges(&self, env: &Lookup<'_>) -> Result<(), ConfigError> {
-        let checks: [(&'static str, bool, &str); 11] = [
+        let checks: [(&'static str, bool, &str); 13] = [
             (
                 "CALIBRATION_PATH",
                 self.calibration_path
@@ -342,6 +354,17 @@ impl Config {
                 "DATABASE_PATH",
                 !self.database_path.as_os_str().as_encoded_bytes().contains(&0),
                 "a file path",
+            ),
+            (
+                "CLAIM_AHEAD",
+                self.claim_ahead.is_none_or(|n| n <= 1024),
+                CLAIM_AHEAD_EXPECTED,
+            ),
+            (
+                "CLAIM_AHEAD",
+                !matches!(self.database_url, Some(DatabaseUrl::Postgres(_))) || self.claim_ahead.is_none_or(|n| n == 0),
+                "0 or unset with PostgreSQL: a replica claims only for its free workers, so that no job waits \
+                 in one replica while another's worker is idle",
             ),
             (
                 "JOB_MAX_ATTEMPTS",
@@ -390,6 +413,16 @@ impl Config {
         match checks.into_iter().find(|(_, ok, _)| !ok) {
             Some((key, _, expected)) => Err(env.error(key, expected)),
             None => Ok(()),
+        }
+    }
+
+    /// Jobs this replica claims beyond its free workers: CLAIM_AHEAD, by default NUM_WORKERS on
+    /// SQLite (one server: a job claimed ahead keeps no other replica's worker idle); always 0
+    /// on PostgreSQL, where a replica claims only for free workers.
+    pub fn claim_ahead(&self) -> usize {
+        match self.database() {
+            DatabaseTarget::Postgres { .. } => 0,
+            DatabaseTarget::Sqlite { .. } => self.claim_ahead.unwrap_or(self.num_workers),
         }
     }
 
@@ -466,6 +499,20 @@ mod tests {
         assert!(c.block_private_ips && c.trusted_proxies.is_empty());
         assert_eq!(c.loopback_callbacks, LoopbackCallbacks::Local);
         assert_eq!(c.max_payload_bytes(), 100 * 1024);
+    }
+    #[test]
+    fn sqlite_claims_ahead_by_the_worker_count_and_postgres_never() {
+        assert_eq!(with(&[("NUM_WORKERS", "7")]).expect("sqlite").claim_ahead(), 7);
+        assert_eq!(with(&[("CLAIM_AHEAD", "0")]).expect("off").claim_ahead(), 0);
+        assert_eq!(with(&[("CLAIM_AHEAD", "12")]).expect("twelve").claim_ahead(), 12);
+        let postgres = [("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/x")];
+        assert_eq!(with(&postgres).expect("postgres").claim_ahead(), 0);
+        let zero = [postgres[0], ("CLAIM_AHEAD", "0")];
+        assert_eq!(with(&zero).expect("postgres, 0").claim_ahead(), 0);
+        let err = with(&[postgres[0], ("CLAIM_AHEAD", "5")]).expect_err("postgres claims only for free workers");
+        assert!(err.to_string().contains("CLAIM_AHEAD"), "{err}");
+        let err = with(&[("CLAIM_AHEAD", "1025")]).expect_err("too many");
+        assert!(err.to_string().contains("0 to 1024"), "{err}");
     }
     #[test]
     fn both_scheme_list_forms_are_accepted() {

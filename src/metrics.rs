@@ -150,6 +150,8 @@ pub(crate) struct Metrics {
     pub requests_purged: Counter,
     /// Workers running a job right now.
     pub workers_busy: Gauge,
+    /// Places open for jobs claimed ahead of the workers (tiny jobs on SQLite).
+    pub claimed_ahead_places: Gauge,
     /// Waiting jobs (set when read).
     pub queue_depth: Gauge,
     /// Callback attempts and deliveries, by outcome.
@@ -207,6 +209,7 @@ impl Metrics {
             leases_lost: Counter::default(),
             requests_purged: Counter::default(),
             workers_busy: Gauge::default(),
+            claimed_ahead_places: Gauge::default(),
             queue_depth: Gauge::default(),
             callbacks: Family::default(),
             rate_limited: Counter::default(),
@@ -281,6 +284,11 @@ impl Metrics {
             m.requests_purged.clone(),
         );
         registry.register("workers_busy", "Workers running a job", m.workers_busy.clone());
+        registry.register(
+            "claimed_ahead_places",
+            "Places open for jobs claimed ahead of the workers (CLAIM_AHEAD, while jobs are tiny)",
+            m.claimed_ahead_places.clone(),
+        );
         registry.register("queue_depth", "Async jobs waiting", m.queue_depth.clone());
         registry.register("callbacks", "Callback outcomes", m.callbacks.clone());
         registry.register(

@@ -1,5 +1,7 @@
-//! The claimer: as workers free up, it claims that many jobs from the database (never more, so
-//! no job waits in this process while another replica's worker sits idle) and hands them over.
+//! The claimer: as slots free up, it claims that many jobs from the database and hands them
+//! over. A slot is a worker's, or on SQLite a place in the channel (`QueueSettings::claim_ahead`);
+//! on PostgreSQL there are only the workers', so no job waits in this process while another
+//! replica's worker sits idle.
 //! While the queue has work, a worker's slot passes with its outcome to the completer, whose
 //! write claims the slot's next job; the claimer gets the slots that write could not fill, and
 //! new work wakes it.
@@ -163,6 +165,7 @@ mod tests {
                 poll_every: Duration::from_secs(1),
                 max_attempts: 3,
                 num_workers: 2,
+                claim_ahead: 0,
                 shutdown_grace: Duration::from_secs(1),
             },
             amounts: Default::default(),

@@ -16,6 +16,7 @@ use chrono::{DateTime, Utc};
 use tokio::sync::{OwnedSemaphorePermit, mpsc};
 use tokio_util::task::TaskTracker;
 
+use super::ahead::ClaimAhead;
 use super::claimer::{Handoff, hand_over};
 use super::{JobsContext, Kind};
 use crate::db::{self, ClaimedJob, JobFinish};
@@ -49,9 +50,16 @@ pub(crate) struct Completer {
 
 impl Completer {
     /// Starts the completer; the jobs it claims go to the workers through `handoff`.
-    pub(super) fn start(ctx: &JobsContext, handoff: mpsc::Sender<Handoff>, beat: Beat, tasks: &TaskTracker) -> Self {
+    /// `ahead` opens and closes the places for jobs claimed ahead of the workers.
+    pub(super) fn start(
+        ctx: &JobsContext,
+        handoff: mpsc::Sender<Handoff>,
+        ahead: ClaimAhead,
+        beat: Beat,
+        tasks: &TaskTracker,
+    ) -> Self {
         let (sender, finished) = mpsc::channel(MAX_BATCH);
-        tasks.spawn(complete_loop(ctx.clone(), finished, handoff, beat));
+        tasks.spawn(complete_loop(ctx.clone(), finished, handoff, ahead, beat));
         Self { sender }
     }
 
@@ -81,6 +89,7 @@ async fn complete_loop(
     ctx: JobsContext,
     mut finished: mpsc::Receiver<Finished>,
     handoff: mpsc::Sender<Handoff>,
+    mut ahead: ClaimAhead,
     beat: Beat,
 ) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
@@ -97,7 +106,8 @@ async fn complete_loop(
             }
         }
         let finishes: Vec<JobFinish> = batch.iter().map(|f| f.finish.clone()).collect();
-        let slots: Vec<OwnedSemaphorePermit> = batch.iter_mut().filter_map(|f| f.slot.take()).collect();
+        let mut slots: Vec<OwnedSemaphorePermit> = batch.iter_mut().filter_map(|f| f.slot.take()).collect();
+        ahead.after_batch(longest_run(&finishes), &mut slots);
         let stored = store(&ctx, &finishes, handing_over && !ctx.stop.is_cancelled(), slots.len()).await;
         // Stored or left to expire, these leases are no longer renewed: dropped at once, before
         // the hand-over (which may wait for the workers), so that a heartbeat never takes a
@@ -159,6 +169,14 @@ async fn store(
         let applied = db::retry_transient("storing job outcomes", || ctx.db.finish_jobs(owner, finishes)).await?;
         Ok((applied, Vec::new()))
     }
+}
+
+/// The longest engine run among `finishes`; `None` when none ran.
+fn longest_run(finishes: &[JobFinish]) -> Option<Duration> {
+    finishes
+        .iter()
+        .filter_map(|f| Duration::try_from_secs_f64(f.completion.execution_time_ms? / 1e3).ok())
+        .max()
 }
 
 /// From acceptance to the stored end of a job; `None` for a timestamp that does not parse or

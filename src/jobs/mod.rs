@@ -10,9 +10,15 @@
 //! heartbeat: renews every lease held, in one batch    rescuer: expired leases back to the queue
 //! ```
 //!
+//! A slot is a place for a claimed job: NUM_WORKERS of them in the workers, and on SQLite, while
+//! jobs are tiny, as many again (CLAIM_AHEAD) waiting in the channel, so that a worker does not
+//! wait for the write that stores its outcome (`ahead`). A PostgreSQL replica claims only for
+//! free workers, so that no job waits in one replica while another's worker is idle.
+//!
 //! New work wakes the claimer at once (an in-process notify, and on PostgreSQL a LISTEN for
 //! other replicas' work); a poll of at most `POLL_INTERVAL` is the safety net.
 
+mod ahead;
 mod claimer;
 mod completer;
 mod leases;
@@ -51,6 +57,9 @@ pub(crate) struct QueueSettings {
     /// Claims of one job before the rescuer gives up on it.
     pub(crate) max_attempts: u32,
     pub(crate) num_workers: usize,
+    /// Jobs claimed beyond the free workers, waiting in the hand-over channel (CLAIM_AHEAD; 0 on
+    /// PostgreSQL).
+    pub(crate) claim_ahead: usize,
     /// At shutdown, how long the job in hand may run on before it is released.
     pub(crate) shutdown_grace: Duration,
 }
@@ -85,9 +94,16 @@ pub(crate) trait CompletionObserver: Send + Sync {
 /// the caller holds the last sender and the completer drains before shutdown ends).
 pub(crate) fn start(ctx: &JobsContext, liveness: &Liveness, tasks: &TaskTracker) -> WorkerPool {
     let n = ctx.settings.num_workers.max(1);
+    // A slot is a place for a claimed job: in a worker, or waiting in the channel for one. The
+    // places beyond the workers' are opened by the completer while jobs are tiny (`ahead`).
     let slots = Arc::new(Semaphore::new(n));
-    let (handoff, claimed) = mpsc::channel(n);
-    let completer = Completer::start(ctx, handoff.clone(), liveness.register("completer", None), tasks);
+    let (handoff, claimed) = mpsc::channel(n + ctx.settings.claim_ahead);
+    let ahead = ahead::ClaimAhead::new(
+        slots.clone(),
+        ctx.settings.claim_ahead,
+        ctx.metrics.claimed_ahead_places.clone(),
+    );
+    let completer = Completer::start(ctx, handoff.clone(), ahead, liveness.register("completer", None), tasks);
     tasks.spawn(claimer::claim_loop(
         ctx.clone(),
         slots,

@@ -4,7 +4,8 @@ use serde_json::{Value, json};
 use sync_async::config::LoopbackCallbacks;
 
 use super::helpers::{
-    TestReceiver, problem, quick_payload, slow_payload, spawn_app, spawn_app_with, trust_loopback_proxy, wait_until,
+    BACKEND, Backend, TestReceiver, problem, quick_payload, slow_payload, spawn_app, spawn_app_with,
+    trust_loopback_proxy, wait_until,
 };
 
 #[tokio::test]
@@ -104,6 +105,40 @@ async fn busy_workers_and_queue_depth_show_in_metrics() {
     assert_eq!(metrics["by_status"]["processing"], 2);
     let text = app.get("/metrics/prometheus").await.text().await.expect("text");
     assert!(text.contains("sync_async_workers_busy 2"), "{text}");
+}
+
+/// On SQLite, tiny jobs open places for jobs claimed ahead of the workers (CLAIM_AHEAD, by
+/// default NUM_WORKERS), and a job that runs for longer closes them; a PostgreSQL replica claims
+/// only for free workers.
+#[tokio::test]
+async fn tiny_jobs_are_claimed_ahead_of_the_workers_on_sqlite_only() {
+    let Some(app) = spawn_app_with(|c| c.num_workers = 2).await else {
+        return;
+    };
+    let places = if BACKEND == Backend::Sqlite { 2 } else { 0 };
+    let tiny = json!({"payload": {"operation": "prime", "complexity": 1, "data": {"n": 1}}});
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        let (status, body) = app.submit_async(&tiny).await;
+        assert_eq!(status, 202);
+        ids.push(body["request_id"].as_str().expect("id").to_owned());
+    }
+    for id in &ids {
+        app.wait_for(id, "/status", "done").await;
+    }
+    assert_eq!(app.metrics().await["workers"]["claimed_ahead"], places);
+
+    let (_, longer) = app
+        .submit_async(&json!({"payload": {"operation": "hash", "complexity": 1}}))
+        .await;
+    let done = app
+        .wait_for(longer["request_id"].as_str().expect("id"), "/status", "done")
+        .await;
+
+    assert!(done["execution_time_ms"].as_f64().expect("ms") >= 5.0, "{done}");
+    assert_eq!(app.metrics().await["workers"]["claimed_ahead"], 0);
+    let text = app.get("/metrics/prometheus").await.text().await.expect("text");
+    assert!(text.contains("sync_async_claimed_ahead_places 0"), "{text}");
 }
 
 #[tokio::test]
