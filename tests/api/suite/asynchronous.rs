@@ -100,7 +100,11 @@ async fn busy_workers_and_queue_depth_show_in_metrics() {
     .await;
 
     let metrics = app.metrics().await;
-    assert_eq!(metrics["workers"], json!({"total": 2, "alive": 2, "busy": 2}));
+    assert_eq!(
+        metrics["workers"],
+        json!({"total": 2, "alive": 2, "busy": 2, "claimed_ahead": 0}),
+        "slow jobs are not claimed ahead"
+    );
     assert_eq!(metrics["queue"]["size"], 1);
     assert_eq!(metrics["by_status"]["processing"], 2);
     let text = app.get("/metrics/prometheus").await.text().await.expect("text");

@@ -22,7 +22,11 @@ async fn metrics_count_requests_by_mode_and_status_with_real_figures() {
     );
     assert!(m["avg_execution_time_ms"].as_f64().is_some_and(|ms| ms >= 0.0), "{m}");
     assert_eq!(m["sync"], json!({"in_flight": 0, "max": 10, "rejected": 0}));
-    assert_eq!(m["workers"], json!({"total": 5, "alive": 5, "busy": 0}));
+    assert_eq!(
+        m["workers"],
+        json!({"total": 5, "alive": 5, "busy": 0, "claimed_ahead": 0}),
+        "no async job has run: none is claimed ahead"
+    );
     assert_eq!(m["queue"]["size"], 0);
     assert_eq!(m["queue"]["max_size"], 100);
     assert!(m["timestamp"].as_str().is_some_and(|t| t.ends_with('Z')));
