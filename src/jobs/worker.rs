@@ -110,12 +110,18 @@ async fn run_job(ctx: &JobsContext, completer: &Completer, job: ClaimedJob, slot
         });
     let completion = match plan {
         Ok((operation, work)) => {
-            let grace = release_after_grace(ctx, cancel.clone());
-            let outcome = ctx
-                .executor
-                .execute(&job.lease.id, Mode::Async, operation, work, cancel, None)
-                .await;
-            grace.abort();
+            let outcome = {
+                let run = ctx
+                    .executor
+                    .execute(&job.lease.id, Mode::Async, operation, work, cancel.clone(), None);
+                tokio::pin!(run);
+                tokio::select! {
+                    biased;
+                    outcome = &mut run => outcome,
+                    // The engine stops within a millisecond of the cancel; its outcome says so.
+                    () = cancel_after_grace(ctx, &cancel) => run.await,
+                }
+            };
             if outcome == Outcome::Cancelled {
                 if ctx.stop.is_cancelled() {
                     tracing::info!("job released at shutdown; it will run again");
@@ -153,14 +159,12 @@ async fn run_job(ctx: &JobsContext, completer: &Completer, job: ClaimedJob, slot
         .await;
 }
 
-/// Once shutdown starts, gives the running job `shutdown_grace`, then cancels it.
-fn release_after_grace(ctx: &JobsContext, cancel: CancelToken) -> tokio::task::JoinHandle<()> {
-    let (stop, grace) = (ctx.stop.clone(), ctx.settings.shutdown_grace);
-    tokio::spawn(async move {
-        stop.cancelled().await;
-        tokio::time::sleep(grace).await;
-        cancel.cancel();
-    })
+/// Once shutdown starts, gives the running job `shutdown_grace`, then cancels it. Polled beside
+/// the run rather than spawned: a task spawned and aborted per job cost more than tiny jobs did.
+async fn cancel_after_grace(ctx: &JobsContext, cancel: &CancelToken) {
+    ctx.stop.cancelled().await;
+    tokio::time::sleep(ctx.settings.shutdown_grace).await;
+    cancel.cancel();
 }
 
 /// Keeps `workers_busy` exact even if the job errors out.
