@@ -11,7 +11,7 @@
 //! ```
 //!
 //! A slot is a place for a claimed job: NUM_WORKERS of them in the workers, and on SQLite, while
-//! jobs are tiny, as many again (CLAIM_AHEAD) waiting in the channel, so that a worker does not
+//! jobs are tiny, CLAIM_AHEAD more (eight per worker) waiting in the channel, so that a worker does not
 //! wait for the write that stores its outcome (`ahead`). A PostgreSQL replica claims only for
 //! free workers, so that no job waits in one replica while another's worker is idle.
 //!

@@ -112,14 +112,14 @@ async fn busy_workers_and_queue_depth_show_in_metrics() {
 }
 
 /// On SQLite, tiny jobs open places for jobs claimed ahead of the workers (CLAIM_AHEAD, by
-/// default NUM_WORKERS), and a job that runs for longer closes them; a PostgreSQL replica claims
-/// only for free workers.
+/// default eight per worker), and a job that runs for longer closes them; a PostgreSQL replica
+/// claims only for free workers.
 #[tokio::test]
 async fn tiny_jobs_are_claimed_ahead_of_the_workers_on_sqlite_only() {
     let Some(app) = spawn_app_with(|c| c.num_workers = 2).await else {
         return;
     };
-    let places = if BACKEND == Backend::Sqlite { 2 } else { 0 };
+    let places = if BACKEND == Backend::Sqlite { 16 } else { 0 };
     let tiny = json!({"payload": {"operation": "prime", "complexity": 1, "data": {"n": 1}}});
     let mut ids = Vec::new();
     for _ in 0..3 {
