@@ -104,6 +104,30 @@ pub fn is_transient(e: &sqlx::Error) -> bool {
     }
 }
 
+/// A claimed job from a row of either backend's claim (`id`, `attempt`, `payload`,
+/// `callback_url`, `created_at`).
+fn claimed_job<R>(row: &R) -> Result<ClaimedJob, sqlx::Error>
+where
+    R: sqlx::Row,
+    for<'r> &'r str: sqlx::ColumnIndex<R>,
+    for<'r> String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> Option<String>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> DateTime<Utc>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> sqlx::types::Json<serde_json::Value>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
+    let sqlx::types::Json(payload) = row.try_get("payload")?;
+    Ok(ClaimedJob {
+        lease: Lease {
+            id: row.try_get("id")?,
+            attempt: row.try_get("attempt")?,
+        },
+        accepted_at: row.try_get("created_at")?,
+        payload,
+        callback_url: row.try_get("callback_url")?,
+    })
+}
+
 /// The stored form of a timestamp: RFC 3339, UTC, milliseconds, fixed width.
 pub fn timestamp(at: DateTime<Utc>) -> String {
     at.to_rfc3339_opts(SecondsFormat::Millis, true)

@@ -5,8 +5,7 @@
 use std::time::Duration;
 
 use serde_json::Value;
-use sqlx::postgres::{PgArguments, PgRow};
-use sqlx::types::Json;
+use sqlx::postgres::PgArguments;
 use sqlx::{PgPool, Postgres, Row};
 
 use super::{big, secs};
@@ -70,21 +69,12 @@ pub(super) async fn claim_jobs(
     } else {
         query
     };
-    query.fetch_all(pool).await?.iter().map(claimed_job).collect()
-}
-
-/// A row of `claimed`.
-fn claimed_job(row: &PgRow) -> Result<ClaimedJob, sqlx::Error> {
-    let Json(payload): Json<Value> = row.try_get("payload")?;
-    Ok(ClaimedJob {
-        lease: Lease {
-            id: row.try_get("id")?,
-            attempt: row.try_get("attempt")?,
-        },
-        accepted_at: row.try_get("created_at")?,
-        payload,
-        callback_url: row.try_get("callback_url")?,
-    })
+    query
+        .fetch_all(pool)
+        .await?
+        .iter()
+        .map(crate::db::claimed_job)
+        .collect()
 }
 
 /// Binds the finishes as the arrays `$2`..`$9` of `FINISHED_CTES` (`$1`, the owner, is bound).
@@ -189,7 +179,7 @@ pub(super) async fn finish_and_claim(
         if row.try_get("finished")? {
             done.push((row.try_get("id")?, row.try_get("attempt")?, row.try_get("delivered")?));
         } else {
-            claimed.push(claimed_job(row)?);
+            claimed.push(crate::db::claimed_job(row)?);
         }
     }
     let (applied, delivered) = applied(finishes, &done);

@@ -5,7 +5,6 @@ use std::time::Duration;
 
 use serde_json::Value;
 use sqlx::sqlite::SqliteRow;
-use sqlx::types::Json;
 use sqlx::{Connection, Row};
 
 use super::writer::Writer;
@@ -105,21 +104,7 @@ pub(super) async fn claim_jobs(
         .bind(limit(max))
         .fetch_all(&mut *writer.lock().await?)
         .await?;
-    rows.iter().map(claimed_job).collect()
-}
-
-/// A claimed row: its lease and what its worker needs.
-fn claimed_job(row: &SqliteRow) -> Result<ClaimedJob, sqlx::Error> {
-    let Json(payload): Json<Value> = row.try_get("payload")?;
-    Ok(ClaimedJob {
-        lease: Lease {
-            id: row.try_get("id")?,
-            attempt: row.try_get("attempt")?,
-        },
-        accepted_at: row.try_get("created_at")?,
-        payload,
-        callback_url: row.try_get("callback_url")?,
-    })
+    rows.iter().map(crate::db::claimed_job).collect()
 }
 
 /// A claim's limit, bound.
@@ -198,7 +183,7 @@ fn finished_and_claimed(
     let (mut finished, mut claimed) = (Vec::new(), Vec::new());
     for row in rows {
         if row.try_get::<&str, _>("status")? == "processing" {
-            claimed.push(claimed_job(row)?);
+            claimed.push(crate::db::claimed_job(row)?);
         } else {
             finished.push((row.try_get::<String, _>("id")?, row.try_get::<i64, _>("attempt")?));
         }
