@@ -1,9 +1,11 @@
 //! Callback deliveries on SQLite: claimed when due, an attempt recorded (fenced) with where the
 //! delivery goes next, redelivery of a failed one, and the attempt log.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use serde_json::Value;
+use sqlx::sqlite::SqliteRow;
 use sqlx::types::Json;
 use sqlx::{Connection, Row, SqlitePool};
 
@@ -12,7 +14,11 @@ use super::{now, plus};
 use crate::db::store::{AttemptRecord, AttemptRow, ClaimedDelivery, Lease, RedeliverRefusal};
 use crate::model::{DeliveryStatus, Status};
 
-/// Claims up to `max` due deliveries, soonest due first, with what their attempt needs.
+/// Claims up to `max` due deliveries, soonest due first, with what their attempt needs: two
+/// statements on the writer, the claim and one read of the jobs' outcomes, rather than a
+/// transaction with a read per delivery (each statement is a hand-off to sqlx's SQLite thread
+/// and back, and the writer waited for all of them). No transaction is needed: a finished job's
+/// outcome does not change, and a claim that is not followed by its read is left to its lease.
 /// (`LIMIT +?3`: see `queue::claim_jobs`.)
 pub(super) async fn claim(
     writer: &Writer,
@@ -24,7 +30,6 @@ pub(super) async fn claim(
         return Ok(Vec::new());
     }
     let mut conn = writer.lock().await?;
-    let mut tx = conn.begin().await?;
     let claimed: Vec<(String, i64, i64, i64)> = sqlx::query_as(concat!(
         "UPDATE deliveries SET status = 'delivering', claim = claim + 1, lease_owner = ?1, \
          lease_expires_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now', ?2), \
@@ -37,16 +42,29 @@ pub(super) async fn claim(
     .bind(owner)
     .bind(plus(lease))
     .bind(i64::try_from(max).unwrap_or(i64::MAX))
-    .fetch_all(&mut *tx)
+    .fetch_all(&mut *conn)
     .await?;
+    if claimed.is_empty() {
+        return Ok(Vec::new());
+    }
+    let ids: Vec<&str> = claimed.iter().map(|(id, ..)| id.as_str()).collect();
+    let outcomes = sqlx::query(
+        "SELECT id, callback_url, status, result, error, execution_time_ms, completed_at FROM requests \
+         WHERE id IN (SELECT value FROM json_each(?))",
+    )
+    .bind(serde_json::to_string(&ids).unwrap_or_else(|_| "[]".to_owned()))
+    .fetch_all(&mut *conn)
+    .await?;
+    drop(conn);
+    let outcomes: HashMap<String, SqliteRow> = outcomes
+        .into_iter()
+        .map(|row| Ok((row.try_get("id")?, row)))
+        .collect::<Result<_, sqlx::Error>>()?;
     let mut deliveries = Vec::with_capacity(claimed.len());
     for (id, claim, attempts, round_start) in claimed {
-        let row = sqlx::query(
-            "SELECT callback_url, status, result, error, execution_time_ms, completed_at FROM requests WHERE id = ?",
-        )
-        .bind(&id)
-        .fetch_one(&mut *tx)
-        .await?;
+        // Always there: a request is purged only once its delivery has ended, and this one is
+        // claimed. Were it gone, the claim would be left to its lease.
+        let Some(row) = outcomes.get(&id) else { continue };
         let status: String = row.try_get("status")?;
         let result: Option<Json<Value>> = row.try_get("result")?;
         deliveries.push(ClaimedDelivery {
@@ -61,7 +79,6 @@ pub(super) async fn claim(
             completed_at: row.try_get("completed_at")?,
         });
     }
-    tx.commit().await?;
     Ok(deliveries)
 }
 
