@@ -7,7 +7,8 @@
 //! The places open only while jobs are tiny (every run of the last batch under `TINY`): a job
 //! claimed ahead is `processing` before its worker starts it, and with jobs that take seconds
 //! that would show jobs as running that wait, and take them out of the backlog `MAX_QUEUE_SIZE`
-//! bounds. Behind a tiny job, the wait is as short as the job.
+//! bounds. Behind tiny jobs, a job claimed ahead waits for about as many of them as there are
+//! places per worker (eight by default): tens of milliseconds at most.
 
 use std::sync::Arc;
 use std::time::Duration;
