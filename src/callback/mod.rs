@@ -10,7 +10,7 @@ mod retry;
 pub(crate) use attempt::{CallbackBody, build_client};
 pub(crate) use retry::{Decision, RetryPolicy};
 
-use recorder::Recorder;
+use recorder::{Recorder, RecorderSetup};
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -96,9 +96,13 @@ impl Deliveries {
     pub(crate) fn start(&self, liveness: &Liveness, stop: CancellationToken, tasks: &TaskTracker) {
         let beat = liveness.register("deliveries", Some(self.inner.poll_every));
         let recorder = Recorder::start(
-            self.inner.db.clone(),
-            self.inner.leases.clone(),
-            liveness.register("attempt recorder", None),
+            RecorderSetup {
+                db: self.inner.db.clone(),
+                leases: self.inner.leases.clone(),
+                lease: self.inner.lease,
+                stop: stop.clone(),
+                beat: liveness.register("attempt recorder", None),
+            },
             tasks,
         );
         tasks.spawn(claim_loop(self.inner.clone(), recorder, stop, tasks.clone(), beat));
@@ -162,9 +166,7 @@ async fn claim_loop(inner: Arc<Inner>, recorder: Recorder, stop: CancellationTok
         };
         let got = claimed.len();
         for (delivery, permit) in claimed.into_iter().zip(permits.drain(..)) {
-            inner.leases.hold(Kind::Delivery, delivery.lease.clone(), None);
-            let span = tracing::info_span!("delivery", request_id = %delivery.lease.id);
-            tasks.spawn(deliver(inner.clone(), recorder.clone(), delivery, permit).instrument(span));
+            tasks.spawn(deliver(inner.clone(), recorder.clone(), delivery, permit));
         }
         drop(permits);
         if got < wanted {
@@ -181,25 +183,38 @@ async fn claim_loop(inner: Arc<Inner>, recorder: Recorder, stop: CancellationTok
     }
 }
 
-/// One attempt of a claimed delivery, and its outcome stored.
-async fn deliver(inner: Arc<Inner>, recorder: Recorder, delivery: ClaimedDelivery, slot: OwnedSemaphorePermit) {
-    if let Err(e) = attempt_once(&inner, &recorder, &delivery, slot).await {
-        // The lease is no longer renewed: it expires and the rescuer makes the delivery due
-        // again, with no restart.
-        tracing::error!(
-            error = format!("{e:#}"),
-            "callback attempt not recorded; it is made again once its lease expires"
-        );
+/// Attempts of claimed deliveries, one after the other in one slot: the first from the claimer,
+/// each next one claimed with the record of the one before (see `recorder`). The slot is held
+/// until the last attempt is recorded: attempts waiting for the recorder hold their delivery in
+/// memory, and without the slot the claimer would keep claiming more of them than the recorder
+/// can store (a soak with every callback failing grew by 3 MiB/s).
+async fn deliver(inner: Arc<Inner>, recorder: Recorder, first: ClaimedDelivery, slot: OwnedSemaphorePermit) {
+    let mut next = Some(first);
+    while let Some(delivery) = next.take() {
+        inner.leases.hold(Kind::Delivery, delivery.lease.clone(), None);
+        let span = tracing::info_span!("delivery", request_id = %delivery.lease.id);
+        match attempt_once(&inner, &recorder, &delivery).instrument(span).await {
+            Ok(following) => next = following,
+            // The lease is no longer renewed: it expires and the rescuer makes the delivery due
+            // again, with no restart.
+            Err(e) => tracing::error!(
+                request_id = %delivery.lease.id,
+                error = format!("{e:#}"),
+                "callback attempt not recorded; it is made again once its lease expires"
+            ),
+        }
+        inner.leases.drop_lease(Kind::Delivery, &delivery.lease);
     }
-    inner.leases.drop_lease(Kind::Delivery, &delivery.lease);
+    drop(slot);
 }
 
+/// One attempt, and its outcome recorded. Returns the delivery claimed with the record, which
+/// the caller's slot goes on to.
 async fn attempt_once(
     inner: &Inner,
     recorder: &Recorder,
     due: &ClaimedDelivery,
-    slot: OwnedSemaphorePermit,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Option<ClaimedDelivery>> {
     let body = serde_json::to_vec(&callback_body(due))?;
     let attempted_at = db::timestamp(chrono::Utc::now());
     let id = &due.lease.id;
@@ -249,24 +264,20 @@ async fn attempt_once(
         error_class: report.error_class.map(str::to_owned),
         error: report.error.clone(),
     };
-    let stored = recorder
+    let (stored, following) = recorder
         .record(AttemptRecord {
             delivery: due.lease.clone(),
             attempt,
             next,
         })
         .await?;
-    // The slot is held until the attempt is recorded: attempts waiting for the recorder hold
-    // their delivery in memory, and without the slot the claimer would keep claiming more of
-    // them than the recorder can store (a soak with every callback failing grew by 3 MiB/s).
-    drop(slot);
     if !stored {
         inner.metrics.stale_writes.inc();
         tracing::warn!(
             attempt = number,
             "attempt dropped: the delivery's lease had passed to another claim"
         );
-        return Ok(());
+        return Ok(following);
     }
     inner.metrics.record_callback(outcome);
     match decision {
@@ -290,7 +301,7 @@ async fn attempt_once(
             )
         }
     }
-    Ok(())
+    Ok(following)
 }
 
 fn callback_body(due: &ClaimedDelivery) -> CallbackBody {

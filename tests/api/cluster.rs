@@ -706,6 +706,135 @@ async fn a_replica_vacuums_a_churned_queue_table_even_without_autovacuum() {
     store.close().await;
 }
 
+/// A retry in a minute: the delivery goes back to `pending`, not yet due.
+const RETRY_LATER: sync_async::db::AfterAttempt = sync_async::db::AfterAttempt {
+    status: sync_async::model::DeliveryStatus::Pending,
+    due_in: Some(Duration::from_secs(60)),
+};
+
+/// A failed attempt (HTTP 500) of a claimed delivery, numbered `number`, going `next`.
+fn record(
+    lease: &sync_async::db::Lease,
+    number: i64,
+    error: &str,
+    next: sync_async::db::AfterAttempt,
+) -> sync_async::db::AttemptRecord {
+    sync_async::db::AttemptRecord {
+        delivery: lease.clone(),
+        attempt: sync_async::db::AttemptRow {
+            number,
+            attempted_at: sync_async::db::timestamp(chrono::Utc::now()),
+            duration_ms: 1.0,
+            status_code: Some(500),
+            error_class: Some("http_status".to_owned()),
+            error: Some(error.to_owned()),
+        },
+        next,
+    }
+}
+
+#[tokio::test]
+async fn recording_attempts_claims_the_next_due_deliveries_in_the_same_write() {
+    attempts_recorded_claim_the_next(Backend::Postgres).await;
+}
+
+#[tokio::test]
+async fn recording_attempts_claims_the_next_due_deliveries_in_the_same_write_on_sqlite() {
+    attempts_recorded_claim_the_next(Backend::Sqlite).await;
+}
+
+async fn attempts_recorded_claim_the_next(backend: Backend) {
+    let Some(setup) = TestSetup::new(backend).await else {
+        return;
+    };
+    let store = open_store(&setup.config).await;
+    let lease = Duration::from_secs(30);
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        let job = NewJob {
+            callback_url: Some("http://127.0.0.1:9/hook".to_owned()),
+            ..new_job()
+        };
+        store.accept_job(&job, None, 10).await.expect("accept");
+        ids.push(job.id);
+    }
+    let claimed = store.claim_jobs("replica-a", 3, lease).await.expect("claim");
+    let finishes: Vec<JobFinish> = claimed.iter().map(|j| finish(j.lease.clone(), json!({}))).collect();
+    store.finish_jobs("replica-a", &finishes).await.expect("finish");
+    let first = store
+        .claim_deliveries("replica-a", 1, lease)
+        .await
+        .expect("claim one delivery");
+    assert_eq!(first.len(), 1);
+
+    // The first delivery's attempt failed: recorded, due again in a minute; the write claims
+    // the two others (due now), not the one it puts back.
+    let (stored, next) = store
+        .record_and_claim_deliveries(
+            "replica-a",
+            &[record(&first[0].lease, 1, "refused", RETRY_LATER)],
+            5,
+            lease,
+        )
+        .await
+        .expect("record and claim");
+    assert_eq!(stored, vec![true]);
+    let mut next_ids: Vec<&str> = next.iter().map(|d| d.lease.id.as_str()).collect();
+    next_ids.sort_unstable();
+    let mut others: Vec<&str> = ids
+        .iter()
+        .map(String::as_str)
+        .filter(|id| *id != first[0].lease.id)
+        .collect();
+    others.sort_unstable();
+    assert_eq!(next_ids, others, "the due deliveries, not the one put back");
+    for delivery in &next {
+        assert_eq!(delivery.attempts, 0);
+        assert_eq!(delivery.callback_url, "http://127.0.0.1:9/hook");
+        assert_eq!(delivery.status, Status::Done, "with its job's outcome");
+    }
+    let attempts = store.attempts(&first[0].lease.id).await.expect("attempts");
+    let errors: Vec<Option<String>> = attempts.iter().map(|a| a.error.clone()).collect();
+    assert_eq!(errors, vec![Some("refused".to_owned())], "the attempt is logged");
+    assert_eq!(attempts[0].status_code, Some(500));
+    assert_eq!(attempts[0].error_class.as_deref(), Some("http_status"));
+    assert!((attempts[0].duration_ms - 1.0).abs() < 1e-9);
+    assert!(
+        store
+            .claim_deliveries("replica-b", 5, lease)
+            .await
+            .expect("claim")
+            .is_empty(),
+        "the claimed deliveries are held, and the other is not due"
+    );
+
+    // A stale record stores nothing and, with nothing due, claims nothing; a record of a
+    // claimed one logs its attempt and claims nothing when asked for none.
+    let (stale, none) = store
+        .record_and_claim_deliveries(
+            "replica-b",
+            &[record(&next[0].lease, 1, "stale", RETRY_LATER)],
+            5,
+            lease,
+        )
+        .await
+        .expect("record");
+    assert_eq!((stale, none.len()), (vec![false], 0));
+    let (stored, none) = store
+        .record_and_claim_deliveries(
+            "replica-a",
+            &[record(&next[1].lease, 1, "later", RETRY_LATER)],
+            0,
+            lease,
+        )
+        .await
+        .expect("record");
+    assert_eq!((stored, none.len()), (vec![true], 0));
+    assert!(store.attempts(&next[0].lease.id).await.expect("attempts").is_empty());
+    assert_eq!(store.attempts(&next[1].lease.id).await.expect("attempts").len(), 1);
+    store.close().await;
+}
+
 #[tokio::test]
 async fn a_stale_attempt_record_is_dropped_and_a_fresh_one_in_the_same_batch_is_stored() {
     stale_attempt_records_are_fenced(Backend::Postgres).await;
@@ -717,9 +846,6 @@ async fn a_stale_attempt_record_is_dropped_and_a_fresh_one_in_the_same_batch_is_
 }
 
 async fn stale_attempt_records_are_fenced(backend: Backend) {
-    use sync_async::db::{AfterAttempt, AttemptRecord, AttemptRow};
-    use sync_async::model::DeliveryStatus;
-
     let Some(setup) = TestSetup::new(backend).await else {
         return;
     };
@@ -755,28 +881,13 @@ async fn stale_attempt_records_are_fenced(backend: Backend) {
     assert_eq!(second.len(), 1);
     assert_ne!(second[0].lease.attempt, first[0].lease.attempt, "a new claim");
 
-    let record = |lease: &sync_async::db::Lease, number: i64, error: &str| AttemptRecord {
-        delivery: lease.clone(),
-        attempt: AttemptRow {
-            number,
-            attempted_at: sync_async::db::timestamp(chrono::Utc::now()),
-            duration_ms: 1.0,
-            status_code: Some(500),
-            error_class: Some("http_status".to_owned()),
-            error: Some(error.to_owned()),
-        },
-        next: AfterAttempt {
-            status: DeliveryStatus::Pending,
-            due_in: Some(Duration::from_secs(60)),
-        },
-    };
     // replica-b's batch holds the old claim (which it never held) and its own.
     let stored = store
         .record_attempts(
             "replica-b",
             &[
-                record(&first[0].lease, 1, "stale"),
-                record(&second[0].lease, 1, "fresh"),
+                record(&first[0].lease, 1, "stale", RETRY_LATER),
+                record(&second[0].lease, 1, "fresh", RETRY_LATER),
             ],
         )
         .await
@@ -784,7 +895,7 @@ async fn stale_attempt_records_are_fenced(backend: Backend) {
     assert_eq!(stored, vec![false, true]);
     // replica-a's record of its expired claim changes nothing.
     let stale = store
-        .record_attempts("replica-a", &[record(&first[0].lease, 2, "late")])
+        .record_attempts("replica-a", &[record(&first[0].lease, 2, "late", RETRY_LATER)])
         .await
         .expect("record");
     assert_eq!(stale, vec![false]);

@@ -7,21 +7,105 @@ use std::time::Duration;
 use serde_json::Value;
 use sqlx::sqlite::SqliteRow;
 use sqlx::types::Json;
-use sqlx::{Connection, Row, SqlitePool};
+use sqlx::{Row, SqlitePool};
 
 use super::writer::Writer;
 use super::{now, plus};
 use crate::db::store::{AttemptRecord, AttemptRow, ClaimedDelivery, Lease, RedeliverRefusal};
 use crate::model::{DeliveryStatus, Status};
 
-/// Claims up to `max` due deliveries, soonest due first, with what their attempt needs: two
-/// statements on the writer, the claim and one read of the jobs' outcomes, rather than a
-/// transaction with a read per delivery (each statement is a hand-off to sqlx's SQLite thread
-/// and back, and the writer waited for all of them). No transaction is needed: a finished job's
-/// outcome does not change, and a claim that is not followed by its read is left to its lease.
-/// (`LIMIT +?3`: see `queue::claim_jobs`.)
+/// The `pending` deliveries that are due, soonest first, at most `?3` (`LIMIT +?3`: see
+/// `queue::claim_jobs`).
+macro_rules! due {
+    () => {
+        concat!(
+            "SELECT request_id FROM deliveries WHERE status = 'pending' AND due_at <= ",
+            now!(),
+            " ORDER BY due_at LIMIT +?3"
+        )
+    };
+}
+
+/// Claims up to `?3` due deliveries for `?1`, with a lease of `?2`.
+pub(super) const CLAIM_DELIVERIES: &str = concat!(
+    "UPDATE deliveries SET status = 'delivering', claim = claim + 1, lease_owner = ?1, \
+     lease_expires_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now', ?2), \
+     attempted_by = json_insert(attempted_by, '$[#]', ?1) \
+     WHERE request_id IN (",
+    due!(),
+    ") RETURNING request_id, claim, attempts, round_start, true AS claimed"
+);
+
+/// The attempts of `?2` as rows of `RECORD_ATTEMPTS` and `RECORD_AND_CLAIM` (`next` 0).
+macro_rules! recorded {
+    () => {
+        "SELECT value ->> '$.id' AS id, value ->> '$.claim' AS claim, value ->> '$.status' AS status, \
+           value ->> '$.due' AS due, value ->> '$.number' AS number, \
+           value ->> '$.status_code' AS status_code, value ->> '$.error' AS error, \
+           value ->> '$.error_class' AS error_class, value ->> '$.attempted_at' AS attempted_at, \
+           value ->> '$.duration_ms' AS duration_ms, 0 AS next \
+         FROM json_each(?2)"
+    };
+}
+
+/// Records every attempt of `?2` whose claim `?1` still holds, and where its delivery goes
+/// next, in one statement: the `callback_attempts_log` trigger (migration 0007) logs each
+/// attempt the fence let through, from the `last_*` columns this update writes.
+pub(super) const RECORD_ATTEMPTS: &str = concat!(
+    "UPDATE deliveries SET status = a.status, \
+       due_at = COALESCE(strftime('%Y-%m-%dT%H:%M:%fZ', 'now', a.due), deliveries.due_at), \
+       attempts = a.number, last_status_code = a.status_code, last_error = a.error, \
+       last_attempted_at = a.attempted_at, last_duration_ms = a.duration_ms, \
+       last_error_class = a.error_class, lease_owner = NULL, lease_expires_at = NULL \
+     FROM (",
+    recorded!(),
+    ") AS a \
+     WHERE deliveries.request_id = a.id AND deliveries.status = 'delivering' \
+       AND deliveries.lease_owner = ?1 AND deliveries.claim = a.claim \
+     RETURNING deliveries.request_id, deliveries.claim, deliveries.attempts, deliveries.round_start, \
+       false AS claimed"
+);
+
+/// `RECORD_ATTEMPTS` and `CLAIM_DELIVERIES` as one statement, as `queue::FINISH_AND_CLAIM` is
+/// for jobs: the attempts of `?2` and up to `?3` due deliveries, claimed for `?1` with a lease
+/// of `?4`, are the rows of one `UPDATE ... FROM`. The claim sees the table as it was: its rows
+/// are `pending`, the recorded ones `delivering`, and no row is both. A claimed row comes back
+/// `delivering`; a recorded one never does.
+pub(super) const RECORD_AND_CLAIM: &str = concat!(
+    "UPDATE deliveries SET status = a.status, \
+       due_at = CASE a.next WHEN 1 THEN deliveries.due_at \
+                ELSE COALESCE(strftime('%Y-%m-%dT%H:%M:%fZ', 'now', a.due), deliveries.due_at) END, \
+       attempts = CASE a.next WHEN 1 THEN deliveries.attempts ELSE a.number END, \
+       last_status_code = CASE a.next WHEN 1 THEN deliveries.last_status_code ELSE a.status_code END, \
+       last_error = CASE a.next WHEN 1 THEN deliveries.last_error ELSE a.error END, \
+       last_attempted_at = CASE a.next WHEN 1 THEN deliveries.last_attempted_at ELSE a.attempted_at END, \
+       last_duration_ms = CASE a.next WHEN 1 THEN deliveries.last_duration_ms ELSE a.duration_ms END, \
+       last_error_class = CASE a.next WHEN 1 THEN deliveries.last_error_class ELSE a.error_class END, \
+       claim = deliveries.claim + a.next, \
+       lease_owner = CASE a.next WHEN 1 THEN ?1 END, \
+       lease_expires_at = CASE a.next WHEN 1 THEN strftime('%Y-%m-%dT%H:%M:%fZ', 'now', ?4) END, \
+       attempted_by = CASE a.next WHEN 1 THEN json_insert(deliveries.attempted_by, '$[#]', ?1) \
+                      ELSE deliveries.attempted_by END \
+     FROM (",
+    recorded!(),
+    " UNION ALL SELECT request_id, NULL, 'delivering', NULL, NULL, NULL, NULL, NULL, NULL, NULL, 1 FROM (",
+    due!(),
+    ")) AS a \
+     WHERE deliveries.request_id = a.id AND CASE a.next WHEN 1 THEN deliveries.status = 'pending' \
+       ELSE deliveries.status = 'delivering' AND deliveries.lease_owner = ?1 AND deliveries.claim = a.claim END \
+     RETURNING deliveries.request_id, deliveries.claim, deliveries.attempts, deliveries.round_start, \
+       deliveries.status = 'delivering' AS claimed"
+);
+
+/// A row of `CLAIM_DELIVERIES`, `RECORD_ATTEMPTS` or `RECORD_AND_CLAIM`: the delivery, its
+/// claim (the fencing token), its attempts and round, and whether this write claimed it.
+type Moved = (String, i64, i64, i64, bool);
+
+/// Claims up to `max` due deliveries, soonest due first, with what their attempt needs
+/// (`CLAIM_DELIVERIES`, then `with_outcomes`).
 pub(super) async fn claim(
     writer: &Writer,
+    readers: &SqlitePool,
     owner: &str,
     max: usize,
     lease: Duration,
@@ -29,21 +113,20 @@ pub(super) async fn claim(
     if max == 0 {
         return Ok(Vec::new());
     }
-    let mut conn = writer.lock().await?;
-    let claimed: Vec<(String, i64, i64, i64)> = sqlx::query_as(concat!(
-        "UPDATE deliveries SET status = 'delivering', claim = claim + 1, lease_owner = ?1, \
-         lease_expires_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now', ?2), \
-         attempted_by = json_insert(attempted_by, '$[#]', ?1) \
-         WHERE request_id IN (SELECT request_id FROM deliveries WHERE status = 'pending' AND due_at <= ",
-        now!(),
-        " ORDER BY due_at LIMIT +?3) \
-         RETURNING request_id, claim, attempts, round_start"
-    ))
-    .bind(owner)
-    .bind(plus(lease))
-    .bind(i64::try_from(max).unwrap_or(i64::MAX))
-    .fetch_all(&mut *conn)
-    .await?;
+    let claimed: Vec<Moved> = sqlx::query_as(CLAIM_DELIVERIES)
+        .bind(owner)
+        .bind(plus(lease))
+        .bind(i64::try_from(max).unwrap_or(i64::MAX))
+        .fetch_all(&mut *writer.lock().await?)
+        .await?;
+    with_outcomes(readers, claimed).await
+}
+
+/// What the attempts of `claimed` deliveries need: their jobs' outcomes, read after the claim,
+/// with one statement through the readers, so that the writer is not held for it. No
+/// transaction is needed: a finished job's outcome does not change, and a claim that is not
+/// followed by its read is left to its lease.
+async fn with_outcomes(readers: &SqlitePool, claimed: Vec<Moved>) -> Result<Vec<ClaimedDelivery>, sqlx::Error> {
     if claimed.is_empty() {
         return Ok(Vec::new());
     }
@@ -53,15 +136,14 @@ pub(super) async fn claim(
          WHERE id IN (SELECT value FROM json_each(?))",
     )
     .bind(serde_json::to_string(&ids).unwrap_or_else(|_| "[]".to_owned()))
-    .fetch_all(&mut *conn)
+    .fetch_all(readers)
     .await?;
-    drop(conn);
     let outcomes: HashMap<String, SqliteRow> = outcomes
         .into_iter()
         .map(|row| Ok((row.try_get("id")?, row)))
         .collect::<Result<_, sqlx::Error>>()?;
     let mut deliveries = Vec::with_capacity(claimed.len());
-    for (id, claim, attempts, round_start) in claimed {
+    for (id, claim, attempts, round_start, _) in claimed {
         // Always there: a request is purged only once its delivery has ended, and this one is
         // claimed. Were it gone, the claim would be left to its lease.
         let Some(row) = outcomes.get(&id) else { continue };
@@ -94,18 +176,8 @@ pub(super) async fn next_due_in(readers: &SqlitePool) -> Result<Option<Duration>
     Ok(seconds.map(|s| Duration::try_from_secs_f64(s.max(0.0)).unwrap_or(Duration::ZERO)))
 }
 
-/// Records attempts, and where each delivery goes next, each only if `owner` still holds its
-/// claim, in one transaction. Returns, per record, whether it was stored.
-pub(super) async fn record_attempts(
-    writer: &Writer,
-    owner: &str,
-    records: &[AttemptRecord],
-) -> Result<Vec<bool>, sqlx::Error> {
-    if records.is_empty() {
-        return Ok(Vec::new());
-    }
-    // Two statements whatever the batch's size, as for job outcomes: each statement is a
-    // hand-off to sqlx's SQLite thread and back.
+/// The attempts as a JSON array, for `recorded!`.
+fn attempt_rows(records: &[AttemptRecord]) -> String {
     let rows: Vec<Value> = records
         .iter()
         .map(|r| {
@@ -123,53 +195,70 @@ pub(super) async fn record_attempts(
             })
         })
         .collect();
-    let mut conn = writer.lock().await?;
-    let mut tx = conn.begin().await?;
-    let moved: Vec<(String, i64)> = sqlx::query_as(
-        "UPDATE deliveries SET status = a.status, \
-           due_at = COALESCE(strftime('%Y-%m-%dT%H:%M:%fZ', 'now', a.due), deliveries.due_at), \
-           attempts = a.number, last_status_code = a.status_code, last_error = a.error, \
-           lease_owner = NULL, lease_expires_at = NULL \
-         FROM (SELECT value ->> '$.id' AS id, value ->> '$.claim' AS claim, value ->> '$.status' AS status, \
-                 value ->> '$.due' AS due, value ->> '$.number' AS number, \
-                 value ->> '$.status_code' AS status_code, value ->> '$.error' AS error \
-               FROM json_each(?2)) AS a \
-         WHERE deliveries.request_id = a.id AND deliveries.status = 'delivering' \
-           AND deliveries.lease_owner = ?1 AND deliveries.claim = a.claim \
-         RETURNING deliveries.request_id, deliveries.claim",
-    )
-    .bind(owner)
-    .bind(serde_json::to_string(&rows).unwrap_or_else(|_| "[]".to_owned()))
-    .fetch_all(&mut *tx)
-    .await?;
-    let stored: Vec<bool> = records
+    Value::Array(rows).to_string()
+}
+
+/// Per record, whether `moved` holds it (by id and claim): whether it was stored.
+fn stored(records: &[AttemptRecord], moved: &[Moved]) -> Vec<bool> {
+    records
         .iter()
         .map(|r| {
             moved
                 .iter()
-                .any(|(id, claim)| *id == r.delivery.id && *claim == r.delivery.attempt)
+                .any(|(id, claim, _, _, claimed)| !claimed && *id == r.delivery.id && *claim == r.delivery.attempt)
         })
-        .collect();
-    if !moved.is_empty() {
-        let kept: Vec<&Value> = rows
-            .iter()
-            .zip(&stored)
-            .filter(|(_, stored)| **stored)
-            .map(|(row, _)| row)
-            .collect();
-        // `WHERE true` tells SQLite's parser that ON CONFLICT is not part of the SELECT's join.
-        sqlx::query(
-            "INSERT INTO callback_attempts (request_id, number, attempted_at, duration_ms, status_code, error_class, error) \
-             SELECT value ->> '$.id', value ->> '$.number', value ->> '$.attempted_at', value ->> '$.duration_ms', \
-               value ->> '$.status_code', value ->> '$.error_class', value ->> '$.error' \
-             FROM json_each(?) WHERE true ON CONFLICT (request_id, number) DO NOTHING",
-        )
-        .bind(serde_json::to_string(&kept).unwrap_or_else(|_| "[]".to_owned()))
-        .execute(&mut *tx)
-        .await?;
+        .collect()
+}
+
+/// Records attempts, and where each delivery goes next, each only if `owner` still holds its
+/// claim (`RECORD_ATTEMPTS`). Returns, per record, whether it was stored.
+pub(super) async fn record_attempts(
+    writer: &Writer,
+    owner: &str,
+    records: &[AttemptRecord],
+) -> Result<Vec<bool>, sqlx::Error> {
+    if records.is_empty() {
+        return Ok(Vec::new());
     }
-    tx.commit().await?;
-    Ok(stored)
+    let moved: Vec<Moved> = sqlx::query_as(RECORD_ATTEMPTS)
+        .bind(owner)
+        .bind(attempt_rows(records))
+        .fetch_all(&mut *writer.lock().await?)
+        .await?;
+    Ok(stored(records, &moved))
+}
+
+/// `record_attempts` and `claim` in one write (`RECORD_AND_CLAIM`), then the claimed
+/// deliveries' outcomes through the readers. Returns which records were stored, and the
+/// deliveries claimed: none when that read fails, for the records are stored by then (the claims
+/// are left to their lease).
+pub(super) async fn record_and_claim(
+    writer: &Writer,
+    readers: &SqlitePool,
+    owner: &str,
+    records: &[AttemptRecord],
+    max: usize,
+    lease: Duration,
+) -> Result<(Vec<bool>, Vec<ClaimedDelivery>), sqlx::Error> {
+    if max == 0 {
+        return Ok((record_attempts(writer, owner, records).await?, Vec::new()));
+    }
+    let moved: Vec<Moved> = sqlx::query_as(RECORD_AND_CLAIM)
+        .bind(owner)
+        .bind(attempt_rows(records))
+        .bind(i64::try_from(max).unwrap_or(i64::MAX))
+        .bind(plus(lease))
+        .fetch_all(&mut *writer.lock().await?)
+        .await?;
+    let stored = stored(records, &moved);
+    let claimed: Vec<Moved> = moved.into_iter().filter(|(.., claimed)| *claimed).collect();
+    match with_outcomes(readers, claimed).await {
+        Ok(claimed) => Ok((stored, claimed)),
+        Err(e) => {
+            tracing::warn!(error = %e, "reading claimed deliveries failed; their leases will expire");
+            Ok((stored, Vec::new()))
+        }
+    }
 }
 
 /// Starts a new round for a failed delivery: due now, with a fresh retry budget.

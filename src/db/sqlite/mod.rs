@@ -247,7 +247,7 @@ impl Store for SqliteStore {
         max: usize,
         lease: Duration,
     ) -> Result<Vec<ClaimedDelivery>, sqlx::Error> {
-        deliveries::claim(&self.writer, owner, max, lease).await
+        deliveries::claim(&self.writer, &self.readers, owner, max, lease).await
     }
 
     async fn next_delivery_due_in(&self) -> Result<Option<Duration>, sqlx::Error> {
@@ -256,6 +256,16 @@ impl Store for SqliteStore {
 
     async fn record_attempts(&self, owner: &str, records: &[AttemptRecord]) -> Result<Vec<bool>, sqlx::Error> {
         deliveries::record_attempts(&self.writer, owner, records).await
+    }
+
+    async fn record_and_claim_deliveries(
+        &self,
+        owner: &str,
+        records: &[AttemptRecord],
+        max: usize,
+        lease: Duration,
+    ) -> Result<(Vec<bool>, Vec<ClaimedDelivery>), sqlx::Error> {
+        deliveries::record_and_claim(&self.writer, &self.readers, owner, records, max, lease).await
     }
 
     async fn redeliver(&self, id: &str) -> Result<Result<(), RedeliverRefusal>, sqlx::Error> {

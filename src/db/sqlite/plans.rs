@@ -7,7 +7,7 @@
 
 use sqlx::{Row, SqliteConnection};
 
-use super::{queue, reads, upkeep};
+use super::{deliveries, queue, reads, upkeep};
 use crate::liveness::Liveness;
 
 /// What SQLite plans for `sql`, one step per line (`SEARCH requests USING INDEX ...`).
@@ -83,6 +83,30 @@ async fn busy_statements_reach_only_the_rows_they_are_about() {
         queue::FINISH_AND_CLAIM,
         "requests",
         &["requests_claimable", "sqlite_autoindex_requests_1"],
+    )
+    .await;
+    // The delivery claim takes the soonest due deliveries from their own index, in order; the
+    // recorder's write the same way, its attempts by primary key.
+    let deliveries_indexes = ["deliveries_due", "sqlite_autoindex_deliveries_1"];
+    only_through(
+        &mut conn,
+        deliveries::CLAIM_DELIVERIES,
+        "deliveries",
+        &deliveries_indexes,
+    )
+    .await;
+    only_through(
+        &mut conn,
+        deliveries::RECORD_AND_CLAIM,
+        "deliveries",
+        &deliveries_indexes,
+    )
+    .await;
+    only_through(
+        &mut conn,
+        deliveries::RECORD_ATTEMPTS,
+        "deliveries",
+        &["sqlite_autoindex_deliveries_1"],
     )
     .await;
     drop(conn);
