@@ -108,28 +108,18 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// by its claim. For each record, in order: false when it was stale (nothing stored for it).
     async fn record_attempts(&self, owner: &str, records: &[AttemptRecord]) -> Result<Vec<bool>, sqlx::Error>;
 
-    /// `record_attempts`, then `claim_deliveries` of up to `max`, as `finish_and_claim` is for
-    /// jobs: the attempt slots whose outcomes these are take the next due deliveries without a
-    /// write of their own. Returns, per record, whether it was stored, and the deliveries
-    /// claimed. An error means nothing was stored; when the claim fails after the records were
-    /// stored, no deliveries are returned. This default takes two writes; SQLite, whose one
-    /// writer every write waits in line for, overrides it with one.
+    /// `record_attempts`, then `claim_deliveries` of up to `max`, in one write, as
+    /// `finish_and_claim` is for jobs: the attempt slots whose outcomes these are take the next
+    /// due deliveries without a write of their own. Returns, per record, whether it was stored,
+    /// and the deliveries claimed. An error means nothing was stored; a backend that needs a
+    /// second statement after the write returns no deliveries when that statement fails.
     async fn record_and_claim_deliveries(
         &self,
         owner: &str,
         records: &[AttemptRecord],
         max: usize,
         lease: Duration,
-    ) -> Result<(Vec<bool>, Vec<ClaimedDelivery>), sqlx::Error> {
-        let stored = self.record_attempts(owner, records).await?;
-        match self.claim_deliveries(owner, max, lease).await {
-            Ok(claimed) => Ok((stored, claimed)),
-            Err(e) => {
-                tracing::warn!(error = %e, "claiming deliveries after recording attempts failed");
-                Ok((stored, Vec::new()))
-            }
-        }
-    }
+    ) -> Result<(Vec<bool>, Vec<ClaimedDelivery>), sqlx::Error>;
 
     /// Starts a new delivery round for a failed delivery: due now, with a fresh retry budget.
     async fn redeliver(&self, id: &str) -> Result<Result<(), RedeliverRefusal>, sqlx::Error>;

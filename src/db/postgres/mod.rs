@@ -178,6 +178,14 @@ pub(super) fn limit_is_bound(n: usize) -> bool {
     n > INLINE_LIMITS
 }
 
+/// Binds the limit `n` when `limit(n, …)` did not write it in.
+pub(super) fn bind_limit(
+    query: sqlx::query::Query<'_, sqlx::Postgres, sqlx::postgres::PgArguments>,
+    n: usize,
+) -> sqlx::query::Query<'_, sqlx::Postgres, sqlx::postgres::PgArguments> {
+    if limit_is_bound(n) { query.bind(big(n)) } else { query }
+}
+
 /// Limits up to this are written into the statement (`limit`), each its own prepared statement
 /// (sqlx keeps 100 per connection).
 const INLINE_LIMITS: usize = 64;
@@ -293,6 +301,16 @@ impl Store for PgStore {
 
     async fn record_attempts(&self, owner: &str, records: &[AttemptRecord]) -> Result<Vec<bool>, sqlx::Error> {
         deliveries::record_attempts(&self.queue, owner, records).await
+    }
+
+    async fn record_and_claim_deliveries(
+        &self,
+        owner: &str,
+        records: &[AttemptRecord],
+        max: usize,
+        lease: Duration,
+    ) -> Result<(Vec<bool>, Vec<ClaimedDelivery>), sqlx::Error> {
+        deliveries::record_and_claim(self.planned_for(max), owner, records, max, lease).await
     }
 
     async fn redeliver(&self, id: &str) -> Result<Result<(), RedeliverRefusal>, sqlx::Error> {

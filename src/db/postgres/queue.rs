@@ -8,7 +8,7 @@ use serde_json::Value;
 use sqlx::postgres::PgArguments;
 use sqlx::{PgPool, Postgres, Row};
 
-use super::{big, secs};
+use super::secs;
 use crate::db::store::{ClaimedJob, Held, JobFinish, Lease, ReplicaBeat, Rescued};
 
 /// The claim, as two CTEs (`picked`, `claimed`) for `claim_jobs` and `finish_and_claim`: the
@@ -64,12 +64,7 @@ pub(super) async fn claim_jobs(
     )))
     .bind(owner)
     .bind(secs(lease));
-    let query = if super::limit_is_bound(max) {
-        query.bind(big(max))
-    } else {
-        query
-    };
-    query
+    super::bind_limit(query, max)
         .fetch_all(pool)
         .await?
         .iter()
@@ -168,12 +163,7 @@ pub(super) async fn finish_and_claim(
     )))
     .bind(owner);
     let query = bind_finishes(query, finishes).bind(secs(lease));
-    let query = if super::limit_is_bound(max) {
-        query.bind(big(max))
-    } else {
-        query
-    };
-    let rows = query.fetch_all(pool).await?;
+    let rows = super::bind_limit(query, max).fetch_all(pool).await?;
     let (mut done, mut claimed) = (Vec::new(), Vec::new());
     for row in &rows {
         if row.try_get("finished")? {
