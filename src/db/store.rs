@@ -104,15 +104,13 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// How long until the next pending delivery is due (`None` when none is pending).
     async fn next_delivery_due_in(&self) -> Result<Option<Duration>, sqlx::Error>;
 
-    /// Records attempts and where each delivery goes next, all in one transaction, each fenced
-    /// by its claim. For each record, in order: false when it was stale (nothing stored for it).
-    async fn record_attempts(&self, owner: &str, records: &[AttemptRecord]) -> Result<Vec<bool>, sqlx::Error>;
-
-    /// `record_attempts`, then `claim_deliveries` of up to `max`, in one write, as
-    /// `finish_and_claim` is for jobs: the attempt slots whose outcomes these are take the next
-    /// due deliveries without a write of their own. Returns, per record, whether it was stored,
-    /// and the deliveries claimed. An error means nothing was stored; a backend that needs a
-    /// second statement after the write returns no deliveries when that statement fails.
+    /// Records attempts and where each delivery goes next, each fenced by its claim, and claims
+    /// up to `max` due deliveries (`claim_deliveries`), all in one write, as `finish_and_claim`
+    /// is for jobs: the attempt slots whose outcomes these are take the next due deliveries
+    /// without a write of their own. Returns, per record in order, whether it was stored (false
+    /// when it was stale: nothing stored for it), and the deliveries claimed; `max` 0 records
+    /// only. An error means nothing was stored; a backend that needs a second statement after
+    /// the write returns no deliveries when that statement fails.
     async fn record_and_claim_deliveries(
         &self,
         owner: &str,

@@ -882,20 +882,28 @@ async fn stale_attempt_records_are_fenced(backend: Backend) {
     assert_ne!(second[0].lease.attempt, first[0].lease.attempt, "a new claim");
 
     // replica-b's batch holds the old claim (which it never held) and its own.
-    let stored = store
-        .record_attempts(
+    let (stored, claimed) = store
+        .record_and_claim_deliveries(
             "replica-b",
             &[
                 record(&first[0].lease, 1, "stale", RETRY_LATER),
                 record(&second[0].lease, 1, "fresh", RETRY_LATER),
             ],
+            0,
+            Duration::from_secs(30),
         )
         .await
         .expect("record");
     assert_eq!(stored, vec![false, true]);
+    assert!(claimed.is_empty(), "max 0 records only");
     // replica-a's record of its expired claim changes nothing.
-    let stale = store
-        .record_attempts("replica-a", &[record(&first[0].lease, 2, "late", RETRY_LATER)])
+    let (stale, _) = store
+        .record_and_claim_deliveries(
+            "replica-a",
+            &[record(&first[0].lease, 2, "late", RETRY_LATER)],
+            0,
+            Duration::from_secs(30),
+        )
         .await
         .expect("record");
     assert_eq!(stale, vec![false]);

@@ -94,17 +94,13 @@ fn split(records: &[AttemptRecord], rows: &[PgRow]) -> Result<(Vec<bool>, Vec<Cl
         if row.try_get("claimed")? {
             claimed.push(claimed_delivery(row)?);
         } else {
-            moved.push((row.try_get::<String, _>("request_id")?, row.try_get::<i64, _>("claim")?));
+            moved.push(Lease {
+                id: row.try_get("request_id")?,
+                attempt: row.try_get("claim")?,
+            });
         }
     }
-    let stored = records
-        .iter()
-        .map(|r| {
-            moved
-                .iter()
-                .any(|(id, claim)| *id == r.delivery.id && *claim == r.delivery.attempt)
-        })
-        .collect();
+    let stored = records.iter().map(|r| moved.contains(&r.delivery)).collect();
     Ok((stored, claimed))
 }
 
@@ -162,11 +158,7 @@ pub(super) async fn next_due_in(pool: &PgPool) -> Result<Option<Duration>, sqlx:
 /// Records attempts, and where each delivery goes next, if `owner` still holds the claim: one
 /// statement for the whole batch (`RECORDED_CTES`), so each attempt and its move are stored
 /// together or not at all. Returns, per record, whether it was stored.
-pub(super) async fn record_attempts(
-    pool: &PgPool,
-    owner: &str,
-    records: &[AttemptRecord],
-) -> Result<Vec<bool>, sqlx::Error> {
+async fn record_attempts(pool: &PgPool, owner: &str, records: &[AttemptRecord]) -> Result<Vec<bool>, sqlx::Error> {
     if records.is_empty() {
         return Ok(Vec::new());
     }

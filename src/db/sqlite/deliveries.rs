@@ -200,23 +200,20 @@ fn attempt_rows(records: &[AttemptRecord]) -> String {
 
 /// Per record, whether `moved` holds it (by id and claim): whether it was stored.
 fn stored(records: &[AttemptRecord], moved: &[Moved]) -> Vec<bool> {
-    records
+    let stored: Vec<Lease> = moved
         .iter()
-        .map(|r| {
-            moved
-                .iter()
-                .any(|(id, claim, _, _, claimed)| !claimed && *id == r.delivery.id && *claim == r.delivery.attempt)
+        .filter(|(.., claimed)| !claimed)
+        .map(|(id, claim, ..)| Lease {
+            id: id.clone(),
+            attempt: *claim,
         })
-        .collect()
+        .collect();
+    records.iter().map(|r| stored.contains(&r.delivery)).collect()
 }
 
 /// Records attempts, and where each delivery goes next, each only if `owner` still holds its
 /// claim (`RECORD_ATTEMPTS`). Returns, per record, whether it was stored.
-pub(super) async fn record_attempts(
-    writer: &Writer,
-    owner: &str,
-    records: &[AttemptRecord],
-) -> Result<Vec<bool>, sqlx::Error> {
+async fn record_attempts(writer: &Writer, owner: &str, records: &[AttemptRecord]) -> Result<Vec<bool>, sqlx::Error> {
     if records.is_empty() {
         return Ok(Vec::new());
     }

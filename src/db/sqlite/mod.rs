@@ -254,10 +254,6 @@ impl Store for SqliteStore {
         deliveries::next_due_in(&self.readers).await
     }
 
-    async fn record_attempts(&self, owner: &str, records: &[AttemptRecord]) -> Result<Vec<bool>, sqlx::Error> {
-        deliveries::record_attempts(&self.writer, owner, records).await
-    }
-
     async fn record_and_claim_deliveries(
         &self,
         owner: &str,

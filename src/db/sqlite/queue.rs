@@ -185,18 +185,14 @@ fn finished_and_claimed(
         if row.try_get::<&str, _>("status")? == "processing" {
             claimed.push(crate::db::claimed_job(row)?);
         } else {
-            finished.push((row.try_get::<String, _>("id")?, row.try_get::<i64, _>("attempt")?));
+            finished.push(Lease {
+                id: row.try_get("id")?,
+                attempt: row.try_get("attempt")?,
+            });
         }
     }
     claimed.sort_by(|a, b| (a.accepted_at, &a.lease.id).cmp(&(b.accepted_at, &b.lease.id)));
-    let applied = finishes
-        .iter()
-        .map(|f| {
-            finished
-                .iter()
-                .any(|(id, attempt)| *id == f.lease.id && *attempt == f.lease.attempt)
-        })
-        .collect();
+    let applied = finishes.iter().map(|f| finished.contains(&f.lease)).collect();
     Ok((applied, claimed))
 }
 
