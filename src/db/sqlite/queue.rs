@@ -18,8 +18,8 @@ use crate::db::store::{ClaimedJob, Held, JobFinish, Lease, ReplicaBeat, Rescued}
 /// so every claim made it compile the statement again (a fifth of the writer thread's time in a
 /// drain of tiny jobs). The unary plus keeps the limit out of the planner, and the cached
 /// statement is reused. `INDEXED BY`: the oldest pending async jobs straight from their own
-/// index, in order; left to choose, SQLite searched the `pending` range of `requests_by_status`
-/// and read each row for its mode (`plans` checks this).
+/// index, in order; left to choose, SQLite searched the `pending` range of the status index
+/// that migration 0008 dropped, and read each row for its mode (`plans` checks this).
 pub(super) const CLAIM_JOBS: &str = "UPDATE requests SET status = 'processing', attempt = attempt + 1, lease_owner = ?1, \
      lease_expires_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now', ?2), \
      started_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now'), \
@@ -317,11 +317,11 @@ const DELIVERY_GAVE_UP: &str =
     "gave up: the replicas delivering this callback stopped before recording an attempt, time after time";
 
 // The rescue runs every few seconds with the writer held, so each of its statements reaches its
-// rows through an index bounded by the work in flight: `status` drives the search (the
-// `processing` range of `requests_by_status`, or the partial `requests_leased`), and the unary
-// plus keeps `mode` out of the planner's choice. With `mode = 'sync'` free to drive it, SQLite
-// searched `requests_by_mode` and read every sync request ever stored: 112 ms with the writer held
-// for 300,000 finished sync rows, every rescue. `plans` holds them to this.
+// rows through an index bounded by the work in flight: `status` drives the search (through the
+// partial `requests_leased`), and the unary plus keeps `mode` out of the planner's choice. With
+// `mode = 'sync'` free to drive it, SQLite searched a mode index and read every sync request
+// ever stored: 112 ms with the writer held for 300,000 finished sync rows, every rescue. `plans`
+// holds them to this.
 
 /// Async jobs whose lease expired: back to the queue, or failed once their attempts are used.
 pub(super) const RESCUE_JOBS: &str = concat!(
@@ -360,9 +360,10 @@ pub(super) const RESCUE_SYNC: &str = fail_sync_where!(
 );
 
 /// Sync requests left `pending` by builds before the leases (which stored a sync request before
-/// running it): failed, at start only (`?1` is unused). The search runs over the pending range,
-/// the backlog.
-pub(super) const RESCUE_UNLEASED_SYNC: &str = fail_sync_where!("status = 'pending'");
+/// running it): failed, at start only (`?1` is unused). The search runs through
+/// `requests_unleased_sync`, which SQLite takes only when the WHERE names both of its terms, the
+/// bare `mode` among them.
+pub(super) const RESCUE_UNLEASED_SYNC: &str = fail_sync_where!("mode = 'sync' AND status = 'pending'");
 
 /// Deliveries whose lease expired: made again, or failed once their replicas kept dying.
 pub(super) const RESCUE_DELIVERIES: &str = concat!(

@@ -6,7 +6,7 @@ use super::writer::Writer;
 use crate::db::store::{PurgeRound, Purged};
 
 /// Up to `?2` finished requests completed before `?1` whose delivery has ended, oldest first
-/// through `requests_finished`. Left to choose, SQLite searched `requests_by_status` instead,
+/// through `requests_finished`. Left to choose, SQLite searched a status index instead,
 /// newest first, and read every finished request inside the retention period before it reached
 /// one to delete: 177 ms a batch with the writer held for 290,000 recent rows, against 57 ms.
 pub(super) const PURGE_REQUESTS: &str = "DELETE FROM requests WHERE id IN ( \

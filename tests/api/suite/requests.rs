@@ -66,6 +66,22 @@ async fn requests_are_listed_newest_first_with_filters_and_pages() {
     let sync_failed = app.get_json("/requests?mode=sync&status=failed").await;
     assert_eq!(ids(&sync_failed), vec![d.clone()]);
 
+    // Pages that end past the rows matching: the page holds the rows left, no more and no fewer.
+    let done_tail = app.get_json("/requests?status=done&limit=5&offset=1").await;
+    assert_eq!(
+        (done_tail["total"].clone(), ids(&done_tail)),
+        (json!(2), vec![a.clone()])
+    );
+    let sync_tail = app.get_json("/requests?mode=sync&limit=50&offset=1").await;
+    assert_eq!(
+        (sync_tail["total"].clone(), ids(&sync_tail)),
+        (json!(2), vec![a.clone()])
+    );
+    let tail = app.get_json("/requests?limit=3&offset=2").await;
+    assert_eq!(ids(&tail), vec![b.clone(), a.clone()]);
+    let none = app.get_json("/requests?status=pending").await;
+    assert_eq!((none["total"].clone(), ids(&none).len()), (json!(0), 0));
+
     let page2 = app.get_json("/requests?limit=2&offset=2").await;
     assert_eq!(page2["total"], 4);
     assert_eq!(ids(&page2), vec![b, a]);
