@@ -381,6 +381,16 @@ async fn the_requests_list_filters_and_pages_by_keyset_newest_first() {
         "the cursor row is not repeated"
     );
     assert!(older.contains(r#"data-testid="page-newest""#));
+    // The statuses read through indexes of their own, after a cursor too (nothing is in flight
+    // or waiting now).
+    for status in ["pending", "processing", "failed"] {
+        let (code, html) = page(&app, &format!("/dashboard/requests?status={status}&before={}", ids[2])).await;
+        assert_eq!(
+            (code, count(&html, r#"data-testid="request-row""#)),
+            (200, 0),
+            "{status}"
+        );
+    }
 }
 
 #[tokio::test]

@@ -135,9 +135,16 @@ async fn pages_of_requests_are_read_newest_first_through_the_filters_index() {
         // No filter, or one that most rows pass: the ascending index read backwards.
         (filtered(None, None), "requests_by_created"),
         (filtered(None, Some(Status::Done)), "requests_by_created"),
-        (filtered(None, Some(Status::Processing)), "requests_by_created"),
         (filtered(Some(Mode::Async), None), "requests_by_created"),
         // Few rows: their own partial index.
+        (filtered(None, Some(Status::Pending)), "requests_claimable"),
+        (
+            ListQuery {
+                before_id: Some("an id".into()),
+                ..filtered(None, Some(Status::Pending))
+            },
+            "requests_claimable",
+        ),
         (filtered(None, Some(Status::Failed)), "requests_failed"),
         (filtered(Some(Mode::Async), Some(Status::Failed)), "requests_failed"),
         (filtered(Some(Mode::Sync), None), "requests_sync"),
@@ -160,6 +167,22 @@ async fn pages_of_requests_are_read_newest_first_through_the_filters_index() {
     for (query, index) in cases {
         let page = reads::page(&query, 20).sql();
         only_through(&mut conn, page.as_str(), "r", &[index]).await;
+    }
+    // The requests in flight, after a cursor too: the rescuer's index, and a sort of the few
+    // rows it holds.
+    for before_id in [None, Some("an id".to_owned())] {
+        let query = ListQuery {
+            before_id,
+            ..filtered(None, Some(Status::Processing))
+        };
+        let page = reads::page(&query, 20).sql();
+        let steps = plan(&mut conn, page.as_str()).await;
+        assert!(
+            steps
+                .iter()
+                .any(|step| step.starts_with("SCAN r USING INDEX requests_leased")),
+            "{steps:?}"
+        );
     }
     drop(conn);
     crate::db::Store::close(&store).await;
