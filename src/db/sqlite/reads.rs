@@ -89,9 +89,9 @@ pub(super) async fn list(readers: &SqlitePool, query: &ListQuery) -> Result<(i64
         count.build_query_scalar().fetch_one(&mut *snapshot).await?
     };
     // Without a cursor, at most `total - offset` rows can be on the page. Saying so stops the
-    // scan at the last of them: a status with no index of its own (`pending`, `processing`,
-    // `done`) is read from `requests_by_created`, and a LIMIT larger than the rows that match
-    // would read on to the oldest request.
+    // scan at the last of them: a filter with no index of its own (`done`, `async`) is read
+    // from `requests_by_created`, and a LIMIT larger than the rows that match would read on to
+    // the oldest request.
     let mut limit = i64::from(query.limit);
     if query.before_id.is_none() {
         limit = limit.min(total - i64::from(query.offset));
