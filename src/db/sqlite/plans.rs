@@ -44,12 +44,18 @@ async fn only_through(conn: &mut SqliteConnection, sql: &str, table: &str, index
     assert!(plan.iter().all(|step| !step.contains("TEMP B-TREE")), "{plan:?}\n{sql}");
 }
 
-#[tokio::test]
-async fn busy_statements_reach_only_the_rows_they_are_about() {
+/// A store on a new database file (the directory lives as long as the store is used).
+async fn fresh_store() -> (tempfile::TempDir, super::SqliteStore) {
     let dir = tempfile::tempdir().expect("dir");
     let store = super::connect(&dir.path().join("plans.db"), 64 << 20, &Liveness::new())
         .await
         .expect("store");
+    (dir, store)
+}
+
+#[tokio::test]
+async fn busy_statements_reach_only_the_rows_they_are_about() {
+    let (_dir, store) = fresh_store().await;
     let mut conn = store.writer.lock().await.expect("writer");
     // In flight: the partial requests_leased.
     let in_flight = ["requests_leased"];
@@ -120,10 +126,7 @@ async fn busy_statements_reach_only_the_rows_they_are_about() {
 
 #[tokio::test]
 async fn pages_of_requests_are_read_newest_first_through_the_filters_index() {
-    let dir = tempfile::tempdir().expect("dir");
-    let store = super::connect(&dir.path().join("pages.db"), 64 << 20, &Liveness::new())
-        .await
-        .expect("store");
+    let (_dir, store) = fresh_store().await;
     let mut conn = store.writer.lock().await.expect("writer");
     let filtered = |mode: Option<Mode>, status: Option<Status>| ListQuery {
         mode,
