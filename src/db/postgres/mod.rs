@@ -131,7 +131,7 @@ pub async fn connect(
         backlog.clone(),
         liveness.register("commit", None),
     );
-    vacuum::start(pool.clone(), liveness.register("vacuum", Some(vacuum::EVERY)));
+    vacuum::start(pool.clone(), liveness.register("vacuum", Some(vacuum::VACUUM_EVERY)));
     Ok(PgStore {
         pool,
         durable,
@@ -457,6 +457,35 @@ mod tests {
         assert_eq!(queue_plans, "force_generic_plan");
         assert_eq!(connection_shares(4), (1, 1, 2));
         assert_eq!(connection_shares(10), (3, 3, 4));
+    }
+
+    /// Without autovacuum (this machine's server runs without it), a table that grew from empty
+    /// but holds no dead rows was never analyzed, and the queue's generic plans stayed those made
+    /// for an empty table.
+    #[tokio::test]
+    async fn a_table_that_grew_from_empty_is_analyzed_without_dead_rows() {
+        let Some((conn, name, store)) = scratch().await else {
+            return;
+        };
+        let sql = "INSERT INTO requests (id, mode, payload, status, created_at) \
+                   SELECT 'a' || g, 'async', '{}', 'pending', now() FROM generate_series(1, 5000) g";
+        sqlx::query(sql).execute(&store.pool).await.expect(sql);
+        let stats = "SELECT (last_analyze IS NOT NULL, last_vacuum IS NOT NULL) FROM pg_stat_user_tables \
+                     WHERE relname = 'requests'";
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        let (analyzed, vacuumed) = loop {
+            let seen: (bool, bool) = sqlx::query_scalar(stats).fetch_one(&store.pool).await.expect(stats);
+            if seen.0 || std::time::Instant::now() > deadline {
+                break seen;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        drop_scratch(conn, &name, store).await;
+        assert!(
+            analyzed,
+            "requests was not analyzed within 30 s of growing by 5,000 rows"
+        );
+        assert!(!vacuumed, "nothing to vacuum: no row was updated or deleted");
     }
 
     /// The sync rescue runs in every replica every few seconds: with a backlog of waiting jobs
