@@ -1,8 +1,8 @@
 //! Writing new requests on PostgreSQL: many rows in one statement (the group commit's), a job with
 //! its idempotency key in one transaction, and the end of a sync run.
 //!
-//! The backlog limit holds for the whole cluster: each insert counts the waiting jobs (at most
-//! `limit` index entries) in the same statement and stores only the async rows that still fit.
+//! The backlog limit holds for the whole cluster: each insert reads the waiting jobs' running
+//! total in the same statement and stores only the async rows that still fit.
 //! Two replicas committing at the same moment do not see each other's rows, so the backlog can
 //! pass the limit by at most one batch per other replica: (N − 1) × `MAX_BATCH`.
 
@@ -96,18 +96,14 @@ pub(super) async fn insert_many<'e>(
                 .map_or(i64::MAX, |l| i64::try_from(l).unwrap_or(i64::MAX))
         })
         .collect();
-    // Counting up to 0 rows counts nothing: the caller knows the backlog is far below the limit.
-    // The bound is written into the statement rather than bound (see `super::limit`): it is 0 or
-    // MAX_QUEUE_SIZE, two prepared statements.
-    let count_up_to = rows
-        .iter()
-        .filter_map(|r| r.backlog_limit)
-        .max()
-        .filter(|_| count_backlog)
-        .map_or(0, |l| i64::try_from(l).unwrap_or(i64::MAX));
+    // The backlog comes from the running totals (see `super::reads::backlog`), read only when the
+    // caller does not know it to be far below the limit. Whether it is read is written into the
+    // statement rather than bound (see `super::limit`): two prepared statements.
+    let count_backlog = count_backlog && rows.iter().any(|r| r.backlog_limit.is_some());
     sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
         "WITH backlog AS ( \
-           SELECT count(*) AS n FROM (SELECT 1 FROM requests WHERE status = 'pending' AND mode = 'async' LIMIT {count_up_to}) b), \
+           SELECT coalesce(sum(count), 0) AS n FROM request_stats \
+           WHERE mode = 'async' AND status = 'pending' AND {count_backlog}), \
          t AS (SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], \
                  $7::text[], $8::text[], $9::float8[], $10::int8[], $11::int8[], $12::text[]) \
                AS t(id, mode, payload, status, callback_url, created_at, client_ip, owner, lease_secs, rank, lim, \

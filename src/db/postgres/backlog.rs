@@ -1,8 +1,10 @@
 //! The cluster's backlog (async jobs waiting to be claimed) for the `Retry-After` estimate of
-//! every 202, counted at most once per `FRESH_FOR` per replica: a count is an index scan as long
-//! as the backlog, and counted per request it cost more than the insert itself once the backlog
-//! held a few thousand jobs. `/metrics` and `/healthz` count exactly; the backlog *limit* is
-//! checked by the insert statement itself.
+//! every 202, read at most once per `FRESH_FOR` per replica. (It was a `count(*)`, an index scan
+//! as long as the backlog that cost more than the insert itself once the backlog held a few
+//! thousand jobs; it now sums the running totals, but a read per 202 would still be a round trip
+//! per request.) The figure also lets inserts skip reading the backlog while it is far below the
+//! limit. `/metrics` and `/healthz` read it fresh; the backlog *limit* is checked by the insert
+//! statement itself.
 
 use std::sync::{Mutex as SyncMutex, PoisonError};
 use std::time::{Duration, Instant};

