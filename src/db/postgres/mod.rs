@@ -63,8 +63,9 @@ const DURABLE_SYNCHRONOUS_COMMIT: &str = "on";
 const QUEUE_PLAN_CACHE_MODE: &str = "force_generic_plan";
 
 /// How a replica's DATABASE_MAX_CONNECTIONS (at least 4) are shared: three tenths (at least 1)
-/// for the durable writes (the group commit keeps two batches in flight), three tenths (at least
-/// 1) for the queue's hot statements, and the rest (at least 2) for the main pool.
+/// for the durable writes (the group commit's batches, idempotent submissions, sync results),
+/// three tenths (at least 1) for the queue's hot statements, and the rest (at least 2) for the
+/// main pool.
 fn connection_shares(max_connections: u32) -> (u32, u32, u32) {
     let durable = (max_connections * 3 / 10).max(1);
     let queue = (max_connections * 3 / 10).max(1);
