@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# Tiny-job acknowledgements on one PostgreSQL replica and a fresh database, with where the CPU
+# went: 30 connections for <seconds> (default 15) after a 2 s warm-up, the drain running beside
+# them. Prints acks/s, the ack p99, the jobs finished meanwhile, and the CPU of PostgreSQL (every
+# process of its user), the server and the load generator, as a share of one core and per ack.
+# Alternate two builds to compare them:
+#
+#   for r in 1 2 3; do bash bench/acks-cpu.sh <old>/target/release; bash bench/acks-cpu.sh target/release; done
+#   bash bench/acks-cpu.sh target/release 15 NUM_WORKERS=10   # settings for the server
+set -euo pipefail
+cd "$(dirname "$0")/.."
+BIN=${1:?usage: acks-cpu.sh <directory of sync-async and loadtest> [seconds] [VAR=value ...]}
+SECS=${2:-15}
+shift $(($# < 2 ? $# : 2))
+PG=${PG:-postgres://postgres@127.0.0.1:5432}
+PORT=${PORT:-8150}
+db=sync_async_acks_cpu
+TMP=$(mktemp -d)
+SP=
+cleanup() { [ -z "$SP" ] || kill "$SP" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$TMP"; }
+trap cleanup EXIT
+
+psql "$PG/postgres" -qc "DROP DATABASE IF EXISTS $db WITH (FORCE)" -c "CREATE DATABASE $db" 2>/dev/null
+env MAX_QUEUE_SIZE=100000000 RATE_LIMIT_REQUESTS=1000000000 LOG_LEVEL=error RETENTION_HOURS=0 \
+  PORT="$PORT" HOST=127.0.0.1 DATABASE_URL="$PG/$db" "$@" "$BIN/sync-async" >"$TMP/server.log" 2>&1 &
+SP=$!
+for _ in $(seq 100); do curl -sf "http://127.0.0.1:$PORT/healthz" >/dev/null && break; sleep 0.1; done
+curl -sf "http://127.0.0.1:$PORT/healthz" >/dev/null || { cat "$TMP/server.log" >&2; exit 1; }
+
+# CPU ticks (utime + stime) of every PostgreSQL process, and of the server
+pg_ticks() { local t=0 p; for p in $(pgrep -u postgres); do t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat" 2>/dev/null || echo 0))); done; echo "$t"; }
+server_ticks() { awk '{print $14 + $15}' "/proc/$SP/stat"; }
+p0=$(pg_ticks); s0=$(server_ticks); t0=$(date +%s%N)
+TIMEFORMAT='%U %S'  # bash's own `time`: the load generator's user and system seconds
+{ time "$BIN/loadtest" --url "http://127.0.0.1:$PORT" --mode async --no-callback --concurrency 30 \
+    --duration "${SECS}s" --warmup 2s --operation prime --complexity 1 --data '{"n": 1}' --quiet \
+    --json "$TMP/acks.json" >/dev/null; } 2>"$TMP/loadtest.time"
+p1=$(pg_ticks); s1=$(server_ticks); t1=$(date +%s%N)
+finished=$(curl -s "http://127.0.0.1:$PORT/metrics" | grep -o '"done":[0-9]*' | head -1 | cut -d: -f2)
+kill "$SP"; wait "$SP" 2>/dev/null || true; SP=
+python3 - "$TMP" "$p0" "$p1" "$s0" "$s1" "$t0" "$t1" "$finished" "$(getconf CLK_TCK)" <<'PY'
+import json, sys
+tmp = sys.argv[1]
+p0, p1, s0, s1, t0, t1, finished, hz = map(int, sys.argv[2:])
+run = json.load(open(f"{tmp}/acks.json"))["runs"][0]
+loadtest = sum(map(float, open(f"{tmp}/loadtest.time").read().split()[-2:]))
+wall = (t1 - t0) / 1e9
+acks = run["throughput_rps"]
+n = acks * wall  # the acks over the whole wall time, warm-up included, at the measured rate
+pg, server = (p1 - p0) / hz, (s1 - s0) / hz
+print(f"acks/s {acks:7.0f}  p99 {run['latency']['p99_ms']:6.2f} ms  jobs finished {finished:6d}  "
+      f"CPU % of a core: PostgreSQL {pg * 100 / wall:3.0f} server {server * 100 / wall:3.0f} loadtest {loadtest * 100 / wall:3.0f}  "
+      f"us per ack: PostgreSQL {pg * 1e6 / n:4.0f} server {server * 1e6 / n:4.0f} loadtest {loadtest * 1e6 / n:4.0f}")
+PY
+psql "$PG/postgres" -qc "DROP DATABASE IF EXISTS $db WITH (FORCE)" 2>/dev/null || true
