@@ -30,7 +30,7 @@ use prometheus_client::metrics::counter::Counter;
 
 use crate::auth::Caller;
 use crate::client_ip::ClientIpSource;
-use crate::db::{Db, RateVerdict};
+use crate::db::{Backend, Db, RateVerdict};
 use crate::error::ApiError;
 
 /// Paths that never count against the limit.
@@ -133,12 +133,24 @@ impl ClientRateLimiter {
             return Decision::Allowed { remaining: left };
         }
         let batch = reserve::batch_for(self.limit);
+        // With batches, one request per key asks the database; the others wait and spend. (SQLite
+        // keeps no shared budget: its answer comes at once, and governor decides.)
+        let _taking = if batch > 1 && db.backend() == Backend::Postgres {
+            let guard = self.reserved.taking(&key).await;
+            if let Some(left) = self.reserved.spend(&key, Instant::now()) {
+                return Decision::Allowed { remaining: left };
+            }
+            Some(guard)
+        } else {
+            None
+        };
+        let taken_at = Instant::now();
         let mut verdict = self.take_shared(db, &key, batch).await;
         if batch > 1 && matches!(verdict, Ok(Some(RateVerdict::Refused { .. }))) {
             // A whole batch does not fit any more, but one request may.
             verdict = self.take_shared(db, &key, 1).await;
         } else if batch > 1 && matches!(verdict, Ok(Some(RateVerdict::Allowed { .. }))) {
-            self.reserved.keep(key.clone(), batch - 1, now);
+            self.reserved.keep(key.clone(), batch - 1, taken_at);
         }
         match verdict {
             Ok(Some(RateVerdict::Allowed { remaining })) => Decision::Allowed { remaining },

@@ -10,8 +10,15 @@
 //! admits at most the limit plus `rate × HOLD` (1/600 of the burst for a 60 s window). Tokens not
 //! spent within `HOLD` are dropped, which can only admit less. With a limit of under 200 requests
 //! per window the batch is one token: every request asks the database, exactly as before.
+//!
+//! One request per key takes the next batch; the others of that key that find no token wait for
+//! it (`taking`) and then spend from it. Without that, every request that arrived while a batch
+//! was on its way took a batch of its own, and each batch kept replaced the one before: at 6,000
+//! tiny-job acks a second from 30 connections, a replica sent about 410 upserts a second, each
+//! taking 64 tokens, four times the tokens it spent.
 
 use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -25,6 +32,9 @@ const MAX_BATCH: u32 = 64;
 const BURST_SHARE: u32 = 100;
 /// Past this many keys, spent and expired reservations are swept before another is stored.
 const SWEEP_AT: usize = 4_096;
+/// The locks that let one request per key take a batch, one lock per stripe of keys: a fixed
+/// number, so that no lock needs to be forgotten.
+const STRIPES: usize = 64;
 
 /// How many tokens to take at once for a burst of `burst`.
 pub(super) fn batch_for(burst: u32) -> u32 {
@@ -38,12 +48,34 @@ struct Reservation {
 }
 
 /// The tokens this replica holds, per key.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(super) struct Reservations {
     held: Mutex<HashMap<LimitKey, Reservation>>,
+    /// Held by the request taking a key's next batch (`STRIPES` of them).
+    taking: Box<[tokio::sync::Mutex<()>]>,
+}
+
+impl Default for Reservations {
+    fn default() -> Self {
+        Self {
+            held: Mutex::default(),
+            taking: (0..STRIPES).map(|_| tokio::sync::Mutex::new(())).collect(),
+        }
+    }
 }
 
 impl Reservations {
+    /// Waits until no other request of this replica is taking a batch for `key` (or for another
+    /// key of its stripe), and holds that place until the guard drops. A request that finds no
+    /// token takes it, spends again (the batch it waited for may have arrived), and only then
+    /// asks the database.
+    pub(super) async fn taking(&self, key: &LimitKey) -> tokio::sync::MutexGuard<'_, ()> {
+        let mut hasher = std::hash::DefaultHasher::new();
+        key.hash(&mut hasher);
+        let stripe = usize::try_from(hasher.finish() % STRIPES as u64).unwrap_or(0);
+        self.taking[stripe].lock().await
+    }
+
     /// Spends one held token of `key`, if one is left and still fresh at `now`; returns how
     /// many are left after it.
     pub(super) fn spend(&self, key: &LimitKey, now: Instant) -> Option<u32> {
@@ -114,6 +146,25 @@ mod tests {
         held.keep(key(), 5, now);
         assert_eq!(held.spend(&key(), now + HOLD), None);
         assert_eq!(held.spend(&key(), now), None, "the stale reservation was removed");
+    }
+
+    #[tokio::test]
+    async fn one_request_per_key_takes_a_batch_while_the_others_wait() {
+        use futures_util::FutureExt;
+        let held = Reservations::default();
+        let first = held.taking(&key()).await;
+        assert!(
+            held.taking(&key()).now_or_never().is_none(),
+            "a second request for the same key waits"
+        );
+        held.keep(key(), 3, Instant::now());
+        drop(first);
+        let _second = held.taking(&key()).now_or_never().expect("free once the first is done");
+        assert_eq!(
+            held.spend(&key(), Instant::now()),
+            Some(2),
+            "the waiter spends the batch"
+        );
     }
 
     #[test]

@@ -664,6 +664,49 @@ async fn two_replicas_together_admit_the_configured_rate() {
     );
 }
 
+/// With a large limit a replica takes tokens from the shared budget in batches. When requests of
+/// one client find no token at the same moment, one of them takes the next batch and the others
+/// spend from it: before, each took a batch of its own and the last one kept replaced the
+/// others, so 30 connections used about a seventh of the tokens they took from the budget.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_that_find_no_token_together_take_one_batch() {
+    const LIMIT: u32 = 2_000; // batches of 20 tokens; one token every 0.3 s
+    const WINDOW: Duration = Duration::from_secs(600);
+    const CONNECTIONS: usize = 30;
+    let Some(mut setup) = TestSetup::new(Backend::Postgres).await else {
+        return;
+    };
+    setup.config.rate_limit_requests = LIMIT;
+    setup.config.rate_limit_window = WINDOW;
+    let database = setup.database.clone().expect("a PostgreSQL database");
+    let app = spawn_app_in(setup.dir.clone(), setup.config.clone()).await;
+    // Open the connections first (`/healthz` is not limited), so that the burst arrives at once.
+    let warm = (0..CONNECTIONS).map(|_| {
+        let (client, url) = (app.client.clone(), app.url("/healthz"));
+        tokio::spawn(async move { client.get(url).send().await.expect("sent").status().as_u16() })
+    });
+    for request in warm.collect::<Vec<_>>() {
+        assert_eq!(request.await.expect("joined"), 200);
+    }
+    let burst = (0..CONNECTIONS).map(|_| {
+        let (client, url) = (app.client.clone(), app.url("/requests?limit=1"));
+        tokio::spawn(async move { client.get(url).send().await.expect("sent").status().as_u16() })
+    });
+    for request in burst.collect::<Vec<_>>() {
+        assert_eq!(request.await.expect("joined"), 200);
+    }
+    // The tokens taken from the budget: how far ahead of now the client's GCRA time is, in
+    // tokens of 0.3 s (less the little that refilled during the test).
+    let ahead = database
+        .query("SELECT extract(epoch FROM max(tat) - now())::text FROM rate_limits")
+        .await;
+    let seconds: f64 = ahead[0].as_deref().and_then(|s| s.parse().ok()).expect("a GCRA time");
+    let tokens = seconds / (WINDOW.as_secs_f64() / f64::from(LIMIT));
+    // One batch for the burst; a straggler more than 100 ms late may take another. Every request
+    // taking its own would be 30 batches (600 tokens).
+    assert!(tokens <= 60.5, "{tokens:.0} tokens taken for {CONNECTIONS} requests");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_vacuums_a_churned_queue_table_even_without_autovacuum() {
     let Some(setup) = TestSetup::new(Backend::Postgres).await else {
