@@ -18,7 +18,7 @@ const FRESH_FOR: Duration = Duration::from_millis(200);
 /// `SKIP_COUNT_FOR` the whole cluster adds far fewer jobs than this, so the limit still holds.
 const SKIP_COUNT_MARGIN: u64 = 65_536;
 /// How old a figure may be for an insert to skip its count: twice `FRESH_FOR`, so that the
-/// figure stays usable while the next count runs (tens of milliseconds at a large backlog).
+/// figure stays usable while the next count runs.
 const SKIP_COUNT_FOR: Duration = Duration::from_millis(400);
 
 #[derive(Debug, Default)]
@@ -42,7 +42,7 @@ impl BacklogCount {
     }
 
     /// Whether a recent figure puts the backlog so far below `limit` that an insert need not
-    /// count it again (with a large MAX_QUEUE_SIZE, that count reads the whole backlog).
+    /// read it again in its statement.
     pub(super) fn far_below(&self, limit: u64) -> bool {
         self.younger_than(SKIP_COUNT_FOR)
             .is_some_and(|n| n.saturating_add(SKIP_COUNT_MARGIN) < limit)
