@@ -133,14 +133,15 @@ impl ClientRateLimiter {
             return Decision::Allowed { remaining: left };
         }
         let batch = reserve::batch_for(self.limit);
-        // With batches, one request per key asks the database; the others wait and spend. (SQLite
-        // keeps no shared budget: its answer comes at once, and governor decides.)
+        // With batches, one request per key asks the database; the others wait (at most `HOLD`)
+        // and spend. (SQLite keeps no shared budget: its answer comes at once, and governor
+        // decides.)
         let _taking = if batch > 1 && db.backend() == Backend::Postgres {
             let guard = self.reserved.taking(&key).await;
             if let Some(left) = self.reserved.spend(&key, Instant::now()) {
                 return Decision::Allowed { remaining: left };
             }
-            Some(guard)
+            guard
         } else {
             None
         };

@@ -12,7 +12,7 @@
 //! per window the batch is one token: every request asks the database, exactly as before.
 //!
 //! One request per key takes the next batch; the others of that key that find no token wait for
-//! it (`taking`) and then spend from it. Without that, every request that arrived while a batch
+//! it (`taking`, at most `HOLD`) and then spend from it. Without that, every request that arrived while a batch
 //! was on its way took a batch of its own, and each batch kept replaced the one before: at 6,000
 //! tiny-job acks a second from 30 connections, a replica sent about 410 upserts a second, each
 //! taking 64 tokens, four times the tokens it spent.
@@ -68,12 +68,13 @@ impl Reservations {
     /// Waits until no other request of this replica is taking a batch for `key` (or for another
     /// key of its stripe), and holds that place until the guard drops. A request that finds no
     /// token takes it, spends again (the batch it waited for may have arrived), and only then
-    /// asks the database.
-    pub(super) async fn taking(&self, key: &LimitKey) -> tokio::sync::MutexGuard<'_, ()> {
+    /// asks the database. `None` after `HOLD`: when the database is slow or out of reach, the
+    /// requests of one client ask it side by side, as before, rather than one after another.
+    pub(super) async fn taking(&self, key: &LimitKey) -> Option<tokio::sync::MutexGuard<'_, ()>> {
         let mut hasher = std::hash::DefaultHasher::new();
         key.hash(&mut hasher);
         let stripe = usize::try_from(hasher.finish() % STRIPES as u64).unwrap_or(0);
-        self.taking[stripe].lock().await
+        tokio::time::timeout(HOLD, self.taking[stripe].lock()).await.ok()
     }
 
     /// Spends one held token of `key`, if one is left and still fresh at `now`; returns how
@@ -152,19 +153,34 @@ mod tests {
     async fn one_request_per_key_takes_a_batch_while_the_others_wait() {
         use futures_util::FutureExt;
         let held = Reservations::default();
-        let first = held.taking(&key()).await;
+        let first = held.taking(&key()).await.expect("free");
         assert!(
             held.taking(&key()).now_or_never().is_none(),
             "a second request for the same key waits"
         );
         held.keep(key(), 3, Instant::now());
         drop(first);
-        let _second = held.taking(&key()).now_or_never().expect("free once the first is done");
+        let _second = held
+            .taking(&key())
+            .now_or_never()
+            .flatten()
+            .expect("free once the first is done");
         assert_eq!(
             held.spend(&key(), Instant::now()),
             Some(2),
             "the waiter spends the batch"
         );
+    }
+
+    /// A request whose batch is slow in coming (a slow or unreachable database) stops waiting
+    /// after `HOLD` and asks the database itself.
+    #[tokio::test]
+    async fn a_request_waits_for_another_s_batch_at_most_the_hold() {
+        let held = Reservations::default();
+        let _first = held.taking(&key()).await.expect("free");
+        let started = Instant::now();
+        assert!(held.taking(&key()).await.is_none(), "gave up waiting");
+        assert!(started.elapsed() >= HOLD);
     }
 
     #[test]
