@@ -179,7 +179,11 @@ mod tests {
         let held = Reservations::default();
         let _first = held.taking(&key()).await.expect("free");
         let started = Instant::now();
-        assert!(held.taking(&key()).await.is_none(), "gave up waiting");
+        // Bounded here too, so that a wait without its own bound fails rather than hangs.
+        let waited = tokio::time::timeout(HOLD * 100, held.taking(&key()))
+            .await
+            .expect("the wait ends by itself");
+        assert!(waited.is_none(), "gave up waiting");
         assert!(started.elapsed() >= HOLD);
     }
 
