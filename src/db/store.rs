@@ -303,6 +303,10 @@ pub struct JobFinish {
     /// claimed ahead waits in the hand-over channel, so its claim is not its start.
     pub started_at: String,
     pub completion: Completion,
+    /// Whether the job has a callback (its claimed `callback_url` is set), so that its stored
+    /// outcome writes a delivery. On PostgreSQL a batch in which no finish has one leaves the
+    /// delivery insert out of its statement (see `postgres::queue::finished_ctes`).
+    pub has_callback: bool,
 }
 
 /// Every lease a replica holds.

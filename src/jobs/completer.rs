@@ -29,8 +29,6 @@ const MAX_BATCH: usize = 256;
 #[derive(Debug)]
 struct Finished {
     finish: JobFinish,
-    /// Wake the delivery claimer once it is stored.
-    has_callback: bool,
     /// When the job was accepted: its completion time runs from here to `completed_at`.
     accepted_at: DateTime<Utc>,
     /// The worker slot the job held, for the next job (taken when the batch is stored).
@@ -64,17 +62,11 @@ impl Completer {
     }
 
     /// Queues an outcome to store with the worker slot its job held, waiting while `MAX_BATCH`
-    /// are already waiting; `has_callback` wakes the delivery claimer once it is stored.
-    pub(super) async fn submit(
-        &self,
-        finish: JobFinish,
-        has_callback: bool,
-        accepted_at: DateTime<Utc>,
-        slot: OwnedSemaphorePermit,
-    ) {
+    /// are already waiting; a finish that has a callback wakes the delivery claimer once it is
+    /// stored.
+    pub(super) async fn submit(&self, finish: JobFinish, accepted_at: DateTime<Utc>, slot: OwnedSemaphorePermit) {
         let finished = Finished {
             finish,
-            has_callback,
             accepted_at,
             slot: Some(slot),
         };
@@ -123,7 +115,7 @@ async fn complete_loop(
                     let finish = &done.finish;
                     if stored {
                         ctx.metrics.jobs_processed.inc();
-                        deliveries |= done.has_callback;
+                        deliveries |= finish.has_callback;
                         if let Some(took) = accepted_to_end(done.accepted_at, &finish.completion.completed_at) {
                             ctx.completions.job_completed(took);
                         }

@@ -151,8 +151,8 @@ async fn run_job(ctx: &JobsContext, completer: &Completer, job: ClaimedJob, slot
                 lease: job.lease,
                 started_at,
                 completion,
+                has_callback,
             },
-            has_callback,
             accepted_at,
             slot,
         )

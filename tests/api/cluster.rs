@@ -230,9 +230,10 @@ async fn cut_database_connections_show_in_health_and_the_work_finishes_without_a
     app.stop().await;
 }
 
-fn finish(lease: sync_async::db::Lease, result: Value) -> JobFinish {
+/// `job`'s outcome, done with `result`.
+fn finish(job: &sync_async::db::ClaimedJob, result: Value) -> JobFinish {
     JobFinish {
-        lease,
+        lease: job.lease.clone(),
         started_at: sync_async::db::timestamp(chrono::Utc::now()),
         completion: Completion {
             status: Status::Done,
@@ -241,6 +242,7 @@ fn finish(lease: sync_async::db::Lease, result: Value) -> JobFinish {
             completed_at: sync_async::db::timestamp(chrono::Utc::now()),
             execution_time_ms: Some(1.0),
         },
+        has_callback: job.callback_url.is_some(),
     }
 }
 
@@ -273,11 +275,11 @@ async fn a_stale_holder_cannot_overwrite(backend: Backend) {
     let (job, first, second) = claimed_expired_and_claimed_again(&store, "replica-b").await;
 
     let stale = store
-        .finish_jobs("replica-a", &[finish(first.lease.clone(), json!({"by": "a"}))])
+        .finish_jobs("replica-a", &[finish(&first, json!({"by": "a"}))])
         .await
         .expect("finish");
     let fresh = store
-        .finish_jobs("replica-b", &[finish(second.lease.clone(), json!({"by": "b"}))])
+        .finish_jobs("replica-b", &[finish(&second, json!({"by": "b"}))])
         .await
         .expect("finish");
 
@@ -340,8 +342,8 @@ async fn stale_and_fresh_outcomes_in_one_batch(backend: Backend) {
         .finish_jobs(
             "replica-a",
             &[
-                finish(first.lease.clone(), json!({"attempt": "first"})),
-                finish(second.lease.clone(), json!({"attempt": "second"})),
+                finish(&first, json!({"attempt": "first"})),
+                finish(&second, json!({"attempt": "second"})),
             ],
         )
         .await
@@ -393,11 +395,11 @@ async fn finish_and_claim(backend: Backend) {
         .finish_and_claim(
             "replica-a",
             &[
-                finish(stale.lease.clone(), json!("stale")),
-                finish(fresh.lease.clone(), json!("fresh")),
+                finish(&stale, json!("stale")),
+                finish(&fresh, json!("fresh")),
                 JobFinish {
                     started_at: "2026-01-02T03:04:05.678Z".to_owned(),
-                    ..finish(running[0].lease.clone(), json!("running"))
+                    ..finish(&running[0], json!("running"))
                 },
             ],
             2,
@@ -481,7 +483,7 @@ async fn outbox_writes_deliveries(backend: Backend) {
         .claim_jobs("replica-a", 2, Duration::from_secs(30))
         .await
         .expect("claim");
-    let finishes: Vec<JobFinish> = claimed.iter().map(|c| finish(c.lease.clone(), json!(1))).collect();
+    let finishes: Vec<JobFinish> = claimed.iter().map(|c| finish(c, json!(1))).collect();
     assert_eq!(
         store.finish_jobs("replica-a", &finishes).await.expect("finish"),
         vec![true, true]
@@ -802,7 +804,7 @@ async fn attempts_recorded_claim_the_next(backend: Backend) {
         ids.push(job.id);
     }
     let claimed = store.claim_jobs("replica-a", 3, lease).await.expect("claim");
-    let finishes: Vec<JobFinish> = claimed.iter().map(|j| finish(j.lease.clone(), json!({}))).collect();
+    let finishes: Vec<JobFinish> = claimed.iter().map(|j| finish(j, json!({}))).collect();
     store.finish_jobs("replica-a", &finishes).await.expect("finish");
     let first = store
         .claim_deliveries("replica-a", 1, lease)
@@ -903,7 +905,7 @@ async fn stale_attempt_records_are_fenced(backend: Backend) {
         .await
         .expect("claim");
     let stored = store
-        .finish_jobs("replica-a", &[finish(claimed[0].lease.clone(), json!({}))])
+        .finish_jobs("replica-a", &[finish(&claimed[0], json!({}))])
         .await
         .expect("finish");
     assert_eq!(stored, vec![true], "the finish writes the delivery (the outbox)");

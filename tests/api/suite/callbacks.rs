@@ -386,6 +386,7 @@ async fn a_policy_tightened_after_acceptance_refuses_the_delivery() {
             completed_at: now,
             execution_time_ms: Some(1.0),
         },
+        has_callback: claimed[0].callback_url.is_some(),
     };
     let stored = store.finish_jobs("an-earlier-replica", &[done]).await.expect("finish");
     assert_eq!(stored, vec![true]);
