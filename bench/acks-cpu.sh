@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
-# Tiny-job acknowledgements on one PostgreSQL replica and a fresh database, with where the CPU
-# went: 30 connections for <seconds> (default 15) after a 2 s warm-up, the drain running beside
-# them. Prints acks/s, the ack p99, the jobs finished meanwhile, and the CPU of PostgreSQL (every
-# process of its user), the server and the load generator, as a share of one core and per ack.
-# Alternate two builds to compare them:
+# Tiny-job acknowledgements on one replica and a fresh database (PostgreSQL, or SQLite with
+# DB=sqlite), with where the CPU went: 30 connections for <seconds> (default 15) after a 2 s
+# warm-up, the drain running beside them. Prints acks/s, the ack p99, the jobs finished meanwhile
+# (and per ack: 1.00 when the workers keep pace), and the CPU of PostgreSQL (every process of its
+# user; next to nothing with SQLite), the server and the load generator, as a share of one core
+# and per ack. Alternate two builds to compare them:
 #
 #   for r in 1 2 3; do bash bench/acks-cpu.sh <old>/target/release; bash bench/acks-cpu.sh target/release; done
 #   bash bench/acks-cpu.sh target/release 15 NUM_WORKERS=10   # settings for the server
+#   DB=sqlite bash bench/acks-cpu.sh target/release 15        # the embedded SQLite
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=${1:?usage: acks-cpu.sh <directory of sync-async and loadtest> [seconds] [VAR=value ...]}
@@ -20,9 +22,14 @@ SP=
 cleanup() { [ -z "$SP" ] || kill "$SP" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$TMP"; }
 trap cleanup EXIT
 
-psql "$PG/postgres" -qc "DROP DATABASE IF EXISTS $db WITH (FORCE)" -c "CREATE DATABASE $db" 2>/dev/null
+if [ "${DB:-postgres}" = sqlite ]; then
+  database=(DATABASE_PATH="$TMP/acks.db")
+else
+  psql "$PG/postgres" -qc "DROP DATABASE IF EXISTS $db WITH (FORCE)" -c "CREATE DATABASE $db" 2>/dev/null
+  database=(DATABASE_URL="$PG/$db")
+fi
 env MAX_QUEUE_SIZE=100000000 RATE_LIMIT_REQUESTS=1000000000 LOG_LEVEL=error RETENTION_HOURS=0 \
-  PORT="$PORT" HOST=127.0.0.1 DATABASE_URL="$PG/$db" "$@" "$BIN/sync-async" >"$TMP/server.log" 2>&1 &
+  PORT="$PORT" HOST=127.0.0.1 "${database[@]}" "$@" "$BIN/sync-async" >"$TMP/server.log" 2>&1 &
 SP=$!
 for _ in $(seq 100); do curl -sf "http://127.0.0.1:$PORT/healthz" >/dev/null && break; sleep 0.1; done
 curl -sf "http://127.0.0.1:$PORT/healthz" >/dev/null || { cat "$TMP/server.log" >&2; exit 1; }
@@ -48,8 +55,8 @@ wall = (t1 - t0) / 1e9
 acks = run["throughput_rps"]
 n = acks * wall  # the acks over the whole wall time, warm-up included, at the measured rate
 pg, server = (p1 - p0) / hz, (s1 - s0) / hz
-print(f"acks/s {acks:7.0f}  p99 {run['latency']['p99_ms']:6.2f} ms  jobs finished {finished:6d}  "
+print(f"acks/s {acks:7.0f}  p99 {run['latency']['p99_ms']:6.2f} ms  jobs finished {finished:6d} ({finished / n:4.2f} per ack)  "
       f"CPU % of a core: PostgreSQL {pg * 100 / wall:3.0f} server {server * 100 / wall:3.0f} loadtest {loadtest * 100 / wall:3.0f}  "
       f"us per ack: PostgreSQL {pg * 1e6 / n:4.0f} server {server * 1e6 / n:4.0f} loadtest {loadtest * 1e6 / n:4.0f}")
 PY
-psql "$PG/postgres" -qc "DROP DATABASE IF EXISTS $db WITH (FORCE)" 2>/dev/null || true
+[ "${DB:-postgres}" = sqlite ] || psql "$PG/postgres" -qc "DROP DATABASE IF EXISTS $db WITH (FORCE)" 2>/dev/null || true
