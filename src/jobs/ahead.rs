@@ -67,8 +67,7 @@ impl ClaimAhead {
     }
 
     /// The extra places open now.
-    #[cfg(test)]
-    fn open(&self) -> usize {
+    pub(super) fn open(&self) -> usize {
         self.open
     }
 }
