@@ -18,7 +18,11 @@ CALLBACKS_ONLY=${CALLBACKS_ONLY:-}
 read -ra SERVER_ENV <<<"${SERVER_ENV:-}"
 TMP=$(mktemp -d)
 PIDS=()
-cleanup() { for p in "${PIDS[@]:-}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$TMP"; }
+# The servers stop, then the database they shared goes (this script's runs leave nothing behind).
+cleanup() {
+  for p in "${PIDS[@]:-}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$TMP"
+  psql "$PG/postgres" -qc "DROP DATABASE IF EXISTS sync_async_bench WITH (FORCE)" 2>/dev/null || true
+}
 trap cleanup EXIT
 
 COMMON=(MAX_QUEUE_SIZE=100000000 RATE_LIMIT_REQUESTS=1000000000 LOG_LEVEL=error RETENTION_HOURS=0)

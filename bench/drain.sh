@@ -59,3 +59,4 @@ PY
 for round in $(seq "$ROUNDS"); do
   for bin in "$@"; do printf '%-40s %s\n' "$bin" "$(one "$bin")"; done
 done
+[ -z "${POSTGRES:-}" ] || psql "$PG/postgres" -qc "DROP DATABASE IF EXISTS sync_async_drain WITH (FORCE)" 2>/dev/null || true

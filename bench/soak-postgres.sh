@@ -21,7 +21,7 @@ psql "$PG/postgres" -qc "DROP DATABASE IF EXISTS $db WITH (FORCE)" -c "CREATE DA
 DATABASE_URL="$PG/$db" PORT=8201 HOST=127.0.0.1 MAX_QUEUE_SIZE=100000000 RATE_LIMIT_REQUESTS=1000000000 \
   LOG_LEVEL=error RETENTION_HOURS=0.0167 target/release/sync-async &
 server=$!
-trap 'kill $server 2>/dev/null || true' EXIT
+trap 'kill $server 2>/dev/null || true; wait $server 2>/dev/null; psql "$PG/postgres" -qc "DROP DATABASE IF EXISTS $db WITH (FORCE)" 2>/dev/null || true' EXIT
 for _ in $(seq 100); do curl -sf http://127.0.0.1:8201/healthz >/dev/null && break; sleep 0.1; done
 target/release/loadtest --mode async --callback-fail-rate 1 --callback-timeout 1s --callback-port 9124 \
   --operation prime --complexity 1 --data '{"n":1}' --url http://127.0.0.1:8201 --duration "$DURATION" \
