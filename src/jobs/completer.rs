@@ -169,15 +169,16 @@ async fn complete_loop(
 /// a fixed cost. `handed` is empty afterwards. A long job costs one wait, once: the next
 /// write's jobs replace `handed`.
 async fn gather(finished: &mut mpsc::Receiver<Finished>, batch: &mut Vec<Finished>, handed: &mut Vec<String>) {
-    let missing = |handed: &mut Vec<String>, f: &Finished| handed.retain(|id| *id != f.finish.lease.id);
+    // The outcome of a handed job is no longer waited for.
+    let arrived = |handed: &mut Vec<String>, f: &Finished| handed.retain(|id| *id != f.finish.lease.id);
     for f in batch.iter() {
-        missing(handed, f);
+        arrived(handed, f);
     }
     let deadline = tokio::time::Instant::now() + GATHER;
     while !handed.is_empty() && batch.len() < MAX_BATCH {
         match tokio::time::timeout_at(deadline, finished.recv()).await {
             Ok(Some(f)) => {
-                missing(handed, &f);
+                arrived(handed, &f);
                 batch.push(f);
             }
             Ok(None) | Err(_) => break,

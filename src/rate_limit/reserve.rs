@@ -12,10 +12,10 @@
 //! per window the batch is one token: every request asks the database, exactly as before.
 //!
 //! One request per key takes the next batch; the others of that key that find no token wait for
-//! it (`taking`, at most `HOLD`) and then spend from it. Without that, every request that arrived while a batch
-//! was on its way took a batch of its own, and each batch kept replaced the one before: at 6,000
-//! tiny-job acks a second from 30 connections, a replica sent about 410 upserts a second, each
-//! taking 64 tokens, four times the tokens it spent.
+//! it (`taking`, at most `HOLD`) and then spend from it. Without that, every request that arrived
+//! while a batch was on its way took a batch of its own, and each batch kept replaced the one
+//! before: at 6,000 tiny-job acks a second from 30 connections, a replica sent about 410 upserts
+//! a second, each taking 64 tokens, four times the tokens it spent.
 
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
