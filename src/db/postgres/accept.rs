@@ -4,7 +4,9 @@
 //! The backlog limit holds for the whole cluster: each insert reads the waiting jobs' running
 //! total in the same statement and stores only the async rows that still fit.
 //! Two replicas committing at the same moment do not see each other's rows, so the backlog can
-//! pass the limit by at most one batch per other replica: (N − 1) × `MAX_BATCH`.
+//! pass the limit by at most one batch per other replica: (N − 1) × `MAX_BATCH`. A job with an
+//! idempotency key is inserted alone, beside the group commit, on another of the replica's D
+//! durable connections, and sees neither: with keys, (N − 1) × `MAX_BATCH` + N × (D − 1).
 
 use std::time::Duration;
 
