@@ -14,8 +14,8 @@ use sync_async::db::{Accepted, Completion, JobFinish, NewJob};
 use sync_async::model::Status;
 
 use crate::helpers::{
-    Backend, TestReceiver, TestSetup, fetch_json, kill_hard, open_store, quick_payload, spawn_app_in, start_server,
-    wait_until,
+    Backend, TestReceiver, TestSetup, fetch_json, kill_hard, open_store, quick_payload, slow_payload, spawn_app_in,
+    start_server, wait_until,
 };
 use crate::pg::TestDatabase;
 
@@ -575,19 +575,24 @@ async fn two_replicas(customise: impl Fn(&mut sync_async::Config)) -> Option<[cr
     Some(apps)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_replicas_share_one_backlog_limit() {
-    const LIMIT: usize = 30;
-    let Some(apps) = two_replicas(|c| {
-        c.max_queue_size = LIMIT;
+/// The backlog limit of the backlog tests, and the submissions they send: enough that a limit
+/// that did not hold would be seen past its bound.
+const BACKLOG_LIMIT: usize = 30;
+const SUBMISSIONS: usize = 400;
+
+/// Two replicas with a backlog of `BACKLOG_LIMIT` whose one worker each is busy for seconds, so
+/// nothing leaves the backlog while `SUBMISSIONS` quick jobs arrive at once, half at each
+/// replica, those for which `keyed(n)` holds with an `Idempotency-Key` of their own. Returns how
+/// many were accepted, once the full cluster refuses on every replica and the backlog in
+/// `/metrics` is the number accepted, and D, each replica's durable connections.
+async fn fill_one_backlog_from_two_replicas(keyed: fn(usize) -> bool) -> Option<(usize, usize)> {
+    let apps = two_replicas(|c| {
+        c.max_queue_size = BACKLOG_LIMIT;
         c.num_workers = 1;
+        c.rate_limit_requests = 1_000_000;
     })
-    .await
-    else {
-        return;
-    };
-    // Both workers busy for seconds, so nothing leaves the backlog while it fills.
-    let slow = json!({"payload": {"operation": "hash", "complexity": 10}});
+    .await?;
+    let slow = json!({"payload": slow_payload()});
     for app in &apps {
         let (status, _) = app.submit_async(&slow).await;
         assert_eq!(status, 202);
@@ -602,41 +607,66 @@ async fn two_replicas_share_one_backlog_limit() {
     .await;
 
     let quick = json!({"payload": quick_payload()});
-    let submissions = (0..100).map(|n| {
+    let submissions = (0..SUBMISSIONS).map(|n| {
         let (client, url) = (apps[n % 2].client.clone(), apps[n % 2].url("/async"));
-        let quick = quick.clone();
-        tokio::spawn(async move {
-            client
-                .post(url)
-                .json(&quick)
-                .send()
-                .await
-                .expect("sent")
-                .status()
-                .as_u16()
-        })
+        let mut request = client.post(url).json(&quick);
+        if keyed(n) {
+            request = request.header("idempotency-key", format!("fill-{n}"));
+        }
+        tokio::spawn(async move { request.send().await.expect("sent").status().as_u16() })
     });
     let mut accepted = 0;
-    for submission in submissions {
+    for submission in submissions.collect::<Vec<_>>() {
         match submission.await.expect("joined") {
             202 => accepted += 1,
             429 => {}
             other => panic!("unexpected status {other}"),
         }
     }
-
-    // The documented bound: one group-commit batch per other replica, (N - 1) x 128.
     assert!(
-        accepted >= LIMIT,
-        "{accepted} accepted; the backlog had room for {LIMIT}"
+        accepted >= BACKLOG_LIMIT,
+        "{accepted} accepted; the backlog had room for {BACKLOG_LIMIT}"
     );
-    assert!(accepted <= LIMIT + 128, "{accepted} accepted past a limit of {LIMIT}");
     let backlog = apps[0].metrics().await["queue"]["size"].as_u64().expect("size") as usize;
     assert_eq!(backlog, accepted);
     for app in &apps {
         let (status, _) = app.submit_async(&quick).await;
         assert_eq!(status, 429, "a full cluster backlog refuses on every replica");
     }
+    let d = sync_async::db::postgres::durable_connections(apps[0].config.database_max_connections);
+    Some((accepted, d as usize))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_share_one_backlog_limit() {
+    let Some((accepted, _)) = fill_one_backlog_from_two_replicas(|_| false).await else {
+        return;
+    };
+    // The documented bound: one group-commit batch per other replica, (N - 1) x 128.
+    let bound = BACKLOG_LIMIT + 128;
+    assert!(accepted <= bound, "{accepted} accepted past a limit of {BACKLOG_LIMIT}");
+}
+
+/// Submissions with an idempotency key are inserted one by one beside the group commit, on the
+/// replica's D durable connections. Mixed with keyless ones, the documented bound is
+/// (N - 1) x 128 + N x (D - 1). With keys alone no batch is in flight, and the bound is the
+/// inserts one replica can have in flight, D each, less the one that found room last.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn submissions_with_keys_keep_within_the_documented_backlog_bound() {
+    let Some((mixed, d)) = fill_one_backlog_from_two_replicas(|n| n % 4 < 2).await else {
+        return;
+    };
+    let bound = BACKLOG_LIMIT + 128 + 2 * (d - 1);
+    assert!(
+        mixed <= bound,
+        "{mixed} accepted, keys and none mixed; the bound is {bound}"
+    );
+
+    let Some((keyed, d)) = fill_one_backlog_from_two_replicas(|_| true).await else {
+        return;
+    };
+    let bound = BACKLOG_LIMIT + 2 * d - 1;
+    assert!(keyed <= bound, "{keyed} accepted, all with keys; the bound is {bound}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -6,7 +6,8 @@
 //! Two replicas committing at the same moment do not see each other's rows, so the backlog can
 //! pass the limit by at most one batch per other replica: (N − 1) × `MAX_BATCH`. A job with an
 //! idempotency key is inserted alone, beside the group commit, on another of the replica's D
-//! durable connections, and sees neither: with keys, (N − 1) × `MAX_BATCH` + N × (D − 1).
+//! durable connections, and sees neither: with keys, (N − 1) × `MAX_BATCH` + N × (D − 1), and
+//! with keys alone (no batch in flight, all D connections carrying keyed inserts) N × D − 1.
 
 use std::time::Duration;
 

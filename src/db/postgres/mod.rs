@@ -67,9 +67,16 @@ const QUEUE_PLAN_CACHE_MODE: &str = "force_generic_plan";
 /// three tenths (at least 1) for the queue's hot statements, and the rest (at least 2) for the
 /// main pool.
 fn connection_shares(max_connections: u32) -> (u32, u32, u32) {
-    let durable = (max_connections * 3 / 10).max(1);
+    let durable = durable_connections(max_connections);
     let queue = (max_connections * 3 / 10).max(1);
     (durable, queue, max_connections.saturating_sub(durable + queue).max(2))
+}
+
+/// D, the durable connections of a replica with `max_connections`: the most inserts of new jobs
+/// (group-commit batches and submissions with an idempotency key) it has in flight at once, a
+/// term of the backlog's overshoot bound (see `accept`).
+pub fn durable_connections(max_connections: u32) -> u32 {
+    (max_connections * 3 / 10).max(1)
 }
 
 /// The PostgreSQL store.
