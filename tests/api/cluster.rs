@@ -649,8 +649,9 @@ async fn two_replicas_share_one_backlog_limit() {
 
 /// Submissions with an idempotency key are inserted one by one beside the group commit, on the
 /// replica's D durable connections. Mixed with keyless ones, the documented bound is
-/// (N - 1) x 128 + N x (D - 1). With keys alone no batch is in flight, and the bound is the
-/// inserts one replica can have in flight, D each, less the one that found room last.
+/// (N - 1) x 128 + N x (D - 1). With keys alone no batch is in flight: each replica has at most
+/// D keyed inserts in flight, each stores one job, and each found room when it started, so at
+/// most N x D - 1 pass the limit.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn submissions_with_keys_keep_within_the_documented_backlog_bound() {
     let Some((mixed, d)) = fill_one_backlog_from_two_replicas(|n| n % 4 < 2).await else {
