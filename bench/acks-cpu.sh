@@ -9,6 +9,11 @@
 #   for r in 1 2 3; do bash bench/acks-cpu.sh <old>/target/release; bash bench/acks-cpu.sh target/release; done
 #   bash bench/acks-cpu.sh target/release 15 NUM_WORKERS=10   # settings for the server
 #   DB=sqlite bash bench/acks-cpu.sh target/release 15        # the embedded SQLite
+#   DATA='{"n": -1}' DB=sqlite bash bench/acks-cpu.sh target/release 15
+#
+# DATA is each job's `payload.data` (default {"n": 1}). {"n": -1} makes every submission a 422
+# after the same parsing and validation, with nothing stored: the ceiling of the HTTP path
+# without the database. The figures are then per answer, not per ack.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=${1:?usage: acks-cpu.sh <directory of sync-async and loadtest> [seconds] [VAR=value ...]}
@@ -18,6 +23,7 @@ PG=${PG:-postgres://postgres@127.0.0.1:5432}
 PORT=${PORT:-8150}
 db=sync_async_acks_cpu
 TMP=$(mktemp -d)
+DATA=${DATA:-'{"n": 1}'}
 SP=
 cleanup() { [ -z "$SP" ] || kill "$SP" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$TMP"; }
 trap cleanup EXIT
@@ -40,7 +46,7 @@ server_ticks() { awk '{print $14 + $15}' "/proc/$SP/stat"; }
 p0=$(pg_ticks); s0=$(server_ticks); t0=$(date +%s%N)
 TIMEFORMAT='%U %S'  # bash's own `time`: the load generator's user and system seconds
 { time "$BIN/loadtest" --url "http://127.0.0.1:$PORT" --mode async --no-callback --concurrency 30 \
-    --duration "${SECS}s" --warmup 2s --operation prime --complexity 1 --data '{"n": 1}' --quiet \
+    --duration "${SECS}s" --warmup 2s --operation prime --complexity 1 --data "$DATA" --quiet \
     --json "$TMP/acks.json" >/dev/null; } 2>"$TMP/loadtest.time"
 p1=$(pg_ticks); s1=$(server_ticks); t1=$(date +%s%N)
 finished=$(curl -s "http://127.0.0.1:$PORT/metrics" | grep -o '"done":[0-9]*' | head -1 | cut -d: -f2)
@@ -53,9 +59,12 @@ run = json.load(open(f"{tmp}/acks.json"))["runs"][0]
 loadtest = sum(map(float, open(f"{tmp}/loadtest.time").read().split()[-2:]))
 wall = (t1 - t0) / 1e9
 acks = run["throughput_rps"]
-n = acks * wall  # the acks over the whole wall time, warm-up included, at the measured rate
+answers = run["achieved_rps"]  # acks and refusals: the same as acks unless DATA is refused
+per = max(acks, answers)
+n = per * wall  # the answers over the whole wall time, warm-up included, at the measured rate
+refused = f"  answers/s {answers:7.0f} (p99 of acks only)" if answers > acks * 1.01 else ""
 pg, server = (p1 - p0) / hz, (s1 - s0) / hz
-print(f"acks/s {acks:7.0f}  p99 {run['latency']['p99_ms']:6.2f} ms  jobs finished {finished:6d} ({finished / n:4.2f} per ack)  "
+print(f"acks/s {acks:7.0f}  p99 {run['latency']['p99_ms']:6.2f} ms  jobs finished {finished:6d} ({finished / n:4.2f} per ack){refused}  "
       f"CPU % of a core: PostgreSQL {pg * 100 / wall:3.0f} server {server * 100 / wall:3.0f} loadtest {loadtest * 100 / wall:3.0f}  "
       f"us per ack: PostgreSQL {pg * 1e6 / n:4.0f} server {server * 1e6 / n:4.0f} loadtest {loadtest * 1e6 / n:4.0f}")
 PY
