@@ -20,6 +20,7 @@
 //! - [`jobs`]: the async job queue, its workers and startup recovery.
 //! - [`db`]: the SQLite pool, migrations, and one module per table (all SQL lives here).
 //! - [`routes`]: the HTTP handlers, one module per resource.
+//! - [`layers`]: the layer stack around the routes: request ids, tracing, CORS, HTTP metrics, keys, rate limit, panic guard.
 //! - [`dashboard`]: the built-in web dashboard: live overview, requests, the sync-vs-async demo, sign-in.
 //! - [`openapi`]: the OpenAPI frame and shared error responses.
 //! - [`rate_limit`]: the limiter, per tenant or per client IP.
@@ -52,6 +53,7 @@ mod dashboard;
 mod execution;
 mod extract;
 mod jobs;
+mod layers;
 mod metrics;
 mod openapi;
 mod rate_limit;
