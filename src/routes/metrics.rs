@@ -175,13 +175,16 @@ pub(crate) struct CallbackFigures {
 /// The replicas working on this database.
 #[derive(Debug, Serialize, ToSchema)]
 pub(crate) struct ClusterFigures {
-    /// Workers busy over every live replica, as of each one's last heartbeat.
+    /// Workers busy over every live replica: this replica's now, the others' as of their last
+    /// heartbeat.
     pub workers_busy: u64,
     pub workers_total: u64,
     pub replicas: Vec<ReplicaRowFigures>,
 }
 
-/// One replica as the database last heard of it.
+/// One replica as the database last heard of it; this replica's own busy workers and sync
+/// requests are its figures of now, so that they agree with `workers` and `sync` above rather
+/// than lag them by up to a heartbeat (a third of the lease).
 #[derive(Debug, Serialize, ToSchema)]
 pub(crate) struct ReplicaRowFigures {
     pub id: String,
@@ -198,8 +201,12 @@ pub(crate) async fn report(state: &AppState) -> Result<MetricsReport, ApiError> 
     let summary = state.db.summary().await?;
     let backlog = state.db.backlog().await?;
     let storage = state.db.storage().await?;
-    let replicas = state.db.replicas(state.config.lease).await?;
     let m = &state.metrics;
+    let mut replicas = state.db.replicas(state.config.lease).await?;
+    if let Some(own) = replicas.iter_mut().find(|r| r.id == state.leases.owner()) {
+        own.workers_busy = u32::try_from(m.workers_busy.get()).unwrap_or(0);
+        own.sync_in_flight = u32::try_from(state.sync_in_flight()).unwrap_or(u32::MAX);
+    }
     m.set_stored(&summary);
     let resident_memory_bytes = memory_stats::memory_stats().map_or(0, |s| s.physical_mem as u64);
     m.set_storage(&storage, resident_memory_bytes);

@@ -107,6 +107,16 @@ async fn busy_workers_and_queue_depth_show_in_metrics() {
     );
     assert_eq!(metrics["queue"]["size"], 1);
     assert_eq!(metrics["by_status"]["processing"], 2);
+    // The heartbeat that wrote this replica's row ran at start, with no worker busy: the
+    // cluster's figures show this replica as it is now, not as its row was written.
+    assert_eq!(metrics["cluster"]["workers_busy"], 2, "{}", metrics["cluster"]);
+    let own = metrics["cluster"]["replicas"]
+        .as_array()
+        .expect("replicas")
+        .iter()
+        .find(|r| r["id"] == metrics["replica"]["id"])
+        .expect("this replica's row");
+    assert_eq!(own["workers_busy"], 2, "{own}");
     let text = app.get("/metrics/prometheus").await.text().await.expect("text");
     assert!(text.contains("sync_async_workers_busy 2"), "{text}");
 }
