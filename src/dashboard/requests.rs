@@ -126,7 +126,10 @@ impl From<&RequestRow> for Row {
             delivery: row
                 .delivery
                 .as_ref()
-                .map(|d| format!("{} ({} attempts)", delivery_state(d.status, d.attempts), d.attempts))
+                .map(|d| {
+                    let noun = if d.attempts == 1 { "attempt" } else { "attempts" };
+                    format!("{} ({} {noun})", delivery_state(d.status, d.attempts), d.attempts)
+                })
                 .unwrap_or_default(),
             callback: row.callback_url.as_deref().map(redact_url).unwrap_or_default(),
         }
@@ -228,6 +231,7 @@ fn urlencode(value: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::db::DeliveryRow;
 
     #[test]
     fn bad_filters_are_a_422_and_empty_ones_mean_any() {
@@ -256,5 +260,36 @@ mod tests {
         })
         .expect("valid");
         assert_eq!(some.query(), "mode=async&delivery=retrying");
+    }
+
+    #[test]
+    fn a_row_counts_its_delivery_attempts_in_words() {
+        let row = |attempts| {
+            Row::from(&RequestRow {
+                id: "01a24f09-4f2f-7319-992a-09d7db27ca5a".into(),
+                mode: Mode::Async,
+                status: Status::Done,
+                payload: serde_json::json!({}),
+                result: None,
+                error: None,
+                callback_url: Some("http://127.0.0.1:9/x".into()),
+                created_at: "2026-12-07T05:45:39.887Z".into(),
+                started_at: None,
+                completed_at: None,
+                execution_time_ms: Some(1.25),
+                delivery: Some(DeliveryRow {
+                    status: DeliveryStatus::Pending,
+                    attempts,
+                    last_status_code: None,
+                    last_error: None,
+                    next_attempt_at: None,
+                }),
+                tenant: None,
+            })
+            .delivery
+        };
+        assert_eq!(row(0), "pending (0 attempts)");
+        assert_eq!(row(1), "retrying (1 attempt)");
+        assert_eq!(row(2), "retrying (2 attempts)");
     }
 }
