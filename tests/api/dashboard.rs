@@ -468,6 +468,11 @@ async fn redeliver_from_the_dashboard_starts_a_new_round_that_adds_an_attempt() 
     .await;
     let id = app.submit_with_callback(&receiver.url()).await;
     app.wait_for(&id, "/delivery/status", "failed").await;
+    let (_, html) = page(&app, &format!("/dashboard/requests/{id}")).await;
+    assert!(
+        html.contains(r#"<li class="done failed" data-testid="step-delivery failed">"#),
+        "the failed delivery stands out in the timeline"
+    );
 
     let response = app
         .client
