@@ -11,6 +11,13 @@
 #   DB=sqlite bash bench/acks-cpu.sh target/release 15        # the embedded SQLite
 #   DATA='{"n": -1}' DB=sqlite bash bench/acks-cpu.sh target/release 15
 #
+#   REPLICAS=3 bash bench/acks-cpu.sh target/release 15       # 3 replicas on one PostgreSQL database
+#
+# With REPLICAS, the load generator sends to each replica in turn (ports PORT, PORT+1, ...) and
+# the server figures are the replicas' sum. On PostgreSQL the line also gives the transactions
+# committed per ack (pg_stat_database, read once the servers have stopped): how many acks each
+# commit carries.
+#
 # DATA is each job's `payload.data` (default {"n": 1}). {"n": -1} makes every submission a 422
 # after the same parsing and validation, with nothing stored: the ceiling of the HTTP path
 # without the database. The figures are then per answer, not per ack.
@@ -24,37 +31,50 @@ PORT=${PORT:-8150}
 db=sync_async_acks_cpu
 TMP=$(mktemp -d)
 DATA=${DATA:-'{"n": 1}'}
-SP=
-cleanup() { [ -z "$SP" ] || kill "$SP" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$TMP"; }
+REPLICAS=${REPLICAS:-1}
+SP=()
+cleanup() { [ ${#SP[@]} -eq 0 ] || kill "${SP[@]}" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$TMP"; }
 trap cleanup EXIT
 
 if [ "${DB:-postgres}" = sqlite ]; then
+  [ "$REPLICAS" = 1 ] || { echo "SQLite runs one replica" >&2; exit 2; }
   database=(DATABASE_PATH="$TMP/acks.db")
 else
   psql "$PG/postgres" -qc "DROP DATABASE IF EXISTS $db WITH (FORCE)" -c "CREATE DATABASE $db" 2>/dev/null
   database=(DATABASE_URL="$PG/$db")
 fi
-env MAX_QUEUE_SIZE=100000000 RATE_LIMIT_REQUESTS=1000000000 LOG_LEVEL=error RETENTION_HOURS=0 \
-  PORT="$PORT" HOST=127.0.0.1 "${database[@]}" "$@" "$BIN/sync-async" >"$TMP/server.log" 2>&1 &
-SP=$!
-for _ in $(seq 100); do curl -sf "http://127.0.0.1:$PORT/healthz" >/dev/null && break; sleep 0.1; done
-curl -sf "http://127.0.0.1:$PORT/healthz" >/dev/null || { cat "$TMP/server.log" >&2; exit 1; }
+urls=()
+for i in $(seq 0 $((REPLICAS - 1))); do
+  port=$((PORT + i))
+  env MAX_QUEUE_SIZE=100000000 RATE_LIMIT_REQUESTS=1000000000 LOG_LEVEL=error RETENTION_HOURS=0 \
+    PORT="$port" HOST=127.0.0.1 "${database[@]}" "$@" "$BIN/sync-async" >"$TMP/server$i.log" 2>&1 &
+  SP+=($!)
+  for _ in $(seq 100); do curl -sf "http://127.0.0.1:$port/healthz" >/dev/null && break; sleep 0.1; done
+  curl -sf "http://127.0.0.1:$port/healthz" >/dev/null || { cat "$TMP/server$i.log" >&2; exit 1; }
+  urls+=(--url "http://127.0.0.1:$port")
+done
+commits() {
+  [ "${DB:-postgres}" = sqlite ] && { echo 0; return; }
+  psql "$PG/postgres" -tAc "SELECT xact_commit FROM pg_stat_database WHERE datname = '$db'"
+}
 
 # CPU ticks (utime + stime) of every PostgreSQL process, and of the server
 pg_ticks() { local t=0 p; for p in $(pgrep -u postgres); do t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat" 2>/dev/null || echo 0))); done; echo "$t"; }
-server_ticks() { awk '{print $14 + $15}' "/proc/$SP/stat"; }
-p0=$(pg_ticks); s0=$(server_ticks); t0=$(date +%s%N)
+server_ticks() { local t=0 p; for p in "${SP[@]}"; do t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat"))); done; echo "$t"; }
+c0=$(commits); p0=$(pg_ticks); s0=$(server_ticks); t0=$(date +%s%N)
 TIMEFORMAT='%U %S'  # bash's own `time`: the load generator's user and system seconds
-{ time "$BIN/loadtest" --url "http://127.0.0.1:$PORT" --mode async --no-callback --concurrency 30 \
+{ time "$BIN/loadtest" "${urls[@]}" --mode async --no-callback --concurrency 30 \
     --duration "${SECS}s" --warmup 2s --operation prime --complexity 1 --data "$DATA" --quiet \
     --json "$TMP/acks.json" >/dev/null; } 2>"$TMP/loadtest.time"
 p1=$(pg_ticks); s1=$(server_ticks); t1=$(date +%s%N)
 finished=$(curl -s "http://127.0.0.1:$PORT/metrics" | grep -o '"done":[0-9]*' | head -1 | cut -d: -f2)
-kill "$SP"; wait "$SP" 2>/dev/null || true; SP=
-python3 - "$TMP" "$p0" "$p1" "$s0" "$s1" "$t0" "$t1" "$finished" "$(getconf CLK_TCK)" <<'PY'
+kill "${SP[@]}"; wait "${SP[@]}" 2>/dev/null || true; SP=()
+sleep 0.5  # the servers' PostgreSQL sessions end, and report their commits as they do
+c1=$(commits)
+python3 - "$TMP" "$p0" "$p1" "$s0" "$s1" "$t0" "$t1" "$finished" "$(getconf CLK_TCK)" "$c0" "$c1" <<'PY'
 import json, sys
 tmp = sys.argv[1]
-p0, p1, s0, s1, t0, t1, finished, hz = map(int, sys.argv[2:])
+p0, p1, s0, s1, t0, t1, finished, hz, c0, c1 = map(int, sys.argv[2:])
 run = json.load(open(f"{tmp}/acks.json"))["runs"][0]
 loadtest = sum(map(float, open(f"{tmp}/loadtest.time").read().split()[-2:]))
 wall = (t1 - t0) / 1e9
@@ -66,6 +86,7 @@ refused = f"  answers/s {answers:7.0f} (p99 of acks only)" if answers > acks * 1
 pg, server = (p1 - p0) / hz, (s1 - s0) / hz
 print(f"acks/s {acks:7.0f}  p99 {run['latency']['p99_ms']:6.2f} ms  jobs finished {finished:6d} ({finished / n:4.2f} per ack){refused}  "
       f"CPU % of a core: PostgreSQL {pg * 100 / wall:3.0f} server {server * 100 / wall:3.0f} loadtest {loadtest * 100 / wall:3.0f}  "
-      f"us per ack: PostgreSQL {pg * 1e6 / n:4.0f} server {server * 1e6 / n:4.0f} loadtest {loadtest * 1e6 / n:4.0f}")
+      f"us per ack: PostgreSQL {pg * 1e6 / n:4.0f} server {server * 1e6 / n:4.0f} loadtest {loadtest * 1e6 / n:4.0f}"
+      + (f"  commits per ack {(c1 - c0) / n:4.2f}" if c1 > c0 else ""))
 PY
 [ "${DB:-postgres}" = sqlite ] || psql "$PG/postgres" -qc "DROP DATABASE IF EXISTS $db WITH (FORCE)" 2>/dev/null || true
