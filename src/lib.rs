@@ -18,7 +18,7 @@
 //! - [`signing`]: Standard Webhooks signing keys: parse, sign, verify.
 //! - [`ssrf`]: the callback URL policy, applied at submission and to every resolved address.
 //! - [`jobs`]: the async job queue, its workers and startup recovery.
-//! - [`db`]: the SQLite pool, migrations, and one module per table (all SQL lives here).
+//! - [`db`]: the store seam (the `Store` trait, its commands and rows) and its SQLite and PostgreSQL backends (all SQL lives here).
 //! - [`routes`]: the HTTP handlers, one module per resource.
 //! - [`layers`]: the layer stack around the routes: request ids, tracing, CORS, HTTP metrics, keys, rate limit, panic guard.
 //! - [`dashboard`]: the built-in web dashboard: live overview, requests, the sync-vs-async demo, sign-in.

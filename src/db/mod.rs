@@ -1,11 +1,14 @@
-//! Storage: the `Store` trait of domain verbs (`store`) and its two backends, SQLite (`sqlite/`,
-//! the embedded default) and PostgreSQL (`postgres/`, for several replicas on one database).
+//! Storage: the `Store` trait of domain verbs (`store`), the commands and rows it speaks in
+//! (`rows`), and its two backends, SQLite (`sqlite/`, the embedded default) and PostgreSQL
+//! (`postgres/`, for several replicas on one database).
 //! All SQL in the project lives under this module, and what comes out of it are plain rows.
 
 pub mod postgres;
+mod rows;
 pub mod sqlite;
 mod store;
 
+pub use rows::*;
 pub use store::*;
 
 use std::ops::Deref;

@@ -14,7 +14,7 @@ use std::time::Duration;
 use sqlx::PgPool;
 
 use super::secs;
-use crate::db::store::{Accepted, Completion, KeyClaim, NewJob, NewSync, StoredKey};
+use crate::db::{Accepted, Completion, KeyClaim, NewJob, NewSync, StoredKey};
 use crate::model::{Mode, Status};
 
 /// A `requests` row to insert, owning its fields so it can wait in the group commit.

@@ -9,7 +9,7 @@ use sqlx::types::Json;
 use sqlx::{PgPool, Postgres, Row};
 
 use super::secs;
-use crate::db::store::{AttemptRecord, AttemptRow, ClaimedDelivery, Lease, RedeliverRefusal};
+use crate::db::{AttemptRecord, AttemptRow, ClaimedDelivery, Lease, RedeliverRefusal};
 use crate::model::{DeliveryStatus, Status};
 
 /// The claim, as two CTEs (`picked`, `claimed`) for `claim` and `record_and_claim`: up to the

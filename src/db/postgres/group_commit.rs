@@ -11,7 +11,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::accept::{InsertRow, MAX_BATCH, insert_many, outcome};
 use super::backlog::BacklogCount;
 use super::notify::Announcer;
-use crate::db::store::Accepted;
+use crate::db::Accepted;
 use crate::liveness::Beat;
 
 /// Inserts that may wait for the task before callers wait to hand theirs over.

@@ -22,6 +22,7 @@ use async_trait::async_trait;
 use sqlx::PgPool;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 
+use super::rows::*;
 use super::store::*;
 use crate::liveness::Liveness;
 

@@ -9,7 +9,7 @@ use sqlx::PgPool;
 use sqlx::postgres::PgListener;
 use tokio::sync::Notify;
 
-use crate::db::store::Wakeups;
+use crate::db::Wakeups;
 use crate::liveness::Beat;
 
 /// The channel every replica listens on; the payload says what there is: `jobs` or `deliveries`.

@@ -9,7 +9,7 @@ use sqlx::postgres::PgArguments;
 use sqlx::{PgPool, Postgres, Row};
 
 use super::secs;
-use crate::db::store::{ClaimedJob, Held, JobFinish, Lease, ReplicaBeat, Rescued};
+use crate::db::{ClaimedJob, Held, JobFinish, Lease, ReplicaBeat, Rescued};
 
 /// The claim, as two CTEs (`picked`, `claimed`) for `claim_jobs` and `finish_and_claim`: the
 /// first picks up to `max` pending jobs, oldest first, that no other claimer has locked (so

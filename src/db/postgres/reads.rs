@@ -9,7 +9,7 @@ use sqlx::types::Json;
 use sqlx::{PgPool, Postgres, QueryBuilder, Row};
 
 use super::secs;
-use crate::db::store::{DeliveryRow, ListQuery, ReplicaRow, RequestRow, Summary};
+use crate::db::{DeliveryRow, ListQuery, ReplicaRow, RequestRow, Summary};
 use crate::model::{DeliveryStatus, Mode, Status};
 
 /// The columns `request_row` reads, in one place.

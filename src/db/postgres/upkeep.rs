@@ -6,7 +6,7 @@ use std::time::Duration;
 use sqlx::PgPool;
 
 use super::secs;
-use crate::db::store::{PurgeRound, Purged, RateVerdict};
+use crate::db::{PurgeRound, Purged, RateVerdict};
 
 /// The advisory lock key of the purge: any fixed number that no other lock in this database uses.
 const PURGE_LOCK: i64 = 0x5379_6e63_4173_796e; // "SyncAsyn"

@@ -7,7 +7,7 @@ use sqlx::{Connection, QueryBuilder, Sqlite, SqliteExecutor, SqlitePool};
 
 use super::plus;
 use super::writer::Writer;
-use crate::db::store::{Completion, KeyClaim, NewJob, NewSync, StoredKey};
+use crate::db::{Completion, KeyClaim, NewJob, NewSync, StoredKey};
 use crate::model::{Mode, Status};
 
 /// A `requests` row to insert, owning its fields so it can wait in the group commit.

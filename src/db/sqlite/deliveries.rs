@@ -11,7 +11,7 @@ use sqlx::{Row, SqlitePool};
 
 use super::writer::Writer;
 use super::{now, plus};
-use crate::db::store::{AttemptRecord, AttemptRow, ClaimedDelivery, Lease, RedeliverRefusal};
+use crate::db::{AttemptRecord, AttemptRow, ClaimedDelivery, Lease, RedeliverRefusal};
 use crate::model::{DeliveryStatus, Status};
 
 /// The `pending` deliveries that are due, soonest first, at most `?3` (`LIMIT +?3`: see

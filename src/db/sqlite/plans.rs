@@ -11,7 +11,7 @@
 use sqlx::{Row, SqliteConnection};
 
 use super::{deliveries, queue, reads, upkeep};
-use crate::db::store::ListQuery;
+use crate::db::ListQuery;
 use crate::liveness::Liveness;
 use crate::model::{Mode, Status};
 

@@ -9,7 +9,7 @@ use sqlx::{Connection, Row};
 
 use super::writer::Writer;
 use super::{now, plus};
-use crate::db::store::{ClaimedJob, Held, JobFinish, Lease, ReplicaBeat, Rescued};
+use crate::db::{ClaimedJob, Held, JobFinish, Lease, ReplicaBeat, Rescued};
 
 /// The claim of up to `?3` pending jobs, oldest first. SQLite runs one write at a time, so a
 /// claim can never overlap another: the subquery and the update are one statement.
@@ -437,7 +437,7 @@ mod tests {
 
     use serde_json::json;
 
-    use crate::db::store::NewSync;
+    use crate::db::NewSync;
     use crate::db::{Store, timestamp};
     use crate::liveness::Liveness;
     use crate::model::Status;

@@ -9,7 +9,7 @@ use sqlx::types::Json;
 use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool};
 
 use super::plus;
-use crate::db::store::{DeliveryRow, ListQuery, ReplicaRow, RequestRow, Summary};
+use crate::db::{DeliveryRow, ListQuery, ReplicaRow, RequestRow, Summary};
 use crate::model::{DeliveryStatus, Mode, Status};
 
 /// The columns `request_row` reads, in one place.

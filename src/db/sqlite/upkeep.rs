@@ -3,7 +3,7 @@
 
 use super::now;
 use super::writer::Writer;
-use crate::db::store::{PurgeRound, Purged};
+use crate::db::{PurgeRound, Purged};
 
 /// Up to `?2` finished requests completed before `?1` whose delivery has ended, oldest first
 /// through `requests_finished`. Left to choose, SQLite searched a status index instead,
