@@ -77,6 +77,16 @@ async fn a_busy_server_answers_503_at_once_and_stores_nothing() {
     let metrics = app.metrics().await;
     assert_eq!(metrics["sync"]["rejected"], 1);
     assert_eq!(metrics["sync"]["in_flight"], 1);
+    let own = metrics["cluster"]["replicas"]
+        .as_array()
+        .expect("replicas")
+        .iter()
+        .find(|r| r["id"] == metrics["replica"]["id"])
+        .expect("this replica's row");
+    assert_eq!(
+        own["sync_in_flight"], 1,
+        "this replica's row is live, not its last heartbeat: {own}"
+    );
     assert_eq!(metrics["total_requests"], 1, "only the slow request is stored");
     holder.abort();
 }
