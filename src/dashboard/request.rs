@@ -29,6 +29,8 @@ pub(crate) struct Step {
     pub at: String,
     /// Milliseconds since acceptance, as text.
     pub after: String,
+    /// The job or its delivery failed here: the timeline marks it.
+    pub failed: bool,
 }
 
 /// One delivery attempt, as the table shows it.
@@ -77,7 +79,12 @@ fn timeline(row: &RequestRow, attempts: &[AttemptRow]) -> Vec<Step> {
             (Some(from), Some(to)) => format!("+{:.0} ms", (to - from).num_microseconds().unwrap_or(0) as f64 / 1000.0),
             _ => String::new(),
         };
-        Step { name, at, after }
+        Step {
+            name,
+            at,
+            after,
+            failed: name.ends_with("failed"),
+        }
     };
     let mut steps = vec![step("accepted", Some(&row.created_at))];
     if row.mode == Mode::Async {
