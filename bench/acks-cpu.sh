@@ -16,7 +16,9 @@
 # With REPLICAS, the load generator sends to each replica in turn (ports PORT, PORT+1, ...) and
 # the server figures are the replicas' sum. On PostgreSQL the line also gives the transactions
 # committed per ack (pg_stat_database, read once the servers have stopped): how many acks each
-# commit carries.
+# commit carries. A second line splits the server's CPU by thread name: the tokio runtime's
+# threads (HTTP, the queue's tasks), sqlx's SQLite thread of the writer (and of the readers), the
+# engine's threads.
 #
 # DATA is each job's `payload.data` (default {"n": 1}). {"n": -1} makes every submission a 422
 # after the same parsing and validation, with nothing stored: the ceiling of the HTTP path
@@ -61,12 +63,21 @@ commits() {
 # CPU ticks (utime + stime) of every PostgreSQL process, and of the server
 pg_ticks() { local t=0 p; for p in $(pgrep -u postgres); do t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat" 2>/dev/null || echo 0))); done; echo "$t"; }
 server_ticks() { local t=0 p; for p in "${SP[@]}"; do t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat"))); done; echo "$t"; }
+# The same for each of the servers' threads: "tid name ticks" (tokio-rt-worker, sqlx-sqlite-wor, engine)
+thread_ticks() {
+  local p t
+  for p in "${SP[@]}"; do for t in /proc/"$p"/task/*; do
+    echo "${t##*/} $(tr ' ' _ <"$t/comm") $(awk '{print $14 + $15}' "$t/stat")"
+  done 2>/dev/null; done
+}
+thread_ticks >"$TMP/threads0"
 c0=$(commits); p0=$(pg_ticks); s0=$(server_ticks); t0=$(date +%s%N)
 TIMEFORMAT='%U %S'  # bash's own `time`: the load generator's user and system seconds
 { time "$BIN/loadtest" "${urls[@]}" --mode async --no-callback --concurrency 30 \
     --duration "${SECS}s" --warmup 2s --operation prime --complexity 1 --data "$DATA" --quiet \
     --json "$TMP/acks.json" >/dev/null; } 2>"$TMP/loadtest.time"
 p1=$(pg_ticks); s1=$(server_ticks); t1=$(date +%s%N)
+thread_ticks >"$TMP/threads1"
 finished=$(curl -s "http://127.0.0.1:$PORT/metrics" | grep -o '"done":[0-9]*' | head -1 | cut -d: -f2)
 kill "${SP[@]}"; wait "${SP[@]}" 2>/dev/null || true; SP=()
 sleep 0.5  # the servers' PostgreSQL sessions end, and report their commits as they do
@@ -88,5 +99,12 @@ print(f"acks/s {acks:7.0f}  p99 {run['latency']['p99_ms']:6.2f} ms  jobs finishe
       f"CPU % of a core: PostgreSQL {pg * 100 / wall:3.0f} server {server * 100 / wall:3.0f} loadtest {loadtest * 100 / wall:3.0f}  "
       f"us per ack: PostgreSQL {pg * 1e6 / n:4.0f} server {server * 1e6 / n:4.0f} loadtest {loadtest * 1e6 / n:4.0f}"
       + (f"  commits per ack {(c1 - c0) / n:4.2f}" if c1 > c0 else ""))
+# The server's CPU by thread name, summed over the threads of each name (and the replicas).
+before = {tid: int(ticks) for tid, _, ticks in (l.split() for l in open(f"{tmp}/threads0"))}
+by_name = {}
+for tid, name, ticks in (l.split() for l in open(f"{tmp}/threads1")):
+    by_name[name] = by_name.get(name, 0) + int(ticks) - before.get(tid, 0)
+shares = sorted(((t * 100 / hz / wall, name) for name, t in by_name.items()), reverse=True)
+print("  server threads, % of a core: " + "  ".join(f"{name} {share:.0f}" for share, name in shares if share >= 1))
 PY
 [ "${DB:-postgres}" = sqlite ] || psql "$PG/postgres" -qc "DROP DATABASE IF EXISTS $db WITH (FORCE)" 2>/dev/null || true
