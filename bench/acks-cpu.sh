@@ -18,7 +18,8 @@
 # committed per ack (pg_stat_database, read once the servers have stopped): how many acks each
 # commit carries. A second line splits the server's CPU by thread name: the tokio runtime's
 # threads (HTTP, the queue's tasks), sqlx's SQLite thread of the writer (and of the readers), the
-# engine's threads.
+# engine's threads; on SQLite, with the share of the time the writer connection was held
+# (`storage.writer_held_seconds` in /metrics) and its turns a second.
 #
 # DATA is each job's `payload.data` (default {"n": 1}). {"n": -1} makes every submission a 422
 # after the same parsing and validation, with nothing stored: the ceiling of the HTTP path
@@ -71,6 +72,9 @@ thread_ticks() {
   done 2>/dev/null; done
 }
 thread_ticks >"$TMP/threads0"
+# SQLite's writer: seconds its turns held it, and turns, since start (0 on PostgreSQL)
+writer() { curl -s "http://127.0.0.1:$PORT/metrics" | grep -o "\"writer_$1\":[0-9.]*" | cut -d: -f2 || true; }
+h0=$(writer held_seconds); n0=$(writer turns)
 c0=$(commits); p0=$(pg_ticks); s0=$(server_ticks); t0=$(date +%s%N)
 TIMEFORMAT='%U %S'  # bash's own `time`: the load generator's user and system seconds
 { time "$BIN/loadtest" "${urls[@]}" --mode async --no-callback --concurrency 30 \
@@ -79,13 +83,16 @@ TIMEFORMAT='%U %S'  # bash's own `time`: the load generator's user and system se
 p1=$(pg_ticks); s1=$(server_ticks); t1=$(date +%s%N)
 thread_ticks >"$TMP/threads1"
 finished=$(curl -s "http://127.0.0.1:$PORT/metrics" | grep -o '"done":[0-9]*' | head -1 | cut -d: -f2)
+h1=$(writer held_seconds); n1=$(writer turns)
 kill "${SP[@]}"; wait "${SP[@]}" 2>/dev/null || true; SP=()
 sleep 0.5  # the servers' PostgreSQL sessions end, and report their commits as they do
 c1=$(commits)
-python3 - "$TMP" "$p0" "$p1" "$s0" "$s1" "$t0" "$t1" "$finished" "$(getconf CLK_TCK)" "$c0" "$c1" <<'PY'
+python3 - "$TMP" "$p0" "$p1" "$s0" "$s1" "$t0" "$t1" "$finished" "$(getconf CLK_TCK)" "$c0" "$c1" \
+  "${h0:-0}" "${h1:-0}" "${n0:-0}" "${n1:-0}" <<'PY'
 import json, sys
 tmp = sys.argv[1]
-p0, p1, s0, s1, t0, t1, finished, hz, c0, c1 = map(int, sys.argv[2:])
+p0, p1, s0, s1, t0, t1, finished, hz, c0, c1 = map(int, sys.argv[2:12])
+h0, h1, n0, n1 = map(float, sys.argv[12:16])
 run = json.load(open(f"{tmp}/acks.json"))["runs"][0]
 loadtest = sum(map(float, open(f"{tmp}/loadtest.time").read().split()[-2:]))
 wall = (t1 - t0) / 1e9
@@ -105,6 +112,9 @@ by_name = {}
 for tid, name, ticks in (l.split() for l in open(f"{tmp}/threads1")):
     by_name[name] = by_name.get(name, 0) + int(ticks) - before.get(tid, 0)
 shares = sorted(((t * 100 / hz / wall, name) for name, t in by_name.items()), reverse=True)
-print("  server threads, % of a core: " + "  ".join(f"{name} {share:.0f}" for share, name in shares if share >= 1))
+writer = (f"  SQLite writer held {(h1 - h0) * 100 / wall:.0f}% of the time, {(n1 - n0) / wall:.0f} turns/s"
+          if n1 > n0 else "")
+print("  server threads, % of a core: " + "  ".join(f"{name} {share:.0f}" for share, name in shares if share >= 1)
+      + writer)
 PY
 [ "${DB:-postgres}" = sqlite ] || psql "$PG/postgres" -qc "DROP DATABASE IF EXISTS $db WITH (FORCE)" 2>/dev/null || true

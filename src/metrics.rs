@@ -168,6 +168,11 @@ pub(crate) struct Metrics {
     pub wal_limit_bytes: Gauge,
     /// Completed WAL checkpoints by kind (set when read, from the store's counts).
     pub wal_checkpoints: Family<CheckpointLabels, Gauge>,
+    /// SQLite's writer: turns since start, and the seconds they held it and writes waited for
+    /// it (set when read, from the store's counts).
+    pub sqlite_writer_turns: Gauge,
+    pub sqlite_writer_held_seconds: Gauge<f64, AtomicU64>,
+    pub sqlite_writer_waited_seconds: Gauge<f64, AtomicU64>,
     /// This process's resident memory in bytes (set when read).
     pub resident_memory_bytes: Gauge,
     /// The calibration factor of each operation (1 is the reference machine), set at start.
@@ -218,6 +223,9 @@ impl Metrics {
             wal_bytes: Gauge::default(),
             wal_limit_bytes: Gauge::default(),
             wal_checkpoints: Family::default(),
+            sqlite_writer_turns: Gauge::default(),
+            sqlite_writer_held_seconds: Gauge::default(),
+            sqlite_writer_waited_seconds: Gauge::default(),
             resident_memory_bytes: Gauge::default(),
             calibration_factor: Family::default(),
             calibration_info: Family::default(),
@@ -314,6 +322,21 @@ impl Metrics {
             m.wal_checkpoints.clone(),
         );
         registry.register(
+            "sqlite_writer_turns",
+            "Turns of the SQLite writer connection since start",
+            m.sqlite_writer_turns.clone(),
+        );
+        registry.register(
+            "sqlite_writer_held_seconds",
+            "Seconds the SQLite writer's turns held it since start",
+            m.sqlite_writer_held_seconds.clone(),
+        );
+        registry.register(
+            "sqlite_writer_waited_seconds",
+            "Seconds writes waited for the SQLite writer since start, summed over the writes",
+            m.sqlite_writer_waited_seconds.clone(),
+        );
+        registry.register(
             "process_resident_memory_bytes",
             "Resident memory of this process",
             m.resident_memory_bytes.clone(),
@@ -394,6 +417,11 @@ impl Metrics {
         let gauge = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
         self.database_bytes.set(gauge(storage.database_bytes));
         self.resident_memory_bytes.set(gauge(resident_memory_bytes));
+        if let Some(writer) = &storage.writer {
+            self.sqlite_writer_turns.set(gauge(writer.turns));
+            self.sqlite_writer_held_seconds.set(writer.held_seconds);
+            self.sqlite_writer_waited_seconds.set(writer.waited_seconds);
+        }
         let Some(wal) = &storage.wal else { return };
         self.wal_bytes.set(gauge(wal.wal_bytes));
         self.wal_limit_bytes.set(gauge(wal.wal_limit_bytes));

@@ -365,10 +365,12 @@ pub struct Purged {
     pub skipped: bool,
 }
 
-/// Sizes on disk.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+/// Sizes on disk, and SQLite's writer.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct StorageFigures {
     pub database_bytes: u64,
     /// SQLite only.
     pub wal: Option<super::sqlite::WalFigures>,
+    /// SQLite's one writer connection; SQLite only.
+    pub writer: Option<super::sqlite::WriterFigures>,
 }

@@ -109,6 +109,16 @@ pub(crate) struct StorageFigures {
     pub wal_limit_bytes: Option<u64>,
     /// The largest the WAL has been after a write since start; null on PostgreSQL.
     pub wal_peak_bytes: Option<u64>,
+    /// Turns of SQLite's one writer connection since start: each write (a statement, a
+    /// transaction, or a group of new rows committed together) takes one. Null on PostgreSQL.
+    pub writer_turns: Option<u64>,
+    /// Seconds those turns held the writer. Its increase over an interval, divided by the
+    /// interval, is the share of the time the writer was busy: near 1, the writer is what limits
+    /// the writes. Null on PostgreSQL.
+    pub writer_held_seconds: Option<f64>,
+    /// Seconds writes waited for their turn, summed over the writes (several wait at once).
+    /// Null on PostgreSQL.
+    pub writer_waited_seconds: Option<f64>,
 }
 
 /// This server process.
@@ -220,7 +230,7 @@ pub(crate) async fn report(state: &AppState) -> Result<MetricsReport, ApiError> 
         .iter()
         .map(|&status| (status.as_str(), summary.count(None, Some(status))))
         .collect();
-    let wal = storage.wal;
+    let (wal, writer) = (storage.wal, storage.writer);
     Ok(MetricsReport {
         timestamp: db::timestamp(chrono::Utc::now()),
         replica: ReplicaFigures {
@@ -282,6 +292,9 @@ pub(crate) async fn report(state: &AppState) -> Result<MetricsReport, ApiError> 
             wal_bytes: wal.map(|w| w.wal_bytes),
             wal_limit_bytes: wal.map(|w| w.wal_limit_bytes),
             wal_peak_bytes: wal.map(|w| w.wal_peak_bytes),
+            writer_turns: writer.map(|w| w.turns),
+            writer_held_seconds: writer.map(|w| w.held_seconds),
+            writer_waited_seconds: writer.map(|w| w.waited_seconds),
         },
         process: ProcessFigures { resident_memory_bytes },
         calibration: CalibrationFigures {

@@ -369,6 +369,7 @@ impl Store for PgStore {
         Ok(StorageFigures {
             database_bytes: upkeep::database_bytes(&self.pool).await?,
             wal: None,
+            writer: None,
         })
     }
 

@@ -15,6 +15,7 @@ mod wal;
 mod writer;
 
 pub use wal::{DEFAULT_LIMIT_BYTES, WalFigures};
+pub use writer::WriterFigures;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -306,6 +307,7 @@ impl Store for SqliteStore {
         Ok(StorageFigures {
             database_bytes: wal.database_bytes,
             wal: Some(wal),
+            writer: Some(self.writer.figures()),
         })
     }
 

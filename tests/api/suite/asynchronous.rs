@@ -121,6 +121,48 @@ async fn busy_workers_and_queue_depth_show_in_metrics() {
     assert!(text.contains("sync_async_workers_busy 2"), "{text}");
 }
 
+/// On SQLite, `/metrics` counts the writer's turns and the time they held it; PostgreSQL has no
+/// single writer, and shows nulls.
+#[tokio::test]
+async fn the_sqlite_writer_shows_its_turns_in_metrics() {
+    let Some(app) = spawn_app().await else { return };
+    let before = app.metrics().await["storage"].clone();
+    let mut ids = Vec::new();
+    for _ in 0..5 {
+        let (status, body) = app.submit_async(&json!({"payload": quick_payload()})).await;
+        assert_eq!(status, 202);
+        ids.push(body["request_id"].as_str().expect("id").to_owned());
+    }
+    for id in &ids {
+        app.wait_for(id, "/status", "done").await;
+    }
+
+    let after = app.metrics().await["storage"].clone();
+    let text = app.get("/metrics/prometheus").await.text().await.expect("text");
+    if BACKEND == Backend::Postgres {
+        for field in ["writer_turns", "writer_held_seconds", "writer_waited_seconds"] {
+            assert_eq!(after[field], Value::Null, "{after}");
+        }
+        return;
+    }
+    let (turns_before, turns) = (before["writer_turns"].as_u64(), after["writer_turns"].as_u64());
+    // Five acknowledgements, and their jobs claimed and finished: at least one turn each way.
+    assert!(turns >= turns_before.map(|t| t + 2), "{before} then {after}");
+    let held = after["writer_held_seconds"].as_f64().expect("held");
+    assert!(
+        held > before["writer_held_seconds"].as_f64().expect("held before"),
+        "{after}"
+    );
+    assert!(after["writer_waited_seconds"].as_f64().is_some(), "{after}");
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("sync_async_sqlite_writer_turns "))
+        .unwrap_or_else(|| panic!("no writer turns in\n{text}"));
+    let shown: u64 = line.rsplit(' ').next().and_then(|n| n.parse().ok()).expect("a count");
+    assert!(shown >= turns.expect("turns"), "{line}");
+    assert!(text.contains("sync_async_sqlite_writer_held_seconds "), "{text}");
+}
+
 /// On SQLite, tiny jobs open places for jobs claimed ahead of the workers (CLAIM_AHEAD, by
 /// default eight per worker), and a job that runs for longer closes them; a PostgreSQL replica
 /// claims only for free workers.
