@@ -283,6 +283,16 @@ pub(crate) async fn fetch_json(client: &reqwest::Client, url: &str) -> Value {
         .expect("JSON body")
 }
 
+/// This replica's row in `/metrics`' `cluster.replicas`.
+pub(crate) fn own_replica_row(metrics: &Value) -> &Value {
+    metrics["cluster"]["replicas"]
+        .as_array()
+        .expect("replicas")
+        .iter()
+        .find(|r| r["id"] == metrics["replica"]["id"])
+        .expect("this replica's row")
+}
+
 /// Fast work for tests that only need a request to exist.
 pub(crate) fn quick_payload() -> Value {
     serde_json::json!({"operation": "prime", "complexity": 1, "data": {"n": 10}})

@@ -4,7 +4,7 @@ use serde_json::{Value, json};
 use sync_async::config::LoopbackCallbacks;
 
 use super::helpers::{
-    BACKEND, Backend, TestReceiver, problem, quick_payload, slow_payload, spawn_app, spawn_app_with,
+    BACKEND, Backend, TestReceiver, own_replica_row, problem, quick_payload, slow_payload, spawn_app, spawn_app_with,
     trust_loopback_proxy, wait_until,
 };
 
@@ -110,12 +110,7 @@ async fn busy_workers_and_queue_depth_show_in_metrics() {
     // The heartbeat that wrote this replica's row ran at start, with no worker busy: the
     // cluster's figures show this replica as it is now, not as its row was written.
     assert_eq!(metrics["cluster"]["workers_busy"], 2, "{}", metrics["cluster"]);
-    let own = metrics["cluster"]["replicas"]
-        .as_array()
-        .expect("replicas")
-        .iter()
-        .find(|r| r["id"] == metrics["replica"]["id"])
-        .expect("this replica's row");
+    let own = own_replica_row(&metrics);
     assert_eq!(own["workers_busy"], 2, "{own}");
     let text = app.get("/metrics/prometheus").await.text().await.expect("text");
     assert!(text.contains("sync_async_workers_busy 2"), "{text}");
@@ -145,9 +140,10 @@ async fn the_sqlite_writer_shows_its_turns_in_metrics() {
         }
         return;
     }
-    let (turns_before, turns) = (before["writer_turns"].as_u64(), after["writer_turns"].as_u64());
+    let turns_before = before["writer_turns"].as_u64().expect("turns before");
+    let turns = after["writer_turns"].as_u64().expect("turns");
     // Five acknowledgements, and their jobs claimed and finished: at least one turn each way.
-    assert!(turns >= turns_before.map(|t| t + 2), "{before} then {after}");
+    assert!(turns >= turns_before + 2, "{before} then {after}");
     let held = after["writer_held_seconds"].as_f64().expect("held");
     assert!(
         held > before["writer_held_seconds"].as_f64().expect("held before"),
@@ -159,7 +155,7 @@ async fn the_sqlite_writer_shows_its_turns_in_metrics() {
         .find(|l| l.starts_with("sync_async_sqlite_writer_turns "))
         .unwrap_or_else(|| panic!("no writer turns in\n{text}"));
     let shown: u64 = line.rsplit(' ').next().and_then(|n| n.parse().ok()).expect("a count");
-    assert!(shown >= turns.expect("turns"), "{line}");
+    assert!(shown >= turns, "{line}");
     assert!(text.contains("sync_async_sqlite_writer_held_seconds "), "{text}");
 }
 

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use super::helpers::{problem, quick_payload, slow_payload, spawn_app, spawn_app_with, wait_until};
+use super::helpers::{own_replica_row, problem, quick_payload, slow_payload, spawn_app, spawn_app_with, wait_until};
 
 #[tokio::test]
 async fn sync_returns_the_result_and_stores_a_done_row() {
@@ -77,12 +77,7 @@ async fn a_busy_server_answers_503_at_once_and_stores_nothing() {
     let metrics = app.metrics().await;
     assert_eq!(metrics["sync"]["rejected"], 1);
     assert_eq!(metrics["sync"]["in_flight"], 1);
-    let own = metrics["cluster"]["replicas"]
-        .as_array()
-        .expect("replicas")
-        .iter()
-        .find(|r| r["id"] == metrics["replica"]["id"])
-        .expect("this replica's row");
+    let own = own_replica_row(&metrics);
     assert_eq!(
         own["sync_in_flight"], 1,
         "this replica's row is live, not its last heartbeat: {own}"
