@@ -36,7 +36,8 @@ pub(super) const CLAIM_DELIVERIES: &str = concat!(
     ") RETURNING request_id, claim, attempts, round_start, true AS claimed"
 );
 
-/// The attempts of `?2` as rows of `RECORD_ATTEMPTS` and `RECORD_AND_CLAIM` (`next` 0).
+/// The attempts of `?2` as rows of `RECORD_ATTEMPTS` and `RECORD_AND_CLAIM` (`next` 0), read as
+/// JSONB for the reason `finishes!` (queue.rs) gives.
 macro_rules! recorded {
     () => {
         "SELECT value ->> '$.id' AS id, value ->> '$.claim' AS claim, value ->> '$.status' AS status, \
@@ -44,7 +45,7 @@ macro_rules! recorded {
            value ->> '$.status_code' AS status_code, value ->> '$.error' AS error, \
            value ->> '$.error_class' AS error_class, value ->> '$.attempted_at' AS attempted_at, \
            value ->> '$.duration_ms' AS duration_ms, 0 AS next \
-         FROM json_each(?2)"
+         FROM jsonb_each(jsonb(?2))"
     };
 }
 
