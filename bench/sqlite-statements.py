@@ -123,6 +123,8 @@ def cycles(label, finish, extra=(), rounds=ROUNDS):
 
 
 def main():
+    if sqlite3.sqlite_version_info < (3, 45, 0):
+        sys.exit(f"SQLite {sqlite3.sqlite_version} has no JSONB (3.45 or later needed): see this file's first lines")
     print(f"SQLite {sqlite3.sqlite_version}, {ROUNDS} rounds")
     inserts(1, ROUNDS * 4)
     inserts(12, ROUNDS)
