@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Tiny-job acknowledgements on one replica and a fresh database (PostgreSQL, or SQLite with
-# DB=sqlite), with where the CPU went: 30 connections for <seconds> (default 15) after a 2 s
-# warm-up, the drain running beside them. Prints acks/s, the ack p99, the jobs finished meanwhile
+# DB=sqlite), with where the CPU went: 30 connections (or CONNECTIONS) for <seconds> (default
+# 15) after a 2 s warm-up, the drain running beside them. Prints acks/s, the ack p99, the jobs finished meanwhile
 # (and per ack: 1.00 when the workers keep pace), and the CPU of PostgreSQL (every process of its
 # user; next to nothing with SQLite), the server and the load generator, as a share of one core
 # and per ack. Alternate two builds to compare them:
@@ -12,6 +12,7 @@
 #   DATA='{"n": -1}' DB=sqlite bash bench/acks-cpu.sh target/release 15
 #
 #   REPLICAS=3 bash bench/acks-cpu.sh target/release 15       # 3 replicas on one PostgreSQL database
+#   CONNECTIONS=150 DB=sqlite bash bench/acks-cpu.sh target/release 10  # more than the 30 connections
 #
 # With REPLICAS, the load generator sends to each replica in turn (ports PORT, PORT+1, ...) and
 # the server figures are the replicas' sum. On PostgreSQL the line also gives the transactions
@@ -35,6 +36,7 @@ db=sync_async_acks_cpu
 TMP=$(mktemp -d)
 DATA=${DATA:-'{"n": 1}'}
 REPLICAS=${REPLICAS:-1}
+CONNECTIONS=${CONNECTIONS:-30}
 SP=()
 cleanup() { [ ${#SP[@]} -eq 0 ] || kill "${SP[@]}" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$TMP"; }
 trap cleanup EXIT
@@ -77,7 +79,7 @@ writer() { curl -s "http://127.0.0.1:$PORT/metrics" | grep -o "\"writer_$1\":[0-
 h0=$(writer held_seconds); n0=$(writer turns)
 c0=$(commits); p0=$(pg_ticks); s0=$(server_ticks); t0=$(date +%s%N)
 TIMEFORMAT='%U %S'  # bash's own `time`: the load generator's user and system seconds
-{ time "$BIN/loadtest" "${urls[@]}" --mode async --no-callback --concurrency 30 \
+{ time "$BIN/loadtest" "${urls[@]}" --mode async --no-callback --concurrency "$CONNECTIONS" \
     --duration "${SECS}s" --warmup 2s --operation prime --complexity 1 --data "$DATA" --quiet \
     --json "$TMP/acks.json" >/dev/null; } 2>"$TMP/loadtest.time"
 p1=$(pg_ticks); s1=$(server_ticks); t1=$(date +%s%N)
