@@ -8,11 +8,11 @@ automatic checkpoint, foreign keys on), in one thread with nothing else running.
 rows are generated in SQL, so no binding is counted; the finishes and claims bind what the
 server binds (through Python's binding, a few µs of each figure).
 
-The statements are copies of `CLAIM_JOBS` and `FINISH_JOBS` (src/db/sqlite/queue.rs; the server
-runs the two as one `FINISH_AND_CLAIM`, which costs SQLite about what they cost apart). The finish
-is run as the server ran it until 2026-12-07 (its JSON read by `json_each`), as it runs it now
-(`jsonb_each`), and with constant values (the floor of the update itself), with and without the
-running totals' and outbox triggers.
+The claim and the finish are `CLAIM_JOBS` and `FINISH_JOBS`, read from src/db/sqlite/queue.rs
+(the server runs the two as one `FINISH_AND_CLAIM`, which costs SQLite about what they cost
+apart). The finish is run as the server runs it (its JSON read by `jsonb_each`), as it ran it
+until 2026-12-07 (`json_each`), and with constant values (the floor of the update itself), with
+and without the running totals' and outbox triggers.
 
 Needs an SQLite of 3.45 or later (JSONB); Debian 12's Python has 3.40, so:
 
@@ -23,6 +23,7 @@ Needs an SQLite of 3.45 or later (JSONB); Debian 12's Python has 3.40, so:
 import glob
 import json
 import os
+import re
 import sys
 import tempfile
 import time
@@ -45,28 +46,31 @@ SELECT printf('%012d-0000-7000-8000-000000000000', value + ?1), 'async',
 FROM (WITH RECURSIVE g(value) AS (SELECT 1 UNION ALL SELECT value + 1 FROM g WHERE value < ?2)
       SELECT value FROM g)"""
 
-CLAIM = """UPDATE requests SET status = 'processing', attempt = attempt + 1, lease_owner = ?1,
-  lease_expires_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now', ?2),
-  started_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now'),
-  attempted_by = json_insert(attempted_by, '$[#]', ?1)
-WHERE id IN (SELECT id FROM requests INDEXED BY requests_claimable
-             WHERE status = 'pending' AND mode = 'async' ORDER BY created_at, id LIMIT +?3)
-RETURNING id, attempt, payload, callback_url, created_at"""
+QUEUE_RS = os.path.join(ROOT, "src/db/sqlite/queue.rs")
 
-FINISH_TEXT = """UPDATE requests SET status = f.status, result = f.result, error = f.error,
-  started_at = f.started_at, completed_at = f.completed_at, execution_time_ms = f.ms,
-  lease_owner = NULL, lease_expires_at = NULL
-FROM (SELECT value ->> '$.id' AS id, value ->> '$.attempt' AS attempt,
-        value ->> '$.status' AS status, value ->> '$.result' AS result, value ->> '$.error' AS error,
-        value ->> '$.started_at' AS started_at, value ->> '$.completed_at' AS completed_at,
-        value ->> '$.ms' AS ms, 0 AS claim
-      FROM json_each(?2)) AS f
-WHERE requests.id = f.id AND requests.status = 'processing'
-  AND requests.lease_owner = ?1 AND requests.attempt = f.attempt
-RETURNING requests.id, requests.attempt, requests.status, NULL AS payload,
-  requests.callback_url, requests.created_at"""
 
-FINISH = FINISH_TEXT.replace("json_each(?2)", "jsonb_each(jsonb(?2))")
+def rust_statement(name):
+    """The statement `name` (a `const` or the `finishes!` macro) as the server compiles it."""
+    with open(QUEUE_RS, encoding="utf-8") as f:
+        source = f.read()
+    if name == "finishes!":
+        body = re.search(r"macro_rules! finishes \{\s*\(\) => \{(.*?)\};", source, re.S).group(1)
+    else:
+        body = re.search(rf"const {name}: &str = (.*?);\n", source, re.S).group(1)
+    parts = []
+    for match in re.finditer(r'"((?:[^"\\]|\\.)*)"|(finishes!\(\))', body, re.S):
+        if match.group(2):
+            parts.append(rust_statement("finishes!"))
+        else:
+            parts.append(re.sub(r"\\\n\s*", "", match.group(1)))
+    return "".join(parts)
+
+
+CLAIM = rust_statement("CLAIM_JOBS")
+FINISH = rust_statement("FINISH_JOBS")
+# The finish as it was until 2026-12-07, its JSON read as text.
+FINISH_TEXT = FINISH.replace("jsonb_each(jsonb(?2))", "json_each(?2)")
+assert FINISH_TEXT != FINISH, "FINISH_JOBS no longer reads jsonb_each(jsonb(?2))"
 
 FINISH_FLOOR = """UPDATE requests SET status = 'done', result = '{"prime":2}', error = NULL,
   started_at = '2026-12-07T10:00:00.000Z', completed_at = '2026-12-07T10:00:00.001Z',
