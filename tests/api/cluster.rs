@@ -989,3 +989,86 @@ async fn stale_attempt_records_are_fenced(backend: Backend) {
     assert_eq!(errors, vec![Some("fresh".to_owned())]);
     store.close().await;
 }
+
+#[tokio::test]
+async fn outcomes_and_attempt_errors_come_back_exactly_as_the_batched_writes_took_them() {
+    text_round_trips_through_batched_writes(Backend::Postgres).await;
+}
+
+#[tokio::test]
+async fn outcomes_and_attempt_errors_come_back_exactly_as_the_batched_writes_took_them_on_sqlite() {
+    text_round_trips_through_batched_writes(Backend::Sqlite).await;
+}
+
+/// Text that a JSON decoder could get wrong: quotes, backslashes, control characters, text
+/// that looks like JSON, characters beyond ASCII and beyond the BMP.
+const AWKWARD: &str =
+    "say \"hi\" \\ back\nslash\ttab {\"not\": \"json\"} \u{e9}t\u{e9} \u{65e5}\u{672c} \u{1f680} \u{7f}";
+
+/// The finishes and attempt records travel to the database as one JSON document per batch
+/// (SQLite reads it as JSONB, PostgreSQL as arrays): every result, error and attempt error
+/// comes back as it went in.
+async fn text_round_trips_through_batched_writes(backend: Backend) {
+    let Some(setup) = TestSetup::new(backend).await else {
+        return;
+    };
+    let store = open_store(&setup.config).await;
+    let lease = Duration::from_secs(30);
+    let (done, failed) = (
+        NewJob {
+            callback_url: Some("http://127.0.0.1:9/hook".to_owned()),
+            ..new_job()
+        },
+        new_job(),
+    );
+    for job in [&done, &failed] {
+        assert_eq!(store.accept_job(job, None, 10).await.expect("accept"), Accepted::Stored);
+    }
+    let claimed = store.claim_jobs("replica-a", 2, lease).await.expect("claim");
+    let by_id = |id: &str| claimed.iter().find(|c| c.lease.id == id).expect("claimed");
+    let result = json!({"text": AWKWARD, "list": [AWKWARD, 1.5e-7, -3, null, true], "n": 12345678901_i64});
+    let failure = JobFinish {
+        completion: Completion {
+            status: Status::Failed,
+            result: None,
+            error: Some(AWKWARD.to_owned()),
+            ..finish(by_id(&failed.id), json!(null)).completion
+        },
+        ..finish(by_id(&failed.id), json!(null))
+    };
+    let (stored, _) = store
+        .finish_and_claim(
+            "replica-a",
+            &[finish(by_id(&done.id), result.clone()), failure],
+            1,
+            lease,
+        )
+        .await
+        .expect("finish");
+    assert_eq!(stored, vec![true, true]);
+
+    let row = store.get(&done.id).await.expect("get").expect("row");
+    assert_eq!((row.status, row.result), (Status::Done, Some(result)));
+    let row = store.get(&failed.id).await.expect("get").expect("row");
+    assert_eq!((row.status, row.error.as_deref()), (Status::Failed, Some(AWKWARD)));
+
+    let delivery = store
+        .claim_deliveries("replica-a", 1, lease)
+        .await
+        .expect("claim delivery");
+    assert_eq!(delivery.len(), 1);
+    let (stored, _) = store
+        .record_and_claim_deliveries(
+            "replica-a",
+            &[record(&delivery[0].lease, 1, AWKWARD, RETRY_LATER)],
+            0,
+            lease,
+        )
+        .await
+        .expect("record");
+    assert_eq!(stored, vec![true]);
+    let attempts = store.attempts(&done.id).await.expect("attempts");
+    let errors: Vec<Option<&str>> = attempts.iter().map(|a| a.error.as_deref()).collect();
+    assert_eq!(errors, vec![Some(AWKWARD)]);
+    store.close().await;
+}
