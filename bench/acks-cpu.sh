@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Tiny-job acknowledgements on one replica and a fresh database (PostgreSQL, or SQLite with
 # DB=sqlite), with where the CPU went: 30 connections (or CONNECTIONS) for <seconds> (default
-# 15) after a 2 s warm-up, the drain running beside them. Prints acks/s, the ack p99, the jobs finished meanwhile
-# (and per ack: 1.00 when the workers keep pace), and the CPU of PostgreSQL (every process of its
-# user; next to nothing with SQLite), the server and the load generator, as a share of one core
-# and per ack. Alternate two builds to compare them:
+# 15) after a 2 s warm-up, the drain running beside them. Prints acks/s, the ack p99, the jobs
+# finished meanwhile (and per ack: 1.00 when the workers keep pace), and the CPU of PostgreSQL
+# (every process of its user; next to nothing with SQLite), the server and the load generator,
+# as a share of one core and per ack. Alternate two builds to compare them:
 #
 #   for r in 1 2 3; do bash bench/acks-cpu.sh <old>/target/release; bash bench/acks-cpu.sh target/release; done
 #   bash bench/acks-cpu.sh target/release 15 NUM_WORKERS=10   # settings for the server
