@@ -3,7 +3,9 @@
 
 use std::time::Duration;
 
-use sqlx::{Connection, QueryBuilder, Sqlite, SqliteExecutor, SqlitePool};
+use rusqlite::params_from_iter;
+use rusqlite::types::Value;
+use sqlx::SqlitePool;
 
 use super::plus;
 use super::writer::Writer;
@@ -56,66 +58,81 @@ impl InsertRow {
     }
 }
 
-/// The columns every insert writes, in the order `push_row` binds them.
+/// The columns every insert writes, in the order `insert_statement` binds them.
 const INSERT: &str = "INSERT INTO requests (id, mode, payload, status, callback_url, created_at, started_at, \
      client_ip, tenant, attempt, lease_owner, lease_expires_at, attempted_by) ";
 
-/// Inserts rows with one statement: one round trip to the database thread, and atomic.
+/// The statement inserting `rows` and its values, 13 a row in `INSERT`'s order.
+fn insert_statement<'r>(rows: impl IntoIterator<Item = &'r InsertRow>) -> (String, Vec<Value>) {
+    let (mut sql, mut values) = (String::from(INSERT), Vec::new());
+    for (i, row) in rows.into_iter().enumerate() {
+        sql.push_str(if i == 0 { "VALUES " } else { ", " });
+        sql.push_str("(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, strftime('%Y-%m-%dT%H:%M:%fZ', 'now', ?), ?)");
+        let (owner, lease) = row.lease.clone().unzip();
+        let attempted_by = serde_json::json!(owner.iter().collect::<Vec<_>>()).to_string();
+        let text = |s: &str| Value::Text(s.to_owned());
+        let optional = |s: Option<String>| s.map_or(Value::Null, Value::Text);
+        values.extend([
+            text(&row.id),
+            text(row.mode.as_str()),
+            text(&row.payload),
+            text(row.status.as_str()),
+            optional(row.callback_url.clone()),
+            text(&row.created_at),
+            optional(owner.as_ref().map(|_| row.created_at.clone())),
+            text(&row.client_ip),
+            optional(row.tenant.clone()),
+            Value::Integer(i64::from(owner.is_some())),
+            optional(owner),
+            optional(lease.map(plus)),
+            Value::Text(attempted_by),
+        ]);
+    }
+    (sql, values)
+}
+
+/// Inserts rows with one statement on the writer thread: one turn, and atomic.
 pub(super) async fn insert_many<'r>(
-    db: impl SqliteExecutor<'_>,
+    writer: &Writer,
     rows: impl IntoIterator<Item = &'r InsertRow>,
 ) -> Result<(), sqlx::Error> {
-    let mut q = QueryBuilder::<Sqlite>::new(INSERT);
-    q.push_values(rows, |mut b, row| {
-        let owner = row.lease.as_ref().map(|(owner, _)| owner.as_str());
-        b.push_bind(&row.id)
-            .push_bind(row.mode.as_str())
-            .push_bind(&row.payload)
-            .push_bind(row.status.as_str())
-            .push_bind(&row.callback_url)
-            .push_bind(&row.created_at)
-            .push_bind(owner.map(|_| &row.created_at))
-            .push_bind(&row.client_ip)
-            .push_bind(&row.tenant)
-            .push_bind(i64::from(owner.is_some()))
-            .push_bind(owner)
-            .push("strftime('%Y-%m-%dT%H:%M:%fZ', 'now', ")
-            .push_bind_unseparated(row.lease.as_ref().map(|(_, lease)| plus(*lease)))
-            .push_unseparated(")")
-            .push_bind(serde_json::json!(owner.into_iter().collect::<Vec<_>>()).to_string());
-    });
-    q.build().execute(db).await.map(|_| ())
+    let (sql, values) = insert_statement(rows);
+    writer
+        .run(move |conn| conn.prepare_cached(&sql)?.execute(params_from_iter(values)).map(drop))
+        .await
 }
+
+/// Remembers an idempotency key: an expired record of the key is replaced; a live one stays
+/// (nothing changed).
+const CLAIM_KEY: &str = "INSERT INTO idempotency_keys (client_ip, key, body_hash, request_id, created_at) \
+     VALUES (?, ?, ?, ?, ?) \
+     ON CONFLICT (client_ip, key) DO UPDATE SET body_hash = excluded.body_hash, \
+     request_id = excluded.request_id, created_at = excluded.created_at \
+     WHERE idempotency_keys.created_at < ?";
 
 /// Inserts a job and remembers its key in one transaction. False (nothing stored) when a live
 /// record of the key exists: another request with the same key won.
 pub(super) async fn insert_with_key(writer: &Writer, job: &NewJob, key: &KeyClaim) -> Result<bool, sqlx::Error> {
-    let mut conn = writer.lock().await?;
-    let mut tx = conn.begin().await?;
-    insert_many(&mut *tx, [&InsertRow::job(job)]).await?;
-    // An expired record of the key is replaced; a live one stays and the insert is undone.
-    let claimed = sqlx::query(
-        "INSERT INTO idempotency_keys (client_ip, key, body_hash, request_id, created_at) VALUES (?, ?, ?, ?, ?) \
-         ON CONFLICT (client_ip, key) DO UPDATE SET body_hash = excluded.body_hash, \
-         request_id = excluded.request_id, created_at = excluded.created_at \
-         WHERE idempotency_keys.created_at < ?",
-    )
-    .bind(&key.scope)
-    .bind(&key.key)
-    .bind(&key.body_hash)
-    .bind(&job.id)
-    .bind(&job.created_at)
-    .bind(&key.not_before)
-    .execute(&mut *tx)
-    .await?
-    .rows_affected()
-        == 1;
-    if !claimed {
-        tx.rollback().await?;
-        return Ok(false);
-    }
-    tx.commit().await?;
-    Ok(true)
+    let (sql, values) = insert_statement([&InsertRow::job(job)]);
+    let key_values = [
+        key.scope.clone(),
+        key.key.clone(),
+        key.body_hash.clone(),
+        job.id.clone(),
+        job.created_at.clone(),
+        key.not_before.clone(),
+    ];
+    writer
+        .run(move |conn| {
+            let tx = conn.transaction()?;
+            tx.prepare_cached(&sql)?.execute(params_from_iter(values))?;
+            let claimed = tx.prepare_cached(CLAIM_KEY)?.execute(params_from_iter(key_values))? == 1;
+            if claimed {
+                tx.commit()?;
+            } // else dropping the transaction undoes the insert
+            Ok(claimed)
+        })
+        .await
 }
 
 /// The live record of `key` in `scope` (the column is still named `client_ip`, its first scope).

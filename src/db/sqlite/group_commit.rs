@@ -65,9 +65,9 @@ async fn commit_loop(writer: Arc<Writer>, mut receiver: mpsc::Receiver<Pending>,
 }
 
 async fn commit_together(writer: &Writer, batch: &[Pending]) -> Result<(), sqlx::Error> {
-    insert_many(&mut *writer.lock().await?, batch.iter().map(|p| &p.row)).await
+    insert_many(writer, batch.iter().map(|p| &p.row)).await
 }
 
 async fn insert_one(writer: &Writer, row: &InsertRow) -> Result<(), sqlx::Error> {
-    insert_many(&mut *writer.lock().await?, [row]).await
+    insert_many(writer, [row]).await
 }

@@ -98,7 +98,8 @@ pub async fn connect(path: &Path, wal_limit_bytes: u64, liveness: &Liveness) -> 
         .run(&mut conn)
         .await
         .context("running database migrations")?;
-    let writer = Arc::new(writer::Writer::new(conn, wal.clone()));
+    let direct = open_direct(path, wal_limit_bytes).with_context(opening)?;
+    let writer = Arc::new(writer::Writer::new(conn, direct, wal.clone()));
     let readers = SqlitePoolOptions::new()
         .test_before_acquire(false)
         .max_connections(READERS)
@@ -125,6 +126,20 @@ pub async fn connect(path: &Path, wal_limit_bytes: u64, liveness: &Liveness) -> 
         wal,
         backlog: AtomicU64::new(backlog),
     })
+}
+
+/// The writer thread's connection (`writer`), with the settings of sqlx's writer connection:
+/// WAL, `synchronous = NORMAL`, foreign keys, the busy timeout, no automatic checkpoints, and
+/// room in its statement cache for every size of the group commit's insert.
+fn open_direct(path: &Path, wal_limit_bytes: u64) -> rusqlite::Result<rusqlite::Connection> {
+    let conn = rusqlite::Connection::open(path)?;
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    conn.execute_batch(&format!(
+        "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON; \
+         PRAGMA wal_autocheckpoint = 0; PRAGMA journal_size_limit = {wal_limit_bytes};"
+    ))?;
+    conn.set_prepared_statement_cache_capacity(256);
+    Ok(conn)
 }
 
 impl SqliteStore {

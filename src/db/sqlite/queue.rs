@@ -3,9 +3,10 @@
 
 use std::time::Duration;
 
+use chrono::DateTime;
+use rusqlite::params;
 use serde_json::Value;
-use sqlx::sqlite::SqliteRow;
-use sqlx::{Connection, Row};
+use sqlx::Connection;
 
 use super::writer::Writer;
 use super::{now, plus};
@@ -91,7 +92,7 @@ pub(super) const FINISH_AND_CLAIM: &str = concat!(
        requests.callback_url, requests.created_at"
 );
 
-/// Claims up to `max` pending jobs, oldest first (`CLAIM_JOBS`).
+/// Claims up to `max` pending jobs, oldest first (`CLAIM_JOBS`), on the writer thread.
 pub(super) async fn claim_jobs(
     writer: &Writer,
     owner: &str,
@@ -101,13 +102,11 @@ pub(super) async fn claim_jobs(
     if max == 0 {
         return Ok(Vec::new());
     }
-    let rows = sqlx::query(CLAIM_JOBS)
-        .bind(owner)
-        .bind(plus(lease))
-        .bind(limit(max))
-        .fetch_all(&mut *writer.lock().await?)
+    let (owner, lease, max) = (owner.to_owned(), plus(lease), limit(max));
+    let rows = writer
+        .run(move |conn| job_rows(conn, CLAIM_JOBS, params![owner, lease, max]))
         .await?;
-    rows.iter().map(crate::db::claimed_job).collect()
+    rows.into_iter().map(JobRow::claimed).collect()
 }
 
 /// A claim's limit, bound.
@@ -115,7 +114,7 @@ fn limit(max: usize) -> i64 {
     i64::try_from(max).unwrap_or(i64::MAX)
 }
 
-/// Stores every finish that still holds its lease (`FINISH_JOBS`).
+/// Stores every finish that still holds its lease (`FINISH_JOBS`), on the writer thread.
 pub(super) async fn finish_jobs(
     writer: &Writer,
     owner: &str,
@@ -124,16 +123,15 @@ pub(super) async fn finish_jobs(
     if finishes.is_empty() {
         return Ok(Vec::new());
     }
-    let rows = sqlx::query(FINISH_JOBS)
-        .bind(owner)
-        .bind(finish_rows(finishes))
-        .fetch_all(&mut *writer.lock().await?)
+    let (owner, json) = (owner.to_owned(), finish_rows(finishes));
+    let rows = writer
+        .run(move |conn| job_rows(conn, FINISH_JOBS, params![owner, json]))
         .await?;
-    Ok(finished_and_claimed(finishes, &rows)?.0)
+    Ok(finished_and_claimed(finishes, rows)?.0)
 }
 
-/// `finish_jobs` and `claim_jobs` in one statement (`FINISH_AND_CLAIM`). Returns which finishes
-/// were applied, and the jobs claimed, oldest first.
+/// `finish_jobs` and `claim_jobs` in one statement (`FINISH_AND_CLAIM`), on the writer thread.
+/// Returns which finishes were applied, and the jobs claimed, oldest first.
 pub(super) async fn finish_and_claim(
     writer: &Writer,
     owner: &str,
@@ -144,14 +142,11 @@ pub(super) async fn finish_and_claim(
     if max == 0 {
         return Ok((finish_jobs(writer, owner, finishes).await?, Vec::new()));
     }
-    let rows = sqlx::query(FINISH_AND_CLAIM)
-        .bind(owner)
-        .bind(finish_rows(finishes))
-        .bind(limit(max))
-        .bind(plus(lease))
-        .fetch_all(&mut *writer.lock().await?)
+    let (owner, json, lease, max) = (owner.to_owned(), finish_rows(finishes), plus(lease), limit(max));
+    let rows = writer
+        .run(move |conn| job_rows(conn, FINISH_AND_CLAIM, params![owner, json, max, lease]))
         .await?;
-    finished_and_claimed(finishes, &rows)
+    finished_and_claimed(finishes, rows)
 }
 
 /// The finishes as a JSON array, for `FINISHES`.
@@ -176,21 +171,67 @@ fn finish_rows(finishes: &[JobFinish]) -> String {
     Value::Array(rows).to_string()
 }
 
+/// A row returned by a claim, a finish, or both: `CLAIM_JOBS`' rows have no `status` (all
+/// claimed); a finish's rows have no payload.
+struct JobRow {
+    id: String,
+    attempt: i64,
+    status: Option<String>,
+    payload: Option<String>,
+    callback_url: Option<String>,
+    created_at: String,
+}
+
+impl JobRow {
+    fn claimed(self) -> Result<ClaimedJob, sqlx::Error> {
+        let decode = |e: Box<dyn std::error::Error + Send + Sync>| sqlx::Error::Decode(e);
+        Ok(ClaimedJob {
+            lease: Lease {
+                id: self.id,
+                attempt: self.attempt,
+            },
+            accepted_at: DateTime::parse_from_rfc3339(&self.created_at)
+                .map_err(|e| decode(e.into()))?
+                .to_utc(),
+            payload: serde_json::from_str(self.payload.as_deref().unwrap_or_default()).map_err(|e| decode(e.into()))?,
+            callback_url: self.callback_url,
+        })
+    }
+}
+
+/// The rows of `sql`, a claim or a finish, run on the writer thread's connection.
+fn job_rows(conn: &rusqlite::Connection, sql: &str, params: impl rusqlite::Params) -> rusqlite::Result<Vec<JobRow>> {
+    let mut statement = conn.prepare_cached(sql)?;
+    let with_status = statement.column_index("status").is_ok();
+    statement
+        .query_map(params, |row| {
+            Ok(JobRow {
+                id: row.get("id")?,
+                attempt: row.get("attempt")?,
+                status: if with_status { row.get("status")? } else { None },
+                payload: row.get("payload")?,
+                callback_url: row.get("callback_url")?,
+                created_at: row.get("created_at")?,
+            })
+        })?
+        .collect()
+}
+
 /// Splits the rows of `FINISH_JOBS` or `FINISH_AND_CLAIM`: which of `finishes` were applied (by
 /// id and attempt: a batch may hold a stale and a fresh outcome of one job), and the jobs
 /// claimed (the rows still `processing`), oldest first.
 fn finished_and_claimed(
     finishes: &[JobFinish],
-    rows: &[SqliteRow],
+    rows: Vec<JobRow>,
 ) -> Result<(Vec<bool>, Vec<ClaimedJob>), sqlx::Error> {
     let (mut finished, mut claimed) = (Vec::new(), Vec::new());
     for row in rows {
-        if row.try_get::<&str, _>("status")? == "processing" {
-            claimed.push(crate::db::claimed_job(row)?);
+        if row.status.as_deref() == Some("processing") {
+            claimed.push(row.claimed()?);
         } else {
             finished.push(Lease {
-                id: row.try_get("id")?,
-                attempt: row.try_get("attempt")?,
+                id: row.id,
+                attempt: row.attempt,
             });
         }
     }

@@ -204,6 +204,14 @@ impl WalMonitor {
         self.rewind(conn, true).await.map(|_| ())
     }
 
+    /// `rewind_now` on the writer thread's connection, from that thread.
+    pub(super) fn rewind_now_direct(&self, conn: &rusqlite::Connection) -> rusqlite::Result<()> {
+        let _copying = self.copying.blocking_lock();
+        let busy: i64 = conn.query_row("PRAGMA wal_checkpoint(RESTART)", [], |row| row.get(0))?;
+        self.count(CheckpointKind::Restart, busy == 0);
+        Ok(())
+    }
+
     /// A RESTART checkpoint on the writer connection; `wait_for_readers` false makes it give up
     /// at once when a read is in progress. True when the log will start over at the next write.
     async fn rewind(&self, conn: &mut SqliteConnection, wait_for_readers: bool) -> Result<bool, sqlx::Error> {

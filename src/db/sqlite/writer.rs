@@ -1,13 +1,22 @@
-//! The one connection that writes, owned outright rather than pooled. SQLite runs one write
-//! transaction at a time whatever the connection count, so writes take turns for this
-//! connection in a fair queue (a tokio mutex), and each write costs one hand-off to sqlx's SQLite
-//! thread per statement and nothing else.
+//! The one writer, owned outright rather than pooled. SQLite runs one write transaction at a
+//! time whatever the connection count, so writes take turns in a fair queue (a tokio mutex).
+//! A turn runs on one of two connections to the file:
 //!
-//! A pool of one cost more: sqlx's pool hands a released connection to a task it spawns, which
-//! pings the connection (one more hand-off to the SQLite thread) before the next write may have
-//! it. Measured on the benchmark VM: `SELECT 1` through a pool of one took 140 to 280 µs, on the
-//! connection itself 67 µs. Every claim, finish and group commit paid that toll, and the claims
-//! of tiny jobs waited for the finishes that paid it.
+//! - **the writer thread's** (`run`), through `rusqlite`: the statements that hold the writer
+//!   most (the group commit's inserts, the claims and the completer's finish-and-claim). The
+//!   thread takes the turn, runs the statement and hands the turn on itself, back to back with
+//!   the next one queued. Through sqlx, a turn ended only once the task that took it was polled
+//!   again after its statement: sqlx's SQLite thread woke the task, the task waited for a
+//!   runtime thread busy with HTTP, and the writer sat held and idle meanwhile. On the benchmark
+//!   VM the writer was held 80% of the time under tiny-job acks; with these turns on this
+//!   thread, 48 to 55% for more acks (`docs/benchmarks-issue-9.md`, *2026-12-07, 13:00*);
+//! - **sqlx's** (`lock`): every other write (transactions of several statements, the rescue,
+//!   heartbeats, deliveries, checkpoints), each a hand-off to sqlx's SQLite thread per statement.
+//!
+//! A pool of one cost more than an owned connection: sqlx's pool hands a released connection to
+//! a task it spawns, which pings the connection (one more hand-off to the SQLite thread) before
+//! the next write may have it. Measured on the benchmark VM: `SELECT 1` through a pool of one
+//! took 140 to 280 µs, on the connection itself 67 µs.
 //!
 //! The writer counts its turns, the time they held it and the time writes waited for it
 //! (`WriterFigures`, in `/metrics`): held for most of the wall time means the writer is what
@@ -23,7 +32,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use sqlx::SqliteConnection;
-use tokio::sync::{MappedMutexGuard, Mutex, MutexGuard};
+use tokio::sync::{MappedMutexGuard, Mutex, MutexGuard, oneshot};
 use tokio::time::Instant;
 
 use super::wal::WalMonitor;
@@ -33,15 +42,32 @@ use super::wal::WalMonitor;
 /// leaves the work to its lease.
 const TURN_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// The writer connection, shared by every write of the store.
+/// The writer, shared by every write of the store.
 #[derive(Debug)]
 pub(super) struct Writer {
     /// `None` once the store is closed.
-    conn: Mutex<Option<SqliteConnection>>,
+    conns: Arc<Mutex<Option<Connections>>>,
+    /// Turns for the writer thread, which ends when the writer is dropped.
+    thread: std::sync::mpsc::Sender<Turn>,
     /// Told after every write how full the log is; says when the next write must rewind it.
     wal: Arc<WalMonitor>,
-    clock: TurnClock,
+    clock: Arc<TurnClock>,
 }
+
+/// The two connections of the writer; only the turn's holder uses either.
+pub(super) struct Connections {
+    pub(super) sqlx: SqliteConnection,
+    pub(super) direct: rusqlite::Connection,
+}
+
+impl std::fmt::Debug for Connections {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connections").finish_non_exhaustive()
+    }
+}
+
+/// A turn for the writer thread: runs on its connection with the writer held.
+type Turn = Box<dyn FnOnce(&mut rusqlite::Connection) + Send>;
 
 /// The writer's turns since start, and how long they held it and waited for it.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
@@ -60,14 +86,14 @@ struct TurnClock {
 }
 
 impl TurnClock {
-    fn add(counter: &AtomicU64, since: Instant) {
-        let ns = u64::try_from(since.elapsed().as_nanos()).unwrap_or(u64::MAX);
+    fn add(counter: &AtomicU64, elapsed: Duration) {
+        let ns = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
         counter.fetch_add(ns, Ordering::Relaxed);
     }
 }
 
-/// The writer, held for one write (one statement or one transaction). Dropping it hands the
-/// connection to the next write in line, after a look at the WAL.
+/// The writer, held for one write on sqlx's connection (one statement or one transaction).
+/// Dropping it hands the writer to the next write in line, after a look at the WAL.
 pub(super) struct WriterGuard<'a> {
     /// Always `Some` until dropped.
     conn: Option<MappedMutexGuard<'a, SqliteConnection>>,
@@ -78,11 +104,21 @@ pub(super) struct WriterGuard<'a> {
 }
 
 impl Writer {
-    pub(super) fn new(conn: SqliteConnection, wal: Arc<WalMonitor>) -> Self {
+    /// The writer over `sqlx` and `direct`, two connections to one file, and its thread.
+    pub(super) fn new(sqlx: SqliteConnection, direct: rusqlite::Connection, wal: Arc<WalMonitor>) -> Self {
+        let conns = Arc::new(Mutex::new(Some(Connections { sqlx, direct })));
+        let clock = Arc::new(TurnClock::default());
+        let (thread, turns) = std::sync::mpsc::channel();
+        let (loop_conns, loop_wal, loop_clock) = (conns.clone(), wal.clone(), clock.clone());
+        std::thread::Builder::new()
+            .name("sqlite-writer".into())
+            .spawn(move || thread_loop(&loop_conns, &loop_wal, &loop_clock, turns))
+            .expect("starting the SQLite writer thread");
         Self {
-            conn: Mutex::new(Some(conn)),
+            conns,
+            thread,
             wal,
-            clock: TurnClock::default(),
+            clock,
         }
     }
 
@@ -96,17 +132,36 @@ impl Writer {
         }
     }
 
-    /// Waits for this write's turn. Rewinds the WAL first when the last write found it past
-    /// three quarters of its bound (the bound's last guard: the background copier fell behind).
-    pub(super) async fn lock(&self) -> Result<WriterGuard<'_>, sqlx::Error> {
-        let asked = Instant::now();
-        let turn = tokio::time::timeout(TURN_TIMEOUT, self.conn.lock())
+    /// Runs `write` on the writer thread's connection in its turn, and returns what it returned.
+    /// `PoolClosed` once the store is closed.
+    pub(super) async fn run<T: Send + 'static>(
+        &self,
+        write: impl FnOnce(&mut rusqlite::Connection) -> rusqlite::Result<T> + Send + 'static,
+    ) -> Result<T, sqlx::Error> {
+        let (done, outcome) = oneshot::channel();
+        let turn: Turn = Box::new(move |conn| {
+            let _ = done.send(write(conn));
+        });
+        self.thread.send(turn).map_err(|_| sqlx::Error::PoolClosed)?;
+        let outcome = tokio::time::timeout(TURN_TIMEOUT, outcome)
             .await
             .map_err(|_| sqlx::Error::PoolTimedOut)?;
-        TurnClock::add(&self.clock.waited_ns, asked);
+        outcome.map_err(|_| sqlx::Error::PoolClosed)?.map_err(direct_error)
+    }
+
+    /// Waits for a turn on sqlx's connection. Rewinds the WAL first when the last write found it
+    /// past three quarters of its bound (the bound's last guard: the background copier fell
+    /// behind).
+    pub(super) async fn lock(&self) -> Result<WriterGuard<'_>, sqlx::Error> {
+        let asked = Instant::now();
+        let turn = tokio::time::timeout(TURN_TIMEOUT, self.conns.lock())
+            .await
+            .map_err(|_| sqlx::Error::PoolTimedOut)?;
+        TurnClock::add(&self.clock.waited_ns, asked.elapsed());
         self.clock.turns.fetch_add(1, Ordering::Relaxed);
         let since = Instant::now();
-        let mut conn = MutexGuard::try_map(turn, Option::as_mut).map_err(|_| sqlx::Error::PoolClosed)?;
+        let mut conn =
+            MutexGuard::try_map(turn, |c| c.as_mut().map(|c| &mut c.sqlx)).map_err(|_| sqlx::Error::PoolClosed)?;
         if self.wal.take_rewind_due() {
             self.wal.rewind_now(&mut conn).await?;
         }
@@ -118,15 +173,57 @@ impl Writer {
         })
     }
 
-    /// Closes the connection once the writes in line have had their turn; later writes fail
+    /// Closes both connections once the writes in line have had their turn; later writes fail
     /// with `PoolClosed`.
     pub(super) async fn close(&self) {
-        if let Some(conn) = self.conn.lock().await.take() {
+        if let Some(Connections { sqlx, direct }) = self.conns.lock().await.take() {
             use sqlx::Connection;
-            if let Err(e) = conn.close().await {
+            if let Err(e) = sqlx.close().await {
                 tracing::warn!(error = %e, "closing the SQLite writer failed");
             }
+            if let Err((_, e)) = direct.close() {
+                tracing::warn!(error = %e, "closing the SQLite writer thread's connection failed");
+            }
         }
+    }
+}
+
+/// The writer thread: each turn in the order sent, each with the writer held for exactly its
+/// statements (and the WAL's last guard, when due), as `lock` and `WriterGuard` do for sqlx's.
+fn thread_loop(
+    conns: &Mutex<Option<Connections>>,
+    wal: &WalMonitor,
+    clock: &TurnClock,
+    turns: std::sync::mpsc::Receiver<Turn>,
+) {
+    for turn in turns {
+        let asked = std::time::Instant::now();
+        let mut held = conns.blocking_lock();
+        let since = std::time::Instant::now();
+        TurnClock::add(&clock.waited_ns, since - asked);
+        clock.turns.fetch_add(1, Ordering::Relaxed);
+        // Closed: dropping the turn drops its answer, and the caller gets `PoolClosed`.
+        if let Some(c) = held.as_mut() {
+            if wal.take_rewind_due()
+                && let Err(e) = wal.rewind_now_direct(&c.direct)
+            {
+                tracing::warn!(error = %e, "rewinding the WAL failed");
+            }
+            turn(&mut c.direct);
+        }
+        TurnClock::add(&clock.held_ns, since.elapsed());
+        drop(held);
+        wal.look_after_write();
+    }
+}
+
+/// A failure on the writer thread's connection, as sqlx's: busy, locked and I/O failures as
+/// `Io` (transient, as `crate::db::is_transient` takes sqlx's), anything else as `Protocol`.
+pub(super) fn direct_error(e: rusqlite::Error) -> sqlx::Error {
+    use rusqlite::ErrorCode::{DatabaseBusy, DatabaseLocked, DiskFull, SystemIoFailure};
+    match e.sqlite_error_code() {
+        Some(DatabaseBusy | DatabaseLocked | DiskFull | SystemIoFailure) => sqlx::Error::Io(std::io::Error::other(e)),
+        _ => sqlx::Error::Protocol(e.to_string()),
     }
 }
 
@@ -151,7 +248,7 @@ impl DerefMut for WriterGuard<'_> {
 impl Drop for WriterGuard<'_> {
     fn drop(&mut self) {
         // The next write may start while this one's look at the log runs.
-        TurnClock::add(&self.clock.held_ns, self.since);
+        TurnClock::add(&self.clock.held_ns, self.since.elapsed());
         drop(self.conn.take());
         self.wal.look_after_write();
     }
@@ -164,14 +261,22 @@ mod tests {
 
     use super::*;
 
+    /// A writer on a new file in `dir`, both connections in WAL mode.
+    async fn writer_in(dir: &tempfile::TempDir) -> Arc<Writer> {
+        let path = dir.path().join("writer.db");
+        let options = SqliteConnectOptions::new()
+            .filename(&path)
+            .create_if_missing(true)
+            .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal);
+        let conn = SqliteConnection::connect_with(&options).await.expect("connect");
+        let direct = rusqlite::Connection::open(&path).expect("direct");
+        Arc::new(Writer::new(conn, direct, Arc::new(WalMonitor::new(&path, 64 << 20))))
+    }
+
     #[tokio::test]
     async fn the_writer_counts_its_turns_and_the_time_they_held_it_and_waited() {
         let dir = tempfile::tempdir().expect("temp dir");
-        let path = dir.path().join("writer.db");
-        let conn = SqliteConnection::connect_with(&SqliteConnectOptions::new().filename(&path).create_if_missing(true))
-            .await
-            .expect("connect");
-        let writer = Arc::new(Writer::new(conn, Arc::new(WalMonitor::new(&path, 64 << 20))));
+        let writer = writer_in(&dir).await;
         assert_eq!(writer.figures(), WriterFigures::default());
 
         // Paused time: the turn below holds the writer for exactly 40 ms of the test's clock.
@@ -194,5 +299,71 @@ mod tests {
             "the second write waited the first out: {figures:?}"
         );
         assert!(figures.waited_seconds < 0.080, "{figures:?}");
+    }
+
+    #[tokio::test]
+    async fn a_turn_on_the_writer_thread_waits_for_a_turn_on_sqlx_connection_to_end() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let writer = writer_in(&dir).await;
+        sqlx::query("CREATE TABLE t (x INTEGER)")
+            .execute(&mut *writer.lock().await.expect("turn"))
+            .await
+            .expect("create");
+
+        // sqlx's turn holds SQLite's write lock in an open transaction...
+        let mut turn = writer.lock().await.expect("turn");
+        sqlx::query("BEGIN IMMEDIATE").execute(&mut *turn).await.expect("begin");
+        sqlx::query("INSERT INTO t VALUES (1)").execute(&mut *turn).await.expect("insert");
+        // ...so a write on the thread's connection that ran now would fail at once (no busy
+        // wait): it must wait for the turn instead.
+        let thread_write = tokio::spawn({
+            let writer = writer.clone();
+            async move {
+                writer
+                    .run(|conn| {
+                        conn.busy_timeout(Duration::ZERO)?;
+                        conn.execute("INSERT INTO t VALUES (2)", [])
+                    })
+                    .await
+            }
+        });
+        let mut thread_write = thread_write;
+        let early = tokio::time::timeout(Duration::from_millis(200), &mut thread_write).await;
+        assert!(early.is_err(), "the thread's write ran during sqlx's turn: {early:?}");
+        sqlx::query("COMMIT").execute(&mut *turn).await.expect("commit");
+        drop(turn);
+
+        assert_eq!(thread_write.await.expect("task").expect("the thread's write"), 1);
+        let rows: Vec<(i64,)> = sqlx::query_as("SELECT x FROM t ORDER BY x")
+            .fetch_all(&mut *writer.lock().await.expect("turn"))
+            .await
+            .expect("read");
+        assert_eq!(rows, [(1,), (2,)]);
+        assert_eq!(writer.figures().turns, 4, "three turns on sqlx's connection, one on the thread's");
+    }
+
+    #[tokio::test]
+    async fn once_closed_a_turn_on_the_writer_thread_fails_rather_than_waiting() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let writer = writer_in(&dir).await;
+        assert_eq!(writer.run(|conn| conn.query_row("SELECT 7", [], |r| r.get::<_, i64>(0))).await.expect("open"), 7);
+        writer.close().await;
+        let closed = writer.run(|conn| conn.query_row("SELECT 7", [], |r| r.get::<_, i64>(0))).await;
+        assert!(matches!(closed, Err(sqlx::Error::PoolClosed)), "{closed:?}");
+        assert!(matches!(writer.lock().await, Err(sqlx::Error::PoolClosed)));
+    }
+
+    #[test]
+    fn the_thread_s_busy_and_i_o_failures_are_transient_and_its_other_failures_are_not() {
+        let conn = rusqlite::Connection::open_in_memory().expect("memory");
+        conn.execute_batch("CREATE TABLE t (x INTEGER PRIMARY KEY); INSERT INTO t VALUES (1)")
+            .expect("table");
+        let duplicate = conn.execute("INSERT INTO t VALUES (1)", []).expect_err("a duplicate key");
+        assert!(!crate::db::is_transient(&direct_error(duplicate)));
+
+        let busy = rusqlite::Error::SqliteFailure(rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_BUSY), None);
+        assert!(crate::db::is_transient(&direct_error(busy)));
+        let io = rusqlite::Error::SqliteFailure(rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_IOERR_WRITE), None);
+        assert!(crate::db::is_transient(&direct_error(io)));
     }
 }
