@@ -18,8 +18,9 @@
 # the server figures are the replicas' sum. On PostgreSQL the line also gives the transactions
 # committed per ack (pg_stat_database, read once the servers have stopped): how many acks each
 # commit carries. A second line splits the server's CPU by thread name: the tokio runtime's
-# threads (HTTP, the queue's tasks), sqlx's SQLite thread of the writer (and of the readers), the
-# engine's threads; on SQLite, with the share of the time the writer connection was held
+# threads (HTTP, the queue's tasks), the SQLite writer's own thread (`sqlite-writer`: inserts,
+# claims, finishes), sqlx's SQLite threads (the writer's other writes, the readers), the engine's
+# threads; on SQLite, with the share of the time the writer was held
 # (`storage.writer_held_seconds` in /metrics) and its turns a second.
 #
 # DATA is each job's `payload.data` (default {"n": 1}). {"n": -1} makes every submission a 422
@@ -66,7 +67,7 @@ commits() {
 # CPU ticks (utime + stime) of every PostgreSQL process, and of the server
 pg_ticks() { local t=0 p; for p in $(pgrep -u postgres); do t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat" 2>/dev/null || echo 0))); done; echo "$t"; }
 server_ticks() { local t=0 p; for p in "${SP[@]}"; do t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat"))); done; echo "$t"; }
-# The same for each of the servers' threads: "tid name ticks" (tokio-rt-worker, sqlx-sqlite-wor, engine)
+# The same for each of the servers' threads: "tid name ticks" (tokio-rt-worker, sqlite-writer, sqlx-sqlite-wor, engine)
 thread_ticks() {
   local p t
   for p in "${SP[@]}"; do for t in /proc/"$p"/task/*; do
