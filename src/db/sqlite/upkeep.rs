@@ -38,9 +38,10 @@ pub(super) async fn purge(writer: &Writer, round: PurgeRound<'_>) -> Result<Purg
     })
 }
 
-/// A write that goes all the way through the writer and the WAL: the health check's.
+/// A write that goes all the way through the writer and the WAL: the health check's. It takes
+/// the writer thread's path, the one acknowledgements take.
 pub(super) async fn ping_write(writer: &Writer, owner: &str) -> Result<(), sqlx::Error> {
-    sqlx::query(concat!(
+    const PING: &str = concat!(
         "INSERT INTO replicas (id, started_at, last_seen_at, workers, workers_busy, sync_in_flight, sync_max) \
          VALUES (?1, ",
         now!(),
@@ -48,9 +49,9 @@ pub(super) async fn ping_write(writer: &Writer, owner: &str) -> Result<(), sqlx:
         now!(),
         ", 0, 0, 0, 0) ON CONFLICT (id) DO UPDATE SET last_seen_at = ",
         now!()
-    ))
-    .bind(owner)
-    .execute(&mut *writer.lock().await?)
-    .await
-    .map(|_| ())
+    );
+    let owner = owner.to_owned();
+    writer
+        .run(move |conn| conn.prepare_cached(PING)?.execute([owner]).map(drop))
+        .await
 }

@@ -66,8 +66,15 @@ impl std::fmt::Debug for Connections {
     }
 }
 
-/// A turn for the writer thread: runs on its connection with the writer held.
-type Turn = Box<dyn FnOnce(&mut rusqlite::Connection) + Send>;
+/// A turn for the writer thread: when it was asked for, and the write, which runs on the
+/// thread's connection with the writer held, or is told why it cannot run.
+struct Turn {
+    asked: std::time::Instant,
+    write: Box<dyn FnOnce(ConnOrWhyNot<'_>) + Send>,
+}
+
+/// What a turn on the writer thread gets: the connection, or why it cannot run.
+type ConnOrWhyNot<'a> = Result<&'a mut rusqlite::Connection, sqlx::Error>;
 
 /// The writer's turns since start, and how long they held it and waited for it.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
@@ -133,20 +140,23 @@ impl Writer {
     }
 
     /// Runs `write` on the writer thread's connection in its turn, and returns what it returned.
-    /// `PoolClosed` once the store is closed.
+    /// `PoolTimedOut`, with nothing written, when the turn did not come within `TURN_TIMEOUT`;
+    /// `PoolClosed` once the store is closed. Once a write has started, its caller waits for its
+    /// outcome (SQLite's busy timeout bounds it), so a write never lands after its caller gave up.
     pub(super) async fn run<T: Send + 'static>(
         &self,
         write: impl FnOnce(&mut rusqlite::Connection) -> rusqlite::Result<T> + Send + 'static,
     ) -> Result<T, sqlx::Error> {
         let (done, outcome) = oneshot::channel();
-        let turn: Turn = Box::new(move |conn| {
-            let _ = done.send(write(conn));
-        });
+        let turn = Turn {
+            asked: std::time::Instant::now(),
+            write: Box::new(move |conn| {
+                let _ = done.send(conn.and_then(|conn| write(conn).map_err(direct_error)));
+            }),
+        };
         self.thread.send(turn).map_err(|_| sqlx::Error::PoolClosed)?;
-        let outcome = tokio::time::timeout(TURN_TIMEOUT, outcome)
-            .await
-            .map_err(|_| sqlx::Error::PoolTimedOut)?;
-        outcome.map_err(|_| sqlx::Error::PoolClosed)?.map_err(direct_error)
+        // No answer: the write panicked (the thread goes on with the next turn).
+        outcome.await.unwrap_or(Err(sqlx::Error::WorkerCrashed))
     }
 
     /// Waits for a turn on sqlx's connection. Rewinds the WAL first when the last write found it
@@ -190,26 +200,36 @@ impl Writer {
 
 /// The writer thread: each turn in the order sent, each with the writer held for exactly its
 /// statements (and the WAL's last guard, when due), as `lock` and `WriterGuard` do for sqlx's.
+/// A turn that waited past `TURN_TIMEOUT` does not run; one that panics loses its answer, and
+/// the thread goes on.
 fn thread_loop(
     conns: &Mutex<Option<Connections>>,
     wal: &WalMonitor,
     clock: &TurnClock,
     turns: std::sync::mpsc::Receiver<Turn>,
 ) {
-    for turn in turns {
-        let asked = std::time::Instant::now();
+    for Turn { asked, write } in turns {
         let mut held = conns.blocking_lock();
         let since = std::time::Instant::now();
         TurnClock::add(&clock.waited_ns, since - asked);
         clock.turns.fetch_add(1, Ordering::Relaxed);
-        // Closed: dropping the turn drops its answer, and the caller gets `PoolClosed`.
-        if let Some(c) = held.as_mut() {
-            if wal.take_rewind_due()
-                && let Err(e) = wal.rewind_now_direct(&c.direct)
-            {
-                tracing::warn!(error = %e, "rewinding the WAL failed");
-            }
-            turn(&mut c.direct);
+        let Some(c) = held.as_mut() else {
+            write(Err(sqlx::Error::PoolClosed));
+            continue;
+        };
+        if since - asked > TURN_TIMEOUT {
+            drop(held);
+            write(Err(sqlx::Error::PoolTimedOut));
+            continue;
+        }
+        if wal.take_rewind_due()
+            && let Err(e) = wal.rewind_now_direct(&c.direct)
+        {
+            tracing::warn!(error = %e, "rewinding the WAL failed");
+        }
+        let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| write(Ok(&mut c.direct))));
+        if ran.is_err() {
+            tracing::error!("a write on the SQLite writer thread panicked");
         }
         TurnClock::add(&clock.held_ns, since.elapsed());
         drop(held);
@@ -313,7 +333,10 @@ mod tests {
         // sqlx's turn holds SQLite's write lock in an open transaction...
         let mut turn = writer.lock().await.expect("turn");
         sqlx::query("BEGIN IMMEDIATE").execute(&mut *turn).await.expect("begin");
-        sqlx::query("INSERT INTO t VALUES (1)").execute(&mut *turn).await.expect("insert");
+        sqlx::query("INSERT INTO t VALUES (1)")
+            .execute(&mut *turn)
+            .await
+            .expect("insert");
         // ...so a write on the thread's connection that ran now would fail at once (no busy
         // wait): it must wait for the turn instead.
         let thread_write = tokio::spawn({
@@ -339,18 +362,46 @@ mod tests {
             .await
             .expect("read");
         assert_eq!(rows, [(1,), (2,)]);
-        assert_eq!(writer.figures().turns, 4, "three turns on sqlx's connection, one on the thread's");
+        assert_eq!(
+            writer.figures().turns,
+            4,
+            "three turns on sqlx's connection, one on the thread's"
+        );
     }
 
     #[tokio::test]
     async fn once_closed_a_turn_on_the_writer_thread_fails_rather_than_waiting() {
         let dir = tempfile::tempdir().expect("temp dir");
         let writer = writer_in(&dir).await;
-        assert_eq!(writer.run(|conn| conn.query_row("SELECT 7", [], |r| r.get::<_, i64>(0))).await.expect("open"), 7);
+        assert_eq!(
+            writer
+                .run(|conn| conn.query_row("SELECT 7", [], |r| r.get::<_, i64>(0)))
+                .await
+                .expect("open"),
+            7
+        );
         writer.close().await;
-        let closed = writer.run(|conn| conn.query_row("SELECT 7", [], |r| r.get::<_, i64>(0))).await;
+        let closed = writer
+            .run(|conn| conn.query_row("SELECT 7", [], |r| r.get::<_, i64>(0)))
+            .await;
         assert!(matches!(closed, Err(sqlx::Error::PoolClosed)), "{closed:?}");
         assert!(matches!(writer.lock().await, Err(sqlx::Error::PoolClosed)));
+    }
+
+    #[tokio::test]
+    async fn a_write_that_panics_on_the_writer_thread_fails_alone_and_the_thread_goes_on() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let writer = writer_in(&dir).await;
+        let panicked = writer
+            .run(|_| -> rusqlite::Result<()> { panic!("a bug in a write") })
+            .await;
+        assert!(matches!(panicked, Err(sqlx::Error::WorkerCrashed)), "{panicked:?}");
+        let next = writer
+            .run(|conn| conn.query_row("SELECT 7", [], |r| r.get::<_, i64>(0)))
+            .await;
+        assert_eq!(next.expect("the next turn"), 7);
+        // The writer is free again for sqlx's connection too.
+        drop(writer.lock().await.expect("a turn on sqlx's connection"));
     }
 
     #[test]
@@ -358,7 +409,9 @@ mod tests {
         let conn = rusqlite::Connection::open_in_memory().expect("memory");
         conn.execute_batch("CREATE TABLE t (x INTEGER PRIMARY KEY); INSERT INTO t VALUES (1)")
             .expect("table");
-        let duplicate = conn.execute("INSERT INTO t VALUES (1)", []).expect_err("a duplicate key");
+        let duplicate = conn
+            .execute("INSERT INTO t VALUES (1)", [])
+            .expect_err("a duplicate key");
         assert!(!crate::db::is_transient(&direct_error(duplicate)));
 
         let busy = rusqlite::Error::SqliteFailure(rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_BUSY), None);
