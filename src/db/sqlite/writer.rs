@@ -2,16 +2,17 @@
 //! time whatever the connection count, so writes take turns in a fair queue (a tokio mutex).
 //! A turn runs on one of two connections to the file:
 //!
-//! - **the writer thread's** (`run`), through `rusqlite`: the statements that hold the writer
-//!   most (the group commit's inserts, the claims and the completer's finish-and-claim). The
+//! - **the writer thread's** (`run`), through `rusqlite`: the writes that hold the writer most
+//!   (new requests, alone, grouped, or with their idempotency key; the claims; the completer's
+//!   finish-and-claim), and the health check's write round trip, which goes their way. The
 //!   thread takes the turn, runs the statement and hands the turn on itself, back to back with
 //!   the next one queued. Through sqlx, a turn ended only once the task that took it was polled
 //!   again after its statement: sqlx's SQLite thread woke the task, the task waited for a
 //!   runtime thread busy with HTTP, and the writer sat held and idle meanwhile. On the benchmark
 //!   VM the writer was held 80% of the time under tiny-job acks; with these turns on this
-//!   thread, 48 to 55% for more acks (`docs/benchmarks-issue-9.md`, *2026-12-07, 13:00*);
-//! - **sqlx's** (`lock`): every other write (transactions of several statements, the rescue,
-//!   heartbeats, deliveries, checkpoints), each a hand-off to sqlx's SQLite thread per statement.
+//!   thread, 46 to 55% for more acks (`docs/benchmarks-issue-9.md`, *2026-12-07, 13:00*);
+//! - **sqlx's** (`lock`): every other write (the rescue, heartbeats, releases, deliveries, sync
+//!   finishes, the purge, checkpoints), each a hand-off to sqlx's SQLite thread per statement.
 //!
 //! A pool of one cost more than an owned connection: sqlx's pool hands a released connection to
 //! a task it spawns, which pings the connection (one more hand-off to the SQLite thread) before
@@ -55,9 +56,9 @@ pub(super) struct Writer {
 }
 
 /// The two connections of the writer; only the turn's holder uses either.
-pub(super) struct Connections {
-    pub(super) sqlx: SqliteConnection,
-    pub(super) direct: rusqlite::Connection,
+struct Connections {
+    sqlx: SqliteConnection,
+    direct: rusqlite::Connection,
 }
 
 impl std::fmt::Debug for Connections {
