@@ -53,6 +53,8 @@ pub(super) struct Writer {
     /// Told after every write how full the log is; says when the next write must rewind it.
     wal: Arc<WalMonitor>,
     clock: Arc<TurnClock>,
+    /// How long a write waits for its turn: `TURN_TIMEOUT`, shorter in tests.
+    turn_timeout: Duration,
 }
 
 /// The two connections of the writer; only the turn's holder uses either.
@@ -71,6 +73,8 @@ impl std::fmt::Debug for Connections {
 /// thread's connection with the writer held, or is told why it cannot run.
 struct Turn {
     asked: std::time::Instant,
+    /// Past this, the turn has waited too long and does not run.
+    deadline: std::time::Instant,
     write: Box<dyn FnOnce(ConnOrWhyNot<'_>) + Send>,
 }
 
@@ -127,7 +131,14 @@ impl Writer {
             thread,
             wal,
             clock,
+            turn_timeout: TURN_TIMEOUT,
         }
+    }
+
+    /// The same writer with another turn timeout.
+    #[cfg(test)]
+    fn with_turn_timeout(self, turn_timeout: Duration) -> Self {
+        Self { turn_timeout, ..self }
     }
 
     /// The turns since start, and the time they held the writer and waited for it.
@@ -141,7 +152,7 @@ impl Writer {
     }
 
     /// Runs `write` on the writer thread's connection in its turn, and returns what it returned.
-    /// `PoolTimedOut`, with nothing written, when the turn did not come within `TURN_TIMEOUT`;
+    /// `PoolTimedOut`, with nothing written, when the turn did not come within the turn timeout;
     /// `PoolClosed` once the store is closed. Once a write has started, its caller waits for its
     /// outcome (SQLite's busy timeout bounds it), so a write never lands after its caller gave up.
     pub(super) async fn run<T: Send + 'static>(
@@ -149,8 +160,10 @@ impl Writer {
         write: impl FnOnce(&mut rusqlite::Connection) -> rusqlite::Result<T> + Send + 'static,
     ) -> Result<T, sqlx::Error> {
         let (done, outcome) = oneshot::channel();
+        let asked = std::time::Instant::now();
         let turn = Turn {
-            asked: std::time::Instant::now(),
+            asked,
+            deadline: asked + self.turn_timeout,
             write: Box::new(move |conn| {
                 let _ = done.send(conn.and_then(|conn| write(conn).map_err(direct_error)));
             }),
@@ -165,7 +178,7 @@ impl Writer {
     /// behind).
     pub(super) async fn lock(&self) -> Result<WriterGuard<'_>, sqlx::Error> {
         let asked = Instant::now();
-        let turn = tokio::time::timeout(TURN_TIMEOUT, self.conns.lock())
+        let turn = tokio::time::timeout(self.turn_timeout, self.conns.lock())
             .await
             .map_err(|_| sqlx::Error::PoolTimedOut)?;
         TurnClock::add(&self.clock.waited_ns, asked.elapsed());
@@ -201,7 +214,7 @@ impl Writer {
 
 /// The writer thread: each turn in the order sent, each with the writer held for exactly its
 /// statements (and the WAL's last guard, when due), as `lock` and `WriterGuard` do for sqlx's.
-/// A turn that waited past `TURN_TIMEOUT` does not run; one that panics loses its answer, and
+/// A turn that waited past its deadline (the turn timeout) does not run; one that panics loses its answer, and
 /// the thread goes on.
 fn thread_loop(
     conns: &Mutex<Option<Connections>>,
@@ -209,7 +222,7 @@ fn thread_loop(
     clock: &TurnClock,
     turns: std::sync::mpsc::Receiver<Turn>,
 ) {
-    for Turn { asked, write } in turns {
+    for Turn { asked, deadline, write } in turns {
         let mut held = conns.blocking_lock();
         let since = std::time::Instant::now();
         TurnClock::add(&clock.waited_ns, since - asked);
@@ -218,7 +231,7 @@ fn thread_loop(
             write(Err(sqlx::Error::PoolClosed));
             continue;
         };
-        if since - asked > TURN_TIMEOUT {
+        if since > deadline {
             drop(held);
             write(Err(sqlx::Error::PoolTimedOut));
             continue;
@@ -387,6 +400,38 @@ mod tests {
             .await;
         assert!(matches!(closed, Err(sqlx::Error::PoolClosed)), "{closed:?}");
         assert!(matches!(writer.lock().await, Err(sqlx::Error::PoolClosed)));
+    }
+
+    #[tokio::test]
+    async fn a_turn_on_the_writer_thread_that_waited_past_the_turn_timeout_writes_nothing() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let timeout = Duration::from_millis(50);
+        let writer = Arc::new(
+            Arc::into_inner(writer_in(&dir).await)
+                .expect("one owner")
+                .with_turn_timeout(timeout),
+        );
+        sqlx::query("CREATE TABLE t (x INTEGER)")
+            .execute(&mut *writer.lock().await.expect("turn"))
+            .await
+            .expect("create");
+
+        let turn = writer.lock().await.expect("turn");
+        let late_write = tokio::spawn({
+            let writer = writer.clone();
+            async move { writer.run(|conn| conn.execute("INSERT INTO t VALUES (1)", [])).await }
+        });
+        // Held past the timeout: when the writer is free again, the queued turn is too late.
+        tokio::time::sleep(timeout * 2).await;
+        drop(turn);
+
+        let late = late_write.await.expect("task");
+        assert!(matches!(late, Err(sqlx::Error::PoolTimedOut)), "{late:?}");
+        let rows: (i64,) = sqlx::query_as("SELECT count(*) FROM t")
+            .fetch_one(&mut *writer.lock().await.expect("turn"))
+            .await
+            .expect("count");
+        assert_eq!(rows.0, 0, "a write whose caller was told it timed out must not land");
     }
 
     #[tokio::test]
