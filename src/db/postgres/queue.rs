@@ -193,6 +193,8 @@ pub(super) async fn finish_and_claim(
             claimed.push(crate::db::claimed_job(row)?);
         }
     }
+    // RETURNING's order is not the claim's: oldest first, as the store promises.
+    claimed.sort_by(|a, b| (a.accepted_at, &a.lease.id).cmp(&(b.accepted_at, &b.lease.id)));
     let (applied, delivered) = applied(finishes, &done);
     Ok((applied, delivered, claimed))
 }
