@@ -131,6 +131,13 @@ where
     })
 }
 
+/// Puts claimed jobs in the queue's order, oldest first (by acceptance, then id), as the store
+/// promises: neither backend's `UPDATE ... RETURNING` gives its rows in the order it picked them.
+fn oldest_first(mut claimed: Vec<ClaimedJob>) -> Vec<ClaimedJob> {
+    claimed.sort_by(|a, b| (a.accepted_at, &a.lease.id).cmp(&(b.accepted_at, &b.lease.id)));
+    claimed
+}
+
 /// The stored form of a timestamp: RFC 3339, UTC, milliseconds, fixed width.
 pub fn timestamp(at: DateTime<Utc>) -> String {
     at.to_rfc3339_opts(SecondsFormat::Millis, true)

@@ -455,6 +455,62 @@ async fn finish_and_claim(backend: Backend) {
 }
 
 #[tokio::test]
+async fn claims_take_the_oldest_jobs_and_hand_them_over_oldest_first() {
+    claims_oldest_first(Backend::Postgres).await;
+}
+
+#[tokio::test]
+async fn claims_take_the_oldest_jobs_and_hand_them_over_oldest_first_on_sqlite() {
+    claims_oldest_first(Backend::Sqlite).await;
+}
+
+/// Both claims (alone, and with finishes) take the oldest pending jobs and return them oldest
+/// first, by acceptance time, whatever the order of their ids: the jobs here were accepted in an
+/// order unlike their ids', so a claim that returned its rows in the order the database updated
+/// them (by id, or by a hash join's) would fail.
+async fn claims_oldest_first(backend: Backend) {
+    let Some(setup) = TestSetup::new(backend).await else {
+        return;
+    };
+    let store = open_store(&setup.config).await;
+    let base = chrono::Utc::now() - chrono::TimeDelta::minutes(1);
+    // Ids ascend with the index (UUIDv7); the acceptance times follow this permutation.
+    let order = [5, 2, 7, 0, 3, 6, 1, 4];
+    let jobs: Vec<NewJob> = order
+        .iter()
+        .map(|&k| NewJob {
+            created_at: sync_async::db::timestamp(base + chrono::TimeDelta::seconds(k)),
+            ..new_job()
+        })
+        .collect();
+    for job in &jobs {
+        assert_eq!(store.accept_job(job, None, 10).await.expect("accept"), Accepted::Stored);
+    }
+    let mut oldest_first: Vec<&str> = Vec::new();
+    for k in 0..jobs.len() {
+        let position = order.iter().position(|&o| o == k as i64).expect("in the permutation");
+        oldest_first.push(jobs[position].id.as_str());
+    }
+    let ids = |claimed: &[sync_async::db::ClaimedJob]| -> Vec<String> {
+        claimed.iter().map(|c| c.lease.id.clone()).collect()
+    };
+
+    let first = store
+        .claim_jobs("replica-a", 5, Duration::from_secs(30))
+        .await
+        .expect("claim");
+    assert_eq!(ids(&first), oldest_first[..5]);
+
+    let (applied, rest) = store
+        .finish_and_claim("replica-a", &[finish(&first[0], json!(1))], 5, Duration::from_secs(30))
+        .await
+        .expect("finish and claim");
+    assert_eq!(applied, vec![true]);
+    assert_eq!(ids(&rest), oldest_first[5..]);
+    store.close().await;
+}
+
+#[tokio::test]
 async fn a_job_with_a_callback_that_ends_gets_its_delivery_whoever_ends_it() {
     outbox_writes_deliveries(Backend::Postgres).await;
 }

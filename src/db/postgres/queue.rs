@@ -83,12 +83,13 @@ pub(super) async fn claim_jobs(
     )))
     .bind(owner)
     .bind(secs(lease));
-    super::bind_limit(query, max)
+    let claimed = super::bind_limit(query, max)
         .fetch_all(pool)
         .await?
         .iter()
         .map(crate::db::claimed_job)
-        .collect()
+        .collect::<Result<_, _>>()?;
+    Ok(crate::db::oldest_first(claimed))
 }
 
 /// Binds the finishes as the arrays `$2`..`$9` of `finished_ctes` (`$1`, the owner, is bound).
@@ -193,10 +194,8 @@ pub(super) async fn finish_and_claim(
             claimed.push(crate::db::claimed_job(row)?);
         }
     }
-    // RETURNING's order is not the claim's: oldest first, as the store promises.
-    claimed.sort_by(|a, b| (a.accepted_at, &a.lease.id).cmp(&(b.accepted_at, &b.lease.id)));
     let (applied, delivered) = applied(finishes, &done);
-    Ok((applied, delivered, claimed))
+    Ok((applied, delivered, crate::db::oldest_first(claimed)))
 }
 
 /// Puts claimed jobs back as pending, giving back the attempt their claim took. Returns how many

@@ -106,7 +106,8 @@ pub(super) async fn claim_jobs(
     let rows = writer
         .run(move |conn| job_rows(conn, CLAIM_JOBS, params![owner, lease, max]))
         .await?;
-    rows.into_iter().map(JobRow::claimed).collect()
+    let claimed = rows.into_iter().map(JobRow::claimed).collect::<Result<_, _>>()?;
+    Ok(crate::db::oldest_first(claimed))
 }
 
 /// A claim's limit, bound.
@@ -235,9 +236,8 @@ fn finished_and_claimed(
             });
         }
     }
-    claimed.sort_by(|a, b| (a.accepted_at, &a.lease.id).cmp(&(b.accepted_at, &b.lease.id)));
     let applied = finishes.iter().map(|f| finished.contains(&f.lease)).collect();
-    Ok((applied, claimed))
+    Ok((applied, crate::db::oldest_first(claimed)))
 }
 
 /// Puts claimed jobs back as pending, giving back the attempt their claim took. Returns how
