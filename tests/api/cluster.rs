@@ -486,11 +486,10 @@ async fn claims_oldest_first(backend: Backend) {
     for job in &jobs {
         assert_eq!(store.accept_job(job, None, 10).await.expect("accept"), Accepted::Stored);
     }
-    let mut oldest_first: Vec<&str> = Vec::new();
-    for k in 0..jobs.len() {
-        let position = order.iter().position(|&o| o == k as i64).expect("in the permutation");
-        oldest_first.push(jobs[position].id.as_str());
-    }
+    // The stored timestamps are fixed-width RFC 3339, so their text sorts as their times do.
+    let mut by_acceptance: Vec<&NewJob> = jobs.iter().collect();
+    by_acceptance.sort_by_key(|job| &job.created_at);
+    let oldest_first: Vec<&str> = by_acceptance.iter().map(|job| job.id.as_str()).collect();
     let ids = |claimed: &[sync_async::db::ClaimedJob]| -> Vec<String> {
         claimed.iter().map(|c| c.lease.id.clone()).collect()
     };

@@ -214,8 +214,8 @@ impl Writer {
 
 /// The writer thread: each turn in the order sent, each with the writer held for exactly its
 /// statements (and the WAL's last guard, when due), as `lock` and `WriterGuard` do for sqlx's.
-/// A turn that waited past its deadline (the turn timeout) does not run; one that panics loses its answer, and
-/// the thread goes on.
+/// A turn that waited past its deadline (the turn timeout) does not run; one that panics loses
+/// its answer, and the thread goes on.
 fn thread_loop(
     conns: &Mutex<Option<Connections>>,
     wal: &WalMonitor,
