@@ -36,7 +36,8 @@ const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(60);
 /// bad setting.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    /// The database is unreachable, refuses the credentials, or its schema cannot be migrated.
+    /// The database is unreachable, refuses the credentials, or its schema cannot be migrated; or
+    /// the SQLite file cannot be created, or another server is using it.
     #[error("the database cannot be used: {0}")]
     Database(#[from] db::ConnectError),
     #[error(transparent)]
@@ -77,7 +78,7 @@ impl App {
         let dashboard = Dashboard::new(&config, bound).context("setting up the dashboard")?;
         let target = config.database();
         let instance_lock = match &target {
-            DatabaseTarget::Sqlite { path, .. } => Some(lock_instance(path)?),
+            DatabaseTarget::Sqlite { path, .. } => Some(lock_instance(path).map_err(db::ConnectError::from)?),
             DatabaseTarget::Postgres { .. } => None,
         };
         let liveness = Liveness::new();

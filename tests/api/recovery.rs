@@ -247,14 +247,17 @@ async fn a_second_server_on_the_same_database_refuses_to_start() {
         .env("DATABASE_PATH", &db)
         .output()
         .expect("runs");
+    // Before any assertion: a first server left running would hold the test run's output open.
+    terminate(&first);
 
-    assert_eq!(output.status.code(), Some(1));
+    // Like any database it cannot use: exit code 2 and one line.
     let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
     assert!(
         stderr.contains("another sync-async server is already using"),
         "{stderr}"
     );
-    terminate(&first);
 }
 
 #[tokio::test]

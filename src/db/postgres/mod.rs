@@ -19,8 +19,9 @@ use std::time::Duration;
 
 use anyhow::Context;
 use async_trait::async_trait;
+use sqlx::Connection;
 use sqlx::PgPool;
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgPoolOptions};
 
 use super::rows::*;
 use super::store::*;
@@ -117,17 +118,9 @@ pub async fn connect(
         ])
     };
     let (durable_max, queue_max, main_max) = connection_shares(max_connections);
-    let open = |max, options| async move {
-        PgPoolOptions::new()
-            .max_connections(max)
-            .acquire_timeout(ACQUIRE_TIMEOUT)
-            .connect_with(options)
-            .await
-            .context("connecting to PostgreSQL")
-    };
-    let pool = open(main_max, session(MAIN_SYNCHRONOUS_COMMIT, "auto")).await?;
-    let durable = open(durable_max, session(DURABLE_SYNCHRONOUS_COMMIT, "auto")).await?;
-    let queue = open(queue_max, session(MAIN_SYNCHRONOUS_COMMIT, QUEUE_PLAN_CACHE_MODE)).await?;
+    let pool = open_pool(main_max, session(MAIN_SYNCHRONOUS_COMMIT, "auto")).await?;
+    let durable = open_pool(durable_max, session(DURABLE_SYNCHRONOUS_COMMIT, "auto")).await?;
+    let queue = open_pool(queue_max, session(MAIN_SYNCHRONOUS_COMMIT, QUEUE_PLAN_CACHE_MODE)).await?;
     sqlx::migrate!("./migrations/postgres")
         .run(&pool)
         .await
@@ -149,6 +142,44 @@ pub async fn connect(
         announce,
         backlog,
     })
+}
+
+/// Opens a pool of up to `max` sessions, or says in one line which server failed and why. The
+/// pool tries a refused connection again until its timeout and then reports only the timeout, so
+/// one direct attempt finds the cause ("Connection refused"). A server's own refusal is given as
+/// its message alone: sqlx's text adds PostgreSQL's source line, and repeats in the error's source.
+async fn open_pool(max: u32, options: PgConnectOptions) -> anyhow::Result<PgPool> {
+    let opened = PgPoolOptions::new()
+        .max_connections(max)
+        .acquire_timeout(ACQUIRE_TIMEOUT)
+        .connect_with(options.clone())
+        .await;
+    let error = match opened {
+        Ok(pool) => return Ok(pool),
+        Err(sqlx::Error::PoolTimedOut) => {
+            match tokio::time::timeout(ACQUIRE_TIMEOUT, PgConnection::connect_with(&options)).await {
+                Ok(Err(cause)) => cause,
+                // It answered this time: the timeout is still what happened.
+                Ok(Ok(connection)) => {
+                    let _ = connection.close().await;
+                    sqlx::Error::PoolTimedOut
+                }
+                Err(_) => sqlx::Error::PoolTimedOut,
+            }
+        }
+        Err(e) => e,
+    };
+    let cause = match &error {
+        sqlx::Error::Database(e) => e.message().to_owned(),
+        sqlx::Error::Io(e) => e.to_string(),
+        sqlx::Error::PoolTimedOut => format!("no connection within {} s", ACQUIRE_TIMEOUT.as_secs()),
+        other => other.to_string(),
+    };
+    anyhow::bail!(
+        "connecting to PostgreSQL at {}:{}: {cause}",
+        options.get_host(),
+        options.get_port()
+    )
 }
 
 impl PgStore {
