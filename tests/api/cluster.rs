@@ -5,7 +5,6 @@
 //! answers (fails instead when `CI` is set).
 
 use std::collections::{HashMap, HashSet};
-use std::process::Child;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,14 +13,14 @@ use sync_async::db::{Accepted, Completion, JobFinish, NewJob};
 use sync_async::model::Status;
 
 use crate::helpers::{
-    Backend, TestReceiver, TestSetup, fetch_json, kill_hard, open_store, quick_payload, slow_payload, spawn_app_in,
-    start_server, wait_until,
+    Backend, Server, TestReceiver, TestSetup, fetch_json, kill_hard, open_store, quick_payload, slow_payload,
+    spawn_app_in, start_server, wait_until,
 };
 use crate::pg::TestDatabase;
 
-/// A server process that is killed when the test ends, however it ends.
+/// A server process that is killed when the test ends, however it ends (see `Server`).
 struct Replica {
-    child: Child,
+    child: Server,
     addr: String,
 }
 
@@ -43,14 +42,6 @@ impl Replica {
 
     fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.addr)
-    }
-}
-
-impl Drop for Replica {
-    fn drop(&mut self) {
-        // SIGKILL (a replica killed earlier in the test is already gone: nothing to do).
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

@@ -344,16 +344,45 @@ impl TestReceiver {
 /// The server binary, for tests that need a real process (signals, crashes).
 pub(crate) const BIN: &str = env!("CARGO_BIN_EXE_sync-async");
 
+/// A server process that is killed when its test ends, however it ends: a failed assertion must
+/// not leave it running, where it would hold the test run's output open and the run would hang.
+/// It derefs to its `Child`, for `terminate`, `kill_hard` and `wait`.
+pub(crate) struct Server(Child);
+
+impl std::ops::Deref for Server {
+    type Target = Child;
+
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Server {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        // A server the test waited for (stopped, or killed) is gone: nothing to do.
+        if matches!(self.0.try_wait(), Ok(None)) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
 /// Starts the server binary with `env` on port 0 and returns it with its bound address, read from
 /// its first JSON log line that says "listening". With the reference engine amounts, unless `env`
 /// says otherwise: a measurement would cost every start 2 s.
-pub(crate) fn start_server(env: &[(&str, String)]) -> (Child, String) {
+pub(crate) fn start_server(env: &[(&str, String)]) -> (Server, String) {
     let (child, addr, _) = start_server_logging(env);
     (child, addr)
 }
 
 /// `start_server`, also returning the JSON log lines the server printed before "listening".
-pub(crate) fn start_server_logging(env: &[(&str, String)]) -> (Child, String, Vec<serde_json::Value>) {
+pub(crate) fn start_server_logging(env: &[(&str, String)]) -> (Server, String, Vec<serde_json::Value>) {
     let mut child = Command::new(BIN)
         // Away from the project root: a developer's .env must not change what is tested.
         .current_dir(std::env::temp_dir())
@@ -367,6 +396,7 @@ pub(crate) fn start_server_logging(env: &[(&str, String)]) -> (Child, String, Ve
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
+        .map(Server)
         .expect("server starts");
     let stdout = child.stdout.take().expect("stdout");
     let mut lines = BufReader::new(stdout).lines();

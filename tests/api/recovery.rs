@@ -247,7 +247,6 @@ async fn a_second_server_on_the_same_database_refuses_to_start() {
         .env("DATABASE_PATH", &db)
         .output()
         .expect("runs");
-    // Before any assertion: a first server left running would hold the test run's output open.
     terminate(&first);
 
     // Like any database it cannot use: exit code 2 and one line.
