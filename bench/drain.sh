@@ -32,6 +32,7 @@ one() { # one <server binary>
   env "${env[@]}" "$1" >"$tmp/server.log" 2>&1 &
   server=$!
   for _ in $(seq 100); do curl -sf "http://127.0.0.1:$PORT/healthz" >/dev/null && break; sleep 0.1; done
+  curl -sf "http://127.0.0.1:$PORT/healthz" >/dev/null || { echo "$1 did not start:"; cat "$tmp/server.log"; return 1; }
   c0=$(cpu_of $server); p0=$(postgres_cpu)
   "$LOADTEST" --mode async --no-callback --concurrency 30 --duration "${SECS}s" --warmup 1s \
     --operation prime --complexity 1 --data '{"n": 1}' --url "http://127.0.0.1:$PORT" --quiet \

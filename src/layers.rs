@@ -9,6 +9,7 @@ use axum::extract::{DefaultBodyLimit, FromRef, MatchedPath, Request, State};
 use axum::http::{HeaderName, HeaderValue, Method, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
+use tower::ServiceBuilder;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
@@ -45,11 +46,12 @@ pub(crate) fn router(state: AppState, dashboard: Dashboard) -> Router {
         },
         rate_limit::enforce,
     ));
-    let app = api
-        .merge(dashboard::router(dashboard.clone()))
-        .layer(middleware::from_fn_with_state(state.auth.clone(), auth::authenticate))
-        // Outside the keys: a dashboard page refused for want of a key shows the sign-in form.
-        .layer(middleware::map_response_with_state(dashboard, dashboard::offer_sign_in));
+    let app = api.merge(dashboard::router(dashboard.clone())).layer(
+        ServiceBuilder::new()
+            // Outside the keys: a dashboard page refused for want of a key shows the sign-in form.
+            .layer(middleware::map_response_with_state(dashboard, dashboard::offer_sign_in))
+            .layer(middleware::from_fn_with_state(state.auth.clone(), auth::authenticate)),
+    );
     let app = if base_path.is_empty() {
         app
     } else {
@@ -59,38 +61,42 @@ pub(crate) fn router(state: AppState, dashboard: Dashboard) -> Router {
 }
 
 /// Wraps `routes` in the layer stack; the tests put a route that panics under the same stack.
+/// One `ServiceBuilder` (outermost first) is one layer on the router: each layer given to
+/// `Router::layer` on its own boxes the route again, a clone and two allocations per request.
 fn with_layers(routes: Router<AppState>, state: &AppState, tracking: HttpTracking) -> Router<AppState> {
     let x_request_id = HeaderName::from_static("x-request-id");
-    routes
-        .layer(DefaultBodyLimit::max(state.config.max_payload_bytes()))
-        // Inside the metrics and the request id, so a panic is counted and answered like any
-        // 500; around the rate limiter and the handlers, where a bug could panic.
-        .layer(CatchPanicLayer::custom(answer_panic))
-        .layer(middleware::from_fn_with_state(tracking, track_http))
-        .layer(cors(&state.config))
-        .layer(PropagateRequestIdLayer::new(x_request_id.clone()))
-        .layer(
-            TraceLayer::new_for_http()
-                .make_span_with(|req: &Request| {
-                    let x_request_id = req
-                        .headers()
-                        .get("x-request-id")
-                        .and_then(|v| v.to_str().ok())
-                        .unwrap_or("");
-                    tracing::info_span!(
-                        "http",
-                        method = %req.method(),
-                        path = %req.uri().path(),
-                        x_request_id,
-                        request_id = tracing::field::Empty,
-                    )
-                })
-                .on_request(DefaultOnRequest::new().level(Level::DEBUG))
-                .on_response(DefaultOnResponse::new().level(Level::DEBUG))
-                // Failures are logged once where they happen (ApiError), not again here.
-                .on_failure(()),
-        )
-        .layer(SetRequestIdLayer::new(x_request_id, MakeRequestUuid))
+    routes.layer(
+        ServiceBuilder::new()
+            .layer(SetRequestIdLayer::new(x_request_id.clone(), MakeRequestUuid))
+            .layer(
+                TraceLayer::new_for_http()
+                    .make_span_with(|req: &Request| {
+                        let x_request_id = req
+                            .headers()
+                            .get("x-request-id")
+                            .and_then(|v| v.to_str().ok())
+                            .unwrap_or("");
+                        tracing::info_span!(
+                            "http",
+                            method = %req.method(),
+                            path = %req.uri().path(),
+                            x_request_id,
+                            request_id = tracing::field::Empty,
+                        )
+                    })
+                    .on_request(DefaultOnRequest::new().level(Level::DEBUG))
+                    .on_response(DefaultOnResponse::new().level(Level::DEBUG))
+                    // Failures are logged once where they happen (ApiError), not again here.
+                    .on_failure(()),
+            )
+            .layer(PropagateRequestIdLayer::new(x_request_id))
+            .layer(cors(&state.config))
+            .layer(middleware::from_fn_with_state(tracking, track_http))
+            // Inside the metrics and the request id, so a panic is counted and answered like any
+            // 500; around the rate limiter and the handlers, where a bug could panic.
+            .layer(CatchPanicLayer::custom(answer_panic))
+            .layer(DefaultBodyLimit::max(state.config.max_payload_bytes())),
+    )
 }
 
 /// A panic in a handler or a middleware becomes a problem+json 500, logged once with its
