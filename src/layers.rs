@@ -210,16 +210,31 @@ mod tests {
             metrics: state.metrics.clone(),
             rates: Arc::new(Rates::new("")),
         };
+        let metrics = state.metrics.clone();
         let service = with_layers(routes, &state, tracking).with_state(state);
 
         let response = service
-            .oneshot(Request::get("/panics").body(Body::empty()).expect("request"))
+            .oneshot(
+                Request::get("/panics")
+                    .header(header::ORIGIN, "https://app.example")
+                    .body(Body::empty())
+                    .expect("request"),
+            )
             .await
             .expect("an answer, not a panic");
 
         assert_eq!(response.status(), 500);
         assert_eq!(response.headers()[header::CONTENT_TYPE], crate::error::PROBLEM_JSON);
         assert!(response.headers().contains_key("x-request-id"));
+        // The layers' order: the panic guard sits inside the HTTP metrics and CORS, so the 500 is
+        // counted under its route and a browser may read it.
+        let counted = RouteLabels {
+            method: "GET".to_owned(),
+            route: "/panics".to_owned(),
+            status: 500,
+        };
+        assert_eq!(metrics.http_requests.get_or_create(&counted).get(), 1);
+        assert!(response.headers().contains_key(header::ACCESS_CONTROL_ALLOW_ORIGIN));
         let body = axum::body::to_bytes(response.into_body(), 64 * 1024)
             .await
             .expect("body");
