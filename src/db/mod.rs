@@ -3,6 +3,7 @@
 //! (`postgres/`, for several replicas on one database).
 //! All SQL in the project lives under this module, and what comes out of it are plain rows.
 
+mod listing;
 pub mod postgres;
 mod rows;
 pub mod sqlite;

@@ -8,6 +8,8 @@ mod backlog;
 mod deliveries;
 mod group_commit;
 mod notify;
+#[cfg(test)]
+mod plans;
 mod queue;
 mod reads;
 mod upkeep;
@@ -432,7 +434,7 @@ impl Store for PgStore {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use sqlx::Connection;
 
@@ -443,7 +445,7 @@ mod tests {
 
     /// A fresh database with the schema, its store, and the admin connection that drops it
     /// (`drop_scratch`); `None` when no PostgreSQL answers and `CI` is unset.
-    async fn scratch() -> Option<(sqlx::PgConnection, String, PgStore)> {
+    pub(super) async fn scratch() -> Option<(sqlx::PgConnection, String, PgStore)> {
         let admin = admin_url();
         let mut conn = match sqlx::PgConnection::connect(&admin).await {
             Ok(conn) => conn,
@@ -467,7 +469,7 @@ mod tests {
         Some((conn, name, store))
     }
 
-    async fn drop_scratch(mut conn: sqlx::PgConnection, name: &str, store: PgStore) {
+    pub(super) async fn drop_scratch(mut conn: sqlx::PgConnection, name: &str, store: PgStore) {
         store.close().await;
         sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE {name} WITH (FORCE)")))
             .execute(&mut conn)
@@ -575,37 +577,5 @@ mod tests {
         }
         drop_scratch(conn, &name, store).await;
         assert_eq!(seen, [(40, 40), (40, 40), (37, 37), (35, 35)]);
-    }
-
-    /// The sync rescue runs in every replica every few seconds: with a backlog of waiting jobs
-    /// and the statistics to see it, it must reach only the requests in flight.
-    #[tokio::test]
-    async fn the_sync_rescue_reads_the_requests_in_flight_not_the_backlog() {
-        let Some((conn, name, store)) = scratch().await else {
-            return;
-        };
-        for sql in [
-            "INSERT INTO requests (id, mode, payload, status, created_at) \
-             SELECT 'a' || g, 'async', '{}', 'pending', now() FROM generate_series(1, 20000) g",
-            "INSERT INTO requests (id, mode, payload, status, created_at, lease_owner, lease_expires_at) \
-             SELECT 's' || g, 'sync', '{}', 'processing', now(), 'r1', now() + interval '30 s' \
-             FROM generate_series(1, 5) g",
-            "ANALYZE requests",
-        ] {
-            sqlx::query(sql).execute(&store.pool).await.expect(sql);
-        }
-        let plan: String =
-            sqlx::query_scalar::<_, String>(sqlx::AssertSqlSafe(format!("EXPLAIN {}", queue::RESCUE_SYNC)))
-                .bind(false)
-                .bind("gone")
-                .fetch_all(&store.pool)
-                .await
-                .expect("explain")
-                .join("\n");
-        drop_scratch(conn, &name, store).await;
-        assert!(
-            plan.contains("requests_leased") && !plan.contains("requests_by_status"),
-            "{plan}"
-        );
     }
 }

@@ -317,7 +317,7 @@ const DELIVERY_GAVE_UP: &str =
 
 /// Sync requests whose replica is gone (their lease expired): failed. Through `requests_leased`,
 /// the requests in flight; written `mode = 'sync' AND status IN ('pending', 'processing')`, the
-/// planner took `requests_by_status` and read the whole backlog (17 ms at 100,000 waiting jobs,
+/// planner took an index by status (dropped since, migration 0003) and read the whole backlog (17 ms at 100,000 waiting jobs,
 /// in every replica's every rescue). Sync requests are stored `processing` with a lease, so none
 /// is ever `pending` here.
 pub(super) const RESCUE_SYNC: &str = "UPDATE requests SET status = 'failed', error = $2, completed_at = now(), \

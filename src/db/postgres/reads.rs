@@ -9,6 +9,7 @@ use sqlx::types::Json;
 use sqlx::{PgPool, Postgres, QueryBuilder, Row};
 
 use super::secs;
+use crate::db::listing::{self, push_filter};
 use crate::db::{DeliveryRow, ListQuery, ReplicaRow, RequestRow, Summary};
 use crate::model::{DeliveryStatus, Mode, Status};
 
@@ -68,22 +69,36 @@ pub(super) async fn get(pool: &PgPool, id: &str) -> Result<Option<RequestRow>, s
     row.as_ref().map(request_row).transpose()
 }
 
-/// One page of requests, newest first, and the total that match.
+/// One page of requests, newest first, and the total that match, both from one snapshot.
 pub(super) async fn list(pool: &PgPool, query: &ListQuery) -> Result<(i64, Vec<RequestRow>), sqlx::Error> {
+    let mut snapshot = pool
+        .begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        .await?;
     let total: i64 = if query.tenant.is_none() && query.delivery.is_none() {
         // Filtered by mode and status at most: the running totals have the count (16 shards
         // of a few rows, where a count(*) reads every matching row's index entry).
-        total(pool, query.mode, query.status).await?
+        total(&mut *snapshot, query.mode, query.status).await?
     } else {
         let mut count = QueryBuilder::<Postgres>::new(
             "SELECT count(*) FROM requests r LEFT JOIN deliveries d ON d.request_id = r.id",
         );
         push_filter(&mut count, query);
-        count.build_query_scalar().fetch_one(pool).await?
+        count.build_query_scalar().fetch_one(&mut *snapshot).await?
     };
+    let limit = listing::page_limit(query, total);
+    let rows = if limit > 0 {
+        page("", query, limit).build().fetch_all(&mut *snapshot).await?
+    } else {
+        Vec::new()
+    };
+    snapshot.commit().await?;
+    Ok((total, rows.iter().map(request_row).collect::<Result<_, _>>()?))
+}
 
+/// The statement of one page of at most `limit` rows, after `prefix` (`EXPLAIN ` in `plans`).
+pub(super) fn page(prefix: &str, query: &ListQuery, limit: i64) -> QueryBuilder<Postgres> {
     let mut page = QueryBuilder::<Postgres>::new(format!(
-        "SELECT {COLUMNS} FROM requests r LEFT JOIN deliveries d ON d.request_id = r.id"
+        "{prefix}SELECT {COLUMNS} FROM requests r LEFT JOIN deliveries d ON d.request_id = r.id"
     ));
     let sep = push_filter(&mut page, query);
     if let Some(before) = &query.before_id {
@@ -92,42 +107,11 @@ pub(super) async fn list(pool: &PgPool, query: &ListQuery) -> Result<(i64, Vec<R
             .push_bind(before.clone())
             .push(")");
     }
+    // `requests_by_created` is ascending: read backwards, it gives this order with no sort.
     page.push(" ORDER BY r.created_at DESC, r.id DESC LIMIT ")
-        .push_bind(i64::from(query.limit));
+        .push_bind(limit);
     page.push(" OFFSET ").push_bind(i64::from(query.offset));
-    let rows = page.build().fetch_all(pool).await?;
-    Ok((total, rows.iter().map(request_row).collect::<Result<_, _>>()?))
-}
-
-fn push_filter(q: &mut QueryBuilder<Postgres>, query: &ListQuery) -> &'static str {
-    let mut sep = " WHERE ";
-    if let Some(tenant) = &query.tenant {
-        q.push(sep).push("r.tenant = ").push_bind(tenant.clone());
-        sep = " AND ";
-    }
-    if let Some(mode) = query.mode {
-        q.push(sep).push("r.mode = ").push_bind(mode.as_str());
-        sep = " AND ";
-    }
-    if let Some(status) = query.status {
-        q.push(sep).push("r.status = ").push_bind(status.as_str());
-        sep = " AND ";
-    }
-    if let Some(state) = query.delivery {
-        let condition = match state {
-            "pending" => {
-                "r.callback_url IS NOT NULL AND (d.status IS NULL OR (d.status = 'pending' AND d.attempts = 0))"
-            }
-            "retrying" => "d.status = 'pending' AND d.attempts > 0",
-            _ => "d.status = ",
-        };
-        q.push(sep).push(condition);
-        if !matches!(state, "pending" | "retrying") {
-            q.push_bind(state);
-        }
-        sep = " AND ";
-    }
-    sep
+    page
 }
 
 /// The cluster's totals: the counter shards summed (a few dozen rows, however many requests).
@@ -148,14 +132,18 @@ pub(super) async fn summary(pool: &PgPool) -> Result<Summary, sqlx::Error> {
 /// The requests in `mode` and `status` (either or both `None`: any), from the running totals:
 /// as exact as a `count(*)` of the committed rows (the triggers keep them in the writing
 /// transaction), at the price of a few dozen rows, however many requests match.
-async fn total(pool: &PgPool, mode: Option<Mode>, status: Option<Status>) -> Result<i64, sqlx::Error> {
+async fn total(
+    conn: impl sqlx::PgExecutor<'_>,
+    mode: Option<Mode>,
+    status: Option<Status>,
+) -> Result<i64, sqlx::Error> {
     sqlx::query_scalar(
         "SELECT COALESCE(sum(count), 0)::int8 FROM request_stats \
          WHERE ($1::text IS NULL OR mode = $1) AND ($2::text IS NULL OR status = $2)",
     )
     .bind(mode.map(Mode::as_str))
     .bind(status.map(Status::as_str))
-    .fetch_one(pool)
+    .fetch_one(conn)
     .await
 }
 

@@ -9,6 +9,7 @@ use sqlx::types::Json;
 use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool};
 
 use super::plus;
+use crate::db::listing::{self, push_filter};
 use crate::db::{DeliveryRow, ListQuery, ReplicaRow, RequestRow, Summary};
 use crate::model::{DeliveryStatus, Mode, Status};
 
@@ -88,14 +89,7 @@ pub(super) async fn list(readers: &SqlitePool, query: &ListQuery) -> Result<(i64
         push_filter(&mut count, query);
         count.build_query_scalar().fetch_one(&mut *snapshot).await?
     };
-    // Without a cursor, at most `total - offset` rows can be on the page. Saying so stops the
-    // scan at the last of them: a filter with no index of its own (`done`, `async`) is read
-    // from `requests_by_created`, and a LIMIT larger than the rows that match would read on to
-    // the oldest request.
-    let mut limit = i64::from(query.limit);
-    if query.before_id.is_none() {
-        limit = limit.min(total - i64::from(query.offset));
-    }
+    let limit = listing::page_limit(query, total);
     let rows = if limit > 0 {
         page(query, limit).build().fetch_all(&mut *snapshot).await?
     } else {
@@ -129,49 +123,6 @@ pub(super) fn page(query: &ListQuery, limit: i64) -> QueryBuilder<Sqlite> {
         .push_bind(limit);
     page.push(" OFFSET ").push_bind(i64::from(query.offset));
     page
-}
-
-/// Pushes the filters; returns the separator the next condition needs. Mode and status are
-/// written as literals, not bound: SQLite uses a partial index (`requests_failed`,
-/// `requests_sync`, `requests_claimable`) only when the query's WHERE names its condition's
-/// value.
-fn push_filter(q: &mut QueryBuilder<Sqlite>, query: &ListQuery) -> &'static str {
-    let mut sep = " WHERE ";
-    if let Some(tenant) = &query.tenant {
-        q.push(sep).push("r.tenant = ").push_bind(tenant.clone());
-        sep = " AND ";
-    }
-    if let Some(mode) = query.mode {
-        q.push(sep).push("r.mode = '").push(mode.as_str()).push("'");
-        sep = " AND ";
-    }
-    if let Some(status) = query.status {
-        q.push(sep).push("r.status = '").push(status.as_str()).push("'");
-        sep = " AND ";
-        if status == Status::Pending && query.mode.is_none() {
-            // Every pending request is async (the rescue at start fails the sync requests that
-            // older builds left pending, and none is written any more): said outright, the
-            // page reads the claim's own index, `requests_claimable`.
-            q.push(sep).push("r.mode = 'async'");
-        }
-    }
-    if let Some(state) = query.delivery {
-        // The same states as `delivery_stats`; a callback whose job is unfinished has no
-        // delivery row yet and counts as pending, as `get` shows it.
-        let condition = match state {
-            "pending" => {
-                "r.callback_url IS NOT NULL AND (d.status IS NULL OR (d.status = 'pending' AND d.attempts = 0))"
-            }
-            "retrying" => "d.status = 'pending' AND d.attempts > 0",
-            _ => "d.status = ",
-        };
-        q.push(sep).push(condition);
-        if !matches!(state, "pending" | "retrying") {
-            q.push_bind(state);
-        }
-        sep = " AND ";
-    }
-    sep
 }
 
 /// Counts by mode and status, deliveries by state and the mean engine time, from the running
