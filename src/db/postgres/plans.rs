@@ -32,19 +32,16 @@ const FILL: [&str; 7] = [
     "ANALYZE requests",
 ];
 
-async fn filled(pool: &PgPool) {
+async fn filled(pool: &PgPool) -> Result<(), sqlx::Error> {
     for sql in FILL {
-        sqlx::query(sql).execute(pool).await.expect(sql);
+        sqlx::query(sql).execute(pool).await?;
     }
+    Ok(())
 }
 
 /// The plan of `q`, one node per line, without costs.
-async fn plan(pool: &PgPool, mut q: QueryBuilder<Postgres>) -> String {
-    q.build_query_scalar::<String>()
-        .fetch_all(pool)
-        .await
-        .unwrap_or_else(|e| panic!("{e}"))
-        .join("\n")
+async fn plan(pool: &PgPool, mut q: QueryBuilder<Postgres>) -> Result<String, sqlx::Error> {
+    Ok(q.build_query_scalar::<String>().fetch_all(pool).await?.join("\n"))
 }
 
 #[tokio::test]
@@ -52,18 +49,18 @@ async fn the_sync_rescue_reads_the_requests_in_flight_not_the_backlog() {
     let Some((conn, name, store)) = scratch().await else {
         return;
     };
-    filled(&store.pool).await;
-    let seen = sqlx::query_scalar::<_, String>(sqlx::AssertSqlSafe(format!(
-        "EXPLAIN (COSTS OFF) {}",
-        queue::RESCUE_SYNC
-    )))
-    .bind(false)
-    .bind("gone")
-    .fetch_all(&store.pool)
-    .await
-    .expect("explain")
-    .join("\n");
+    // Every step's error is held until the database is dropped, so that a failure leaves none.
+    let explained = async {
+        filled(&store.pool).await?;
+        let rescue = sqlx::query_scalar::<_, String>(sqlx::AssertSqlSafe(format!(
+            "EXPLAIN (COSTS OFF) {}",
+            queue::RESCUE_SYNC
+        )));
+        Ok::<_, sqlx::Error>(rescue.bind(false).bind("gone").fetch_all(&store.pool).await?.join("\n"))
+    }
+    .await;
     drop_scratch(conn, &name, store).await;
+    let seen = explained.expect("explain the sync rescue");
     // Planned for 17 ms at 100,000 waiting jobs, in every replica's every rescue, it once read
     // the whole backlog through an index by status.
     assert!(seen.contains("requests_leased") && !seen.contains("Seq Scan"), "{seen}");
@@ -74,7 +71,6 @@ async fn pages_of_requests_are_read_newest_first_through_the_filters_index() {
     let Some((conn, name, store)) = scratch().await else {
         return;
     };
-    filled(&store.pool).await;
     let filtered = |mode: Option<Mode>, status: Option<Status>| ListQuery {
         mode,
         status,
@@ -106,23 +102,30 @@ async fn pages_of_requests_are_read_newest_first_through_the_filters_index() {
             "requests_by_tenant",
         ),
     ];
-    let mut wrong = Vec::new();
-    for (query, index) in &cases {
-        let seen = plan(&store.pool, reads::page("EXPLAIN (COSTS OFF) ", query, 20)).await;
-        // The page's own scan of `requests` (the cursor's lookup reads it by id, unaliased).
-        let scans: Vec<&str> = seen.lines().filter(|l| l.ends_with(" on requests r")).collect();
-        let through = scans.len() == 1 && scans[0].contains(&format!(" using {index} "));
-        if !through || seen.contains("Sort") {
-            wrong.push(format!("{query:?}: wanted {index}, no sort\n{seen}"));
+    // Every step's error is held until the database is dropped, so that a failure leaves none.
+    let explained = async {
+        filled(&store.pool).await?;
+        let mut wrong = Vec::new();
+        for (query, index) in &cases {
+            let seen = plan(&store.pool, reads::page("EXPLAIN (COSTS OFF) ", query, 20)).await?;
+            // The page's own scan of `requests` (the cursor's lookup reads it by id, unaliased).
+            let scans: Vec<&str> = seen.lines().filter(|l| l.ends_with(" on requests r")).collect();
+            let through = scans.len() == 1 && scans[0].contains(&format!(" using {index} "));
+            if !through || seen.contains("Sort") {
+                wrong.push(format!("{query:?}: wanted {index}, no sort\n{seen}"));
+            }
         }
+        // The requests in flight: the rescuer's index, and a sort of the few rows it holds.
+        let in_flight = plan(
+            &store.pool,
+            reads::page("EXPLAIN (COSTS OFF) ", &filtered(None, Some(Status::Processing)), 20),
+        )
+        .await?;
+        Ok::<_, sqlx::Error>((wrong, in_flight))
     }
-    // The requests in flight: the rescuer's index, and a sort of the few rows it holds.
-    let in_flight = plan(
-        &store.pool,
-        reads::page("EXPLAIN (COSTS OFF) ", &filtered(None, Some(Status::Processing)), 20),
-    )
     .await;
     drop_scratch(conn, &name, store).await;
+    let (wrong, in_flight) = explained.expect("explain the pages");
     assert!(wrong.is_empty(), "{}", wrong.join("\n\n"));
     assert!(
         in_flight.contains("requests_leased") && !in_flight.contains("requests_by_created"),
